@@ -1,0 +1,3 @@
+from fbmem_data.cli.app import main
+
+main()

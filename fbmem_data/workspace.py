@@ -1,0 +1,406 @@
+"""A workspace: Parquet tables, a content-addressed image store and a DuckDB catalog.
+
+Layout::
+
+    WORKSPACE/
+      fbmem.json                  marker: format version
+      fbmem.duckdb                catalog: views over the Parquet parts + the sql/ views
+      tables/<name>/part-*.parquet
+      images/ab/abcdef….png|jpg    original bytes, named by sha256
+
+Writes are append-only Parquet parts, each written to a temporary file and renamed into place,
+so a killed process never leaves a half-written part behind (readers glob only `part-*.parquet`).
+Queries run in an in-memory DuckDB connection that defines the same views, so fbmem never holds
+a lock on the catalog file that a user's `duckdb WORKSPACE/fbmem.duckdb` shell may have open.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from fbmem_data.errors import QueryError, SchemaError, WorkspaceError
+from fbmem_data.ids import image_id_from_bytes
+from fbmem_data.resources import sql_dir
+from fbmem_data.schemas import TableSchema, all_schemas, get_schema
+
+if TYPE_CHECKING:
+    import duckdb
+    import polars as pl
+
+    from fbmem_data.runs import RunRecorder
+
+WORKSPACE_FORMAT = 1
+MARKER = "fbmem.json"
+CATALOG = "fbmem.duckdb"
+ENV_VAR = "FBMEM_WORKSPACE"
+EMPTY_PART = "part-00000000000000000000-empty.parquet"
+_PARAM_RE = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
+
+OnConflict = Literal["skip", "error", "append"]
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".tmp-{uuid.uuid4().hex}-{path.name}")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _sql_quote(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def coerce_param(value: Any) -> Any:
+    """CLI parameters arrive as strings: turn '0.8' into 0.8 and '3' into 3, leave other text."""
+    if not isinstance(value, str):
+        return value
+    for cast in (int, float):
+        try:
+            return cast(value)
+        except ValueError:
+            continue
+    return value
+
+
+class Workspace:
+    """A directory of Parquet tables that DuckDB and Polars read directly."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+        self._con: duckdb.DuckDBPyConnection | None = None
+
+    # -- opening -------------------------------------------------------------------------------
+    @classmethod
+    def init(cls, path: str | os.PathLike[str]) -> Workspace:
+        """Create (or repair) a workspace at `path` and return it.
+
+        Raises:
+            WorkspaceError: `path` exists and is a non-empty directory that is not a workspace.
+        """
+        root = Path(path)
+        if root.exists() and not root.is_dir():
+            raise WorkspaceError(f"cannot create a workspace at {root}: it is a file")
+        if root.is_dir() and not (root / MARKER).exists() and any(root.iterdir()):
+            raise WorkspaceError(
+                f"{root} is a non-empty directory that is not an fbmem workspace",
+                hint="choose an empty or new directory",
+            )
+        root.mkdir(parents=True, exist_ok=True)
+        marker = root / MARKER
+        if not marker.exists():
+            _atomic_write_bytes(marker, json.dumps({"format": WORKSPACE_FORMAT}).encode())
+        ws = cls(root)
+        ws.ensure_tables()
+        ws.refresh_catalog()
+        return ws
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str] | None = None) -> Workspace:
+        """Open an existing workspace; `path` defaults to $FBMEM_WORKSPACE.
+
+        Raises:
+            WorkspaceError: no path given, or the directory is not an initialised workspace.
+        """
+        if path is None:
+            path = os.environ.get(ENV_VAR)
+        if not path:
+            raise WorkspaceError(
+                "no workspace given", hint=f"pass -w/--workspace DIR or set {ENV_VAR}; create one with `fbmem init DIR`"
+            )
+        root = Path(path)
+        marker = root / MARKER
+        if not marker.exists():
+            raise WorkspaceError(f"{root} is not an fbmem workspace (no {MARKER})", hint=f"run `fbmem init {root}`")
+        try:
+            fmt = json.loads(marker.read_text()).get("format")
+        except ValueError as exc:
+            raise WorkspaceError(f"{marker} is damaged: {exc}") from exc
+        if fmt != WORKSPACE_FORMAT:
+            raise WorkspaceError(f"{root} has workspace format {fmt}; this fbmem reads format {WORKSPACE_FORMAT}")
+        ws = cls(root)
+        ws.ensure_tables()
+        return ws
+
+    @classmethod
+    def open_or_init(cls, path: str | os.PathLike[str]) -> Workspace:
+        return cls.open(path) if (Path(path) / MARKER).exists() else cls.init(path)
+
+    # -- layout --------------------------------------------------------------------------------
+    @property
+    def tables_dir(self) -> Path:
+        return self.root / "tables"
+
+    @property
+    def images_dir(self) -> Path:
+        return self.root / "images"
+
+    @property
+    def catalog_path(self) -> Path:
+        return self.root / CATALOG
+
+    def table_dir(self, table: str) -> Path:
+        return self.tables_dir / table
+
+    def table_glob(self, table: str) -> str:
+        return str(self.table_dir(table) / "part-*.parquet")
+
+    def parts(self, table: str) -> list[Path]:
+        return sorted(self.table_dir(table).glob("part-*.parquet"))
+
+    def ensure_tables(self) -> None:
+        """Give every schema's table a directory with an empty part, so its glob always matches."""
+        for name, schema in all_schemas().items():
+            tdir = self.table_dir(name)
+            empty = tdir / EMPTY_PART
+            if not empty.exists():
+                tdir.mkdir(parents=True, exist_ok=True)
+                self._write_part(tdir, EMPTY_PART, schema.empty())
+
+    # -- writing -------------------------------------------------------------------------------
+    def write(
+        self,
+        table: str,
+        rows: Any,
+        *,
+        on_conflict: OnConflict = "skip",
+        part_name: str | None = None,
+        replace_part: bool = False,
+    ) -> int:
+        """Append rows to a table as one new Parquet part, after checking them against its schema.
+
+        Args:
+            table: table name (a file in schemas/).
+            rows: pyarrow Table, polars DataFrame or list of dicts.
+            on_conflict: "skip" drops rows whose primary key is already stored; "error" raises on
+                them; "append" writes without looking (the caller guarantees new keys).
+            part_name: a deterministic part name (e.g. a shard id) instead of a fresh unique one.
+            replace_part: with part_name, atomically replace that part if it exists (used for the
+                runs table, whose row is rewritten when the run ends).
+
+        Returns:
+            The number of rows written.
+
+        Raises:
+            SchemaError: the rows do not match the schema, or conflict under on_conflict="error".
+        """
+        schema = get_schema(table)
+        data = schema.conform(rows)
+        if data.num_rows == 0:
+            return 0
+        if on_conflict != "append" and schema.primary_key and not replace_part:
+            data = self._drop_stored_keys(schema, data, on_conflict)
+            if data.num_rows == 0:
+                return 0
+        tdir = self.table_dir(table)
+        tdir.mkdir(parents=True, exist_ok=True)
+        if part_name is None:
+            part_name = f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
+        else:
+            if not part_name.startswith("part-"):
+                part_name = f"part-{part_name}"
+            if not part_name.endswith(".parquet"):
+                part_name += ".parquet"
+            if (tdir / part_name).exists() and not replace_part:
+                raise WorkspaceError(f"part {part_name} of table '{table}' already exists")
+        self._write_part(tdir, part_name, data)
+        return data.num_rows
+
+    def _write_part(self, tdir: Path, part_name: str, data: pa.Table) -> None:
+        tmp = tdir / f".tmp-{uuid.uuid4().hex}.parquet"
+        try:
+            pq.write_table(data, tmp, compression="zstd")
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp, tdir / part_name)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+
+    def _drop_stored_keys(self, schema: TableSchema, data: pa.Table, on_conflict: OnConflict) -> pa.Table:
+        import duckdb
+
+        keys = list(schema.primary_key)
+        con = duckdb.connect()
+        try:
+            con.register("new_rows", data)
+            key_sql = ", ".join(f'"{k}"' for k in keys)
+            glob = _sql_quote(self.table_glob(schema.table))
+            stored = f"(SELECT DISTINCT {key_sql} FROM read_parquet({glob}, union_by_name=true))"
+            rel = con.sql(f"SELECT n.* FROM new_rows n SEMI JOIN {stored} s USING ({key_sql})")
+            dup_count = rel.aggregate("count(*)").fetchall()[0][0]
+            if dup_count == 0:
+                return data
+            if on_conflict == "error":
+                raise SchemaError(
+                    f"table '{schema.table}': {dup_count} row(s) repeat a stored primary key {keys}"
+                )
+            kept = con.sql(f"SELECT n.* FROM new_rows n ANTI JOIN {stored} s USING ({key_sql})").to_arrow_table()
+        finally:
+            con.close()
+        return schema.conform(kept)
+
+    # -- images --------------------------------------------------------------------------------
+    def store_image(self, data: bytes, ext: str) -> tuple[str, Path]:
+        """Store image bytes content-addressed; returns (image_id, path). Idempotent."""
+        image_id = image_id_from_bytes(data)
+        ext = ext.lower().lstrip(".") or "bin"
+        path = self.images_dir / image_id[:2] / f"{image_id}.{ext}"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _atomic_write_bytes(path, data)
+        return image_id, path
+
+    def image_path(self, image_id: str) -> Path:
+        """Path of a stored image.
+
+        Raises:
+            WorkspaceError: no stored file has that id.
+        """
+        matches = sorted((self.images_dir / image_id[:2]).glob(f"{image_id}.*"))
+        if not matches:
+            raise WorkspaceError(f"image {image_id} is not in the image store of {self.root}")
+        return matches[0]
+
+    # -- querying ------------------------------------------------------------------------------
+    def view_statements(self) -> list[tuple[str, str]]:
+        """(origin, SQL) for every view: one per table, then each sql/*.sql file in name order."""
+        stmts: list[tuple[str, str]] = []
+        for name in all_schemas():
+            glob = _sql_quote(self.table_glob(name))
+            stmts.append(
+                (f"table {name}", f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM read_parquet({glob}, union_by_name=true)")
+            )
+        for path in sorted(sql_dir().glob("*.sql")):
+            stmts.append((f"sql/{path.name}", path.read_text(encoding="utf-8")))
+        return stmts
+
+    def _define_views(self, con: duckdb.DuckDBPyConnection) -> None:
+        import duckdb
+
+        for origin, stmt in self.view_statements():
+            try:
+                con.execute(stmt)
+            except duckdb.Error as exc:
+                raise QueryError(f"{origin} does not compile: {exc}") from exc
+
+    def connection(self) -> duckdb.DuckDBPyConnection:
+        """An in-memory DuckDB connection with every view of this workspace defined."""
+        if self._con is None:
+            import duckdb
+
+            con = duckdb.connect()
+            self._define_views(con)
+            self._con = con
+        return self._con
+
+    def refresh_catalog(self) -> bool:
+        """Rewrite the views in fbmem.duckdb. Returns False if another process holds the file."""
+        import duckdb
+
+        try:
+            con = duckdb.connect(str(self.catalog_path))
+        except duckdb.IOException:
+            return False
+        try:
+            self._define_views(con)
+        finally:
+            con.close()
+        return True
+
+    def sql(
+        self,
+        query: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        output: Literal["arrow", "polars"] = "arrow",
+    ) -> Any:
+        """Run a query against the workspace's views.
+
+        Args:
+            query: DuckDB SQL. `$name` placeholders take values from params.
+            params: values for `$name` placeholders; every entry is also set as a DuckDB variable,
+                which parameterised views read (e.g. `tau` for fbmem_labels).
+            output: "arrow" (pyarrow.Table) or "polars" (polars.DataFrame).
+
+        Raises:
+            QueryError: DuckDB rejected the query.
+        """
+        import duckdb
+
+        con = self.connection()
+        params = {k: coerce_param(v) for k, v in (params or {}).items()}
+        used = set(_PARAM_RE.findall(query))
+        try:
+            for name, value in params.items():
+                con.execute(f"SET VARIABLE {name} = ?", [value])
+            bound = {k: v for k, v in params.items() if k in used}
+            missing = used - set(params)
+            if missing:
+                raise QueryError(f"query uses parameter(s) {sorted(missing)} with no value", hint="pass -p NAME VALUE")
+            rel = con.sql(query, params=bound) if bound else con.sql(query)
+            table = rel.to_arrow_table() if rel is not None else pa.table({})
+        except duckdb.Error as exc:
+            raise QueryError(f"query failed: {exc}") from exc
+        finally:
+            for name in params:
+                with contextlib.suppress(duckdb.Error):
+                    con.execute(f"RESET VARIABLE {name}")
+        if output == "polars":
+            import polars as pl
+
+            return pl.from_arrow(table)
+        return table
+
+    def table(self, name: str) -> pl.LazyFrame:
+        """A Polars LazyFrame over the table's Parquet parts."""
+        import polars as pl
+
+        get_schema(name)
+        return pl.scan_parquet(self.table_glob(name), missing_columns="insert", extra_columns="ignore")
+
+    def count(self, table: str) -> int:
+        get_schema(table)
+        return int(self.sql(f"SELECT count(*) AS n FROM {table}").column("n")[0].as_py())
+
+    # -- runs ----------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def run(self, command: str, config: Mapping[str, Any] | None = None) -> Iterator[RunRecorder]:
+        """Record a run in the `runs` table: a row at start (running) replaced at the end."""
+        from fbmem_data.runs import RunRecorder
+
+        recorder = RunRecorder(self, command, dict(config or {}))
+        recorder.start()
+        try:
+            yield recorder
+        except BaseException as exc:
+            recorder.finish("interrupted" if isinstance(exc, KeyboardInterrupt) else "failed", error=str(exc))
+            raise
+        else:
+            recorder.finish("ok")
+
+    def close(self) -> None:
+        if self._con is not None:
+            self._con.close()
+            self._con = None
+
+    def __enter__(self) -> Workspace:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Workspace({str(self.root)!r})"
