@@ -1,0 +1,96 @@
+"""Mitigations: plug-ins that change how a batch of images is generated (see protocol.py).
+
+Built in: `none`, `rta` (random token addition), `wen` (Wen et al. prompt-embedding optimisation);
+`nemo` and `nemo-c` live in nemo.py. Every module of this package is imported on first use, so a
+module that registers a factory under the "mitigation" family is found without editing this file.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import pkgutil
+from collections.abc import Mapping
+from typing import Any
+
+from fbmem_data import plugins
+from fbmem_data.errors import PluginError
+from fbmem_data.mitigate.protocol import MITIGATION_FAMILY, GenerationBatch, GenerationSettings, Mitigation
+
+__all__ = [
+    "GenerationBatch",
+    "GenerationSettings",
+    "Mitigation",
+    "create_mitigation",
+    "load_mitigation_plugins",
+    "mitigation_names",
+    "split_mitigation_params",
+]
+
+_loaded = False
+
+
+def load_mitigation_plugins() -> None:
+    """Import every module of this package once, so each registers its factories (cheap: no torch)."""
+    global _loaded
+    if _loaded:
+        return
+    for info in pkgutil.iter_modules(__path__):
+        if info.name != "protocol":
+            importlib.import_module(f"{__name__}.{info.name}")
+    _loaded = True
+
+
+def mitigation_names() -> list[str]:
+    load_mitigation_plugins()
+    return plugins.names(MITIGATION_FAMILY)
+
+
+def create_mitigation(name: str, **params: Any) -> Mitigation:
+    """Build mitigation `name` with its keyword parameters.
+
+    Raises:
+        PluginError: unknown name, or a parameter the mitigation does not take.
+    """
+    load_mitigation_plugins()
+    try:
+        return plugins.create(MITIGATION_FAMILY, name, **params)
+    except TypeError as exc:
+        raise PluginError(f"mitigation {name!r} rejected its parameters {params}: {exc}") from exc
+
+
+def accepted_params(name: str) -> set[str] | None:
+    """Parameter names the mitigation's factory takes (None: it takes any keyword)."""
+    load_mitigation_plugins()
+    factory = plugins._REGISTRY.get(MITIGATION_FAMILY, {}).get(name)
+    if factory is None:
+        raise PluginError(f"unknown mitigation {name!r}", hint=f"available: {', '.join(mitigation_names())}")
+    sig = inspect.signature(factory)
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values()):
+        return None
+    return {p.name for p in sig.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD}
+
+
+def split_mitigation_params(names: list[str], pairs: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Route `--mitigation-param` pairs to mitigations.
+
+    `name.key=value` goes to that mitigation only; `key=value` goes to every selected mitigation that
+    takes `key` (and must be taken by at least one).
+
+    Raises:
+        PluginError: a scoped pair names an unselected mitigation, or no mitigation takes a key.
+    """
+    routed: dict[str, dict[str, Any]] = {n: {} for n in names}
+    for raw_key, value in pairs.items():
+        scope, _, key = raw_key.rpartition(".")
+        if scope:
+            if scope not in routed:
+                raise PluginError(f"--mitigation-param {raw_key}: mitigation {scope!r} is not selected")
+            routed[scope][key] = value
+            continue
+        takers = [n for n in names if (acc := accepted_params(n)) is None or key in acc]
+        if not takers:
+            raise PluginError(f"--mitigation-param {key}: none of {names} takes a parameter {key!r}")
+        for n in takers:
+            routed[n][key] = value
+    return routed
