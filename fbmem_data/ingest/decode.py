@@ -1,0 +1,152 @@
+"""Per-file work of the image pipeline, run in worker processes: read, hash, probe, store.
+
+Status rules (the `images.status` column):
+- ok: PIL decodes the whole file. The mode is recorded as PIL reports it (RGB, RGBA, L, LA, P,
+  CMYK, I;16, ...); downstream code converts to RGB/RGBA. A wrong extension is fine: the format
+  comes from the content.
+- too_large: the header says width x height > max_pixels. Decided from the header alone (PIL's
+  DecompressionBombError included), so a 20,000 x 20,000 image is never decoded.
+- corrupt: empty, truncated or undecodable, where the content or the name says it is an image.
+- unsupported: neither the content nor the file name looks like an image (a text file).
+- missing: the file does not exist (a manifest entry with no file).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+IMAGE_SUFFIXES = frozenset(
+    {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".jfif", ".ppm", ".pgm", ".pbm", ".ico"}
+)
+# Magic numbers of the formats above, to tell a damaged image from a file that is no image at all.
+_MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*", b"\x00\x00\x01\x00")
+_STORE_EXT = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tif", "MPO": "jpg"}
+
+# Set in each worker by init_worker: image ids already stored under this ingest's role.
+_KNOWN_IDS: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class ImageItem:
+    """One input file. Its bytes are at `path` (a file), `path`+`offset`/`size` (a plain tar
+    member, read directly), or in `data` (a member of a compressed tar)."""
+
+    uri: str
+    name: str
+    path: str | None = None
+    offset: int | None = None
+    size: int | None = None
+    data: bytes | None = None
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What a worker found out about one ImageItem (a row of `images` without role/run/time)."""
+
+    uri: str
+    image_id: str | None
+    status: str
+    width: int | None = None
+    height: int | None = None
+    mode: str | None = None
+    format: str | None = None
+    n_bytes: int | None = None
+    error: str | None = None
+    store_path: str | None = None
+    already_stored: bool = False
+
+
+def init_worker(known_ids: frozenset[str]) -> None:
+    global _KNOWN_IDS
+    _KNOWN_IDS = known_ids
+
+
+def read_bytes(item: ImageItem) -> bytes:
+    if item.data is not None:
+        return item.data
+    if item.path is None:
+        raise FileNotFoundError(item.uri)
+    with open(item.path, "rb") as fh:
+        if item.offset is not None:
+            fh.seek(item.offset)
+            return fh.read(item.size if item.size is not None else -1)
+        return fh.read()
+
+
+def looks_like_image(data: bytes, name: str) -> bool:
+    if PurePosixPath(name).suffix.lower() in IMAGE_SUFFIXES:
+        return True
+    return data.startswith(_MAGIC) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP")
+
+
+def probe_bytes(data: bytes, name: str, max_pixels: int) -> dict[str, object]:
+    """Decode `data` just enough to classify it. Returns the Probe fields except uri/id/store."""
+    from PIL import Image, UnidentifiedImageError
+
+    info: dict[str, object] = {"n_bytes": len(data)}
+    if not data:
+        return {**info, "status": "corrupt", "error": "empty file (0 bytes)"}
+    Image.MAX_IMAGE_PIXELS = max_pixels  # PIL raises DecompressionBombError past twice this
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+        with img:
+            width, height = img.size
+            info.update(width=width, height=height, mode=img.mode, format=img.format)
+            if width * height > max_pixels:
+                return {**info, "status": "too_large",
+                        "error": f"{width}x{height} = {width * height} pixels exceeds max_pixels {max_pixels}; not decoded"}
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                img.load()  # full decode: finds truncation and bad data
+    except Image.DecompressionBombError as exc:
+        return {**info, "status": "too_large", "error": f"{exc}; not decoded"}
+    except UnidentifiedImageError:
+        # PIL's own message names an in-memory buffer; say what the file starts with instead.
+        status = "corrupt" if looks_like_image(data, name) else "unsupported"
+        what = "not a decodable image" if status == "corrupt" else "not an image"
+        return {**info, "status": status, "error": f"{what}: PIL cannot identify the format (starts {data[:12]!r})"}
+    except Exception as exc:
+        # PIL reports truncated and damaged data as OSError/SyntaxError/ValueError, and fuzzed
+        # files as almost anything (struct.error, IndexError): each is a corrupt file, not a crash.
+        return {**info, "status": "corrupt", "error": f"{type(exc).__name__}: {exc}"}
+    return {**info, "status": "ok", "error": None}
+
+
+def store_extension(fmt: object, name: str) -> str:
+    if isinstance(fmt, str) and fmt in _STORE_EXT:
+        return _STORE_EXT[fmt]
+    if isinstance(fmt, str) and fmt:
+        return fmt.lower()
+    return PurePosixPath(name).suffix.lower().lstrip(".") or "bin"
+
+
+def process_item(item: ImageItem, workspace_root: str, max_pixels: int) -> Probe:
+    """Read, hash, probe and store one input. Never raises for a bad file: it becomes a status."""
+    from fbmem_data.ids import missing_image_id
+    from fbmem_data.workspace import Workspace
+
+    try:
+        data = read_bytes(item)
+    except FileNotFoundError:
+        return Probe(uri=item.uri, image_id=missing_image_id(item.uri), status="missing",
+                     error=f"file not found: {item.uri}")
+    except OSError as exc:
+        return Probe(uri=item.uri, image_id=missing_image_id(item.uri), status="missing",
+                     error=f"cannot read {item.uri}: {exc}")
+    image_id = hashlib.sha256(data).hexdigest()
+    if image_id in _KNOWN_IDS:  # resumed run: stored under this role already, skip the decode
+        return Probe(uri=item.uri, image_id=image_id, status="ok", n_bytes=len(data), already_stored=True)
+    info = probe_bytes(data, item.name, max_pixels)
+    ws = Workspace(Path(workspace_root))
+    _, stored = ws.store_image(data, store_extension(info.get("format"), item.name))
+    return Probe(uri=item.uri, image_id=image_id, store_path=stored.relative_to(ws.root).as_posix(), **info)  # type: ignore[arg-type]
+
+
+def process_batch(items: list[ImageItem], workspace_root: str, max_pixels: int) -> list[Probe]:
+    return [process_item(item, workspace_root, max_pixels) for item in items]
