@@ -18,6 +18,8 @@ _COMMAND_MODULES = (
     "fbmem_data.cli.lab_cmds",
     "fbmem_data.cli.nemo_cmds",
     "fbmem_data.cli.report_cmds",
+    "fbmem_data.cli.fetch_cmds",
+    "fbmem_data.cli.doctor_cmds",
 )
 
 
