@@ -1,38 +1,21 @@
-"""Decide from the bytes alone whether a download is an image: never from the extension or header."""
+"""Decide from the bytes alone whether a download is an image: never from the extension or header.
+
+The decoding itself is the image pipeline's `fbmem_data.ingest.decode.probe_bytes` (one decoder for
+files and downloads); this module maps its verdict to fetch statuses:
+ok -> ok, too_large -> too_large, corrupt -> decode_error (starts like an image, does not decode),
+unsupported -> not_image (HTML, text, anything PIL and the magic numbers do not recognise).
+"""
 
 from __future__ import annotations
 
-import io
-import warnings
 from dataclasses import dataclass
 
 from fbmem_data.fetch.statuses import DECODE_ERROR, NOT_IMAGE, OK, TOO_LARGE
 
-# PIL format -> the extension fbmem stores the original bytes under.
-_EXTENSIONS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "GIF": "gif", "WEBP": "webp", "BMP": "bmp", "TIFF": "tif"}
-
-# Leading bytes of the formats the web serves. A body that starts like an image but that PIL
-# cannot even identify is a damaged image (decode_error), not something else (not_image).
-_SIGNATURES = {
-    b"\x89PNG\r\n\x1a\n": "PNG",
-    b"\xff\xd8\xff": "JPEG",
-    b"GIF87a": "GIF",
-    b"GIF89a": "GIF",
-    b"BM": "BMP",
-    b"II*\x00": "TIFF",
-    b"MM\x00*": "TIFF",
-}
-
-
-def sniff_format(data: bytes) -> str | None:
-    """The image format `data` announces by its magic bytes, or None."""
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "WEBP"
-    return next((fmt for sig, fmt in _SIGNATURES.items() if data.startswith(sig)), None)
-
-
 # Pixel cap against decompression bombs (a 50 kB PNG can claim 100k x 100k pixels): 16k x 16k.
 DEFAULT_MAX_PIXELS = 16_384 * 16_384
+
+_STATUS_FROM_PROBE = {"ok": OK, "too_large": TOO_LARGE, "corrupt": DECODE_ERROR, "unsupported": NOT_IMAGE}
 
 
 @dataclass(frozen=True)
@@ -48,52 +31,36 @@ class ImageCheck:
 
     @property
     def extension(self) -> str:
-        return _EXTENSIONS.get(self.format or "", (self.format or "bin").lower())
+        from fbmem_data.ingest.decode import store_extension
+
+        return store_extension(self.format, "")
 
 
 def check_image_bytes(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageCheck:
-    """Identify, verify and fully decode `data` with PIL.
+    """Identify and fully decode `data` with PIL (via the ingest pipeline's probe).
 
     Args:
         data: the whole body.
-        max_pixels: width * height above which the image is refused as too_large.
+        max_pixels: width * height above which the image is refused as too_large (not decoded).
 
     Returns:
-        ImageCheck with status ok, not_image (PIL recognises no image format: HTML, text, empty),
-        decode_error (a known format whose data is truncated or damaged) or too_large.
+        ImageCheck with status ok, not_image, decode_error or too_large.
     """
-    from PIL import Image, UnidentifiedImageError
+    from fbmem_data.ingest.decode import probe_bytes
 
     if not data:
         return ImageCheck(NOT_IMAGE, error="empty body")
-    fmt: str | None = None
-    try:
-        with warnings.catch_warnings():
-            # Our own pixel cap decides; PIL's bomb warning would only add noise.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as probe:
-                fmt, (width, height), mode = probe.format, probe.size, probe.mode
-                if width <= 0 or height <= 0:
-                    return ImageCheck(DECODE_ERROR, format=fmt, error=f"image size {width}x{height}")
-                if width * height > max_pixels:
-                    return ImageCheck(
-                        TOO_LARGE, width, height, mode, fmt, f"{width}x{height} pixels exceeds {max_pixels}"
-                    )
-                probe.verify()  # structure and checksums (PNG CRCs), without decoding pixels
-            # verify() leaves the image unusable: decode a fresh one to catch truncated pixel data.
-            with Image.open(io.BytesIO(data)) as image:
-                image.load()
-    except UnidentifiedImageError:
-        sniffed = sniff_format(data)
-        if sniffed is not None:
-            return ImageCheck(DECODE_ERROR, format=sniffed, error=f"starts like {sniffed} but does not decode")
-        head = data[:64].lstrip().lower()
-        what = "HTML" if head.startswith((b"<!doctype html", b"<html")) else "no image format PIL recognises"
-        return ImageCheck(NOT_IMAGE, error=f"body is {what}")
-    except Image.DecompressionBombError as exc:
-        return ImageCheck(TOO_LARGE, error=str(exc))
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        # PIL reports truncated/damaged data as OSError ("image file is truncated"), SyntaxError (bad
-        # chunk), ValueError or EOFError depending on the plug-in.
-        return ImageCheck(DECODE_ERROR, format=fmt, error=f"{type(exc).__name__}: {exc}")
-    return ImageCheck(OK, width, height, mode, fmt)
+    # No file name: the name would let an extension vouch for the bytes, which a URL must not.
+    info = probe_bytes(data, "", max_pixels)
+    status = _STATUS_FROM_PROBE.get(str(info["status"]), DECODE_ERROR)
+    error = info.get("error")
+    if status == NOT_IMAGE and data[:64].lstrip().lower().startswith((b"<!doctype html", b"<html")):
+        error = "body is HTML"
+    return ImageCheck(
+        status,
+        width=info.get("width"),  # type: ignore[arg-type]
+        height=info.get("height"),  # type: ignore[arg-type]
+        mode=info.get("mode"),  # type: ignore[arg-type]
+        format=info.get("format"),  # type: ignore[arg-type]
+        error=None if status == OK else str(error),
+    )
