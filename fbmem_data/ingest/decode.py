@@ -90,19 +90,23 @@ def probe_bytes(data: bytes, name: str, max_pixels: int) -> dict[str, object]:
     info: dict[str, object] = {"n_bytes": len(data)}
     if not data:
         return {**info, "status": "corrupt", "error": "empty file (0 bytes)"}
-    Image.MAX_IMAGE_PIXELS = max_pixels  # PIL raises DecompressionBombError past twice this
+    # Our own limit is checked right after reading the header; PIL's bomb check stays as the
+    # backstop (at max_pixels) and the caller's setting is restored afterwards.
+    saved_limit = Image.MAX_IMAGE_PIXELS
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-        with img:
-            width, height = img.size
-            info.update(width=width, height=height, mode=img.mode, format=img.format)
-            if width * height > max_pixels:
-                return {**info, "status": "too_large",
-                        "error": f"{width}x{height} = {width * height} pixels exceeds max_pixels {max_pixels}; not decoded"}
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            Image.MAX_IMAGE_PIXELS = None
+            try:
+                img = Image.open(io.BytesIO(data))
+            finally:
+                Image.MAX_IMAGE_PIXELS = max_pixels
+            with img:
+                width, height = img.size
+                info.update(width=width, height=height, mode=img.mode, format=img.format)
+                if width * height > max_pixels:
+                    return {**info, "status": "too_large",
+                            "error": f"{width}x{height} = {width * height} pixels exceeds max_pixels {max_pixels}; not decoded"}
                 img.load()  # full decode: finds truncation and bad data
     except Image.DecompressionBombError as exc:
         return {**info, "status": "too_large", "error": f"{exc}; not decoded"}
@@ -115,6 +119,8 @@ def probe_bytes(data: bytes, name: str, max_pixels: int) -> dict[str, object]:
         # PIL reports truncated and damaged data as OSError/SyntaxError/ValueError, and fuzzed
         # files as almost anything (struct.error, IndexError): each is a corrupt file, not a crash.
         return {**info, "status": "corrupt", "error": f"{type(exc).__name__}: {exc}"}
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved_limit
     return {**info, "status": "ok", "error": None}
 
 
@@ -133,12 +139,11 @@ def process_item(item: ImageItem, workspace_root: str, max_pixels: int) -> Probe
 
     try:
         data = read_bytes(item)
-    except FileNotFoundError:
-        return Probe(uri=item.uri, image_id=missing_image_id(item.uri), status="missing",
-                     error=f"file not found: {item.uri}")
     except OSError as exc:
-        return Probe(uri=item.uri, image_id=missing_image_id(item.uri), status="missing",
-                     error=f"cannot read {item.uri}: {exc}")
+        missing_id = missing_image_id(item.uri)
+        error = f"file not found: {item.uri}" if isinstance(exc, FileNotFoundError) else f"cannot read {item.uri}: {exc}"
+        return Probe(uri=item.uri, image_id=missing_id, status="missing", error=error,
+                     already_stored=missing_id in _KNOWN_IDS)
     image_id = hashlib.sha256(data).hexdigest()
     if image_id in _KNOWN_IDS:  # resumed run: stored under this role already, skip the decode
         return Probe(uri=item.uri, image_id=image_id, status="ok", n_bytes=len(data), already_stored=True)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +51,8 @@ class ManifestEntry:
     height: int | None = None
     width: int | None = None
     mitigation: str = "none"
-    mitigation_params: Any = None
+    # {} when absent: what `fbmem generate` records for the `none` mitigation, so the ids agree.
+    mitigation_params: Any = field(default_factory=dict)
 
     def settings(self, prompt_id: str) -> dict[str, Any]:
         """The generation settings whose params_hash is the generation_id."""
