@@ -1,9 +1,120 @@
-"""Command group registration point (filled in by its issue)."""
+"""`fbmem segment`, `fbmem score`, `fbmem labels`: the FB-Mem metric (library: fbmem_data.fbmem)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated, Any
+
+import pyarrow as pa
 import typer
+
+from fbmem_data.cli.common import BatchSizeOption, DeviceOption, WorkspaceOption, open_workspace
+from fbmem_data.cli.output import output_options
+from fbmem_data.errors import InputError
+
+SegmenterOption = Annotated[str | None, typer.Option("--segmenter", help="Segmenter plug-in: saliency, birefnet, sam, lab ...")]
+WeightsOption = Annotated[
+    Path | None,
+    typer.Option("--weights", help="Segmenter weights: BiRefNet .onnx file or model dir; SAM checkpoint .pth."),
+]
+OptionOption = Annotated[
+    list[str] | None,
+    typer.Option("--option", "-O", help="KEY=VALUE setting passed to the segmenter plug-in (repeatable).", metavar="KEY=VALUE"),
+]
+
+
+def _segmenter_options(segmenter: str, weights: Path | None, option: list[str] | None) -> dict[str, Any]:
+    from fbmem_data.workspace import coerce_param
+
+    opts: dict[str, Any] = {}
+    for item in option or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.isidentifier():
+            raise InputError(f"--option needs KEY=VALUE, got {item!r}", hint="-O model_type=vit_b")
+        opts[key] = coerce_param(value)
+    if weights is not None:
+        opts["checkpoint" if segmenter == "sam" else "model_path"] = str(weights)
+    return opts
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    typer.echo("  ".join(f"{k}={v}" for k, v in summary.items() if k != "config"))
+
+
+def segment(
+    workspace: WorkspaceOption = None,
+    segmenter: SegmenterOption = "saliency",
+    role: Annotated[list[str] | None, typer.Option("--role", help="Only images of this role (repeatable): train, generated, reference.")] = None,
+    weights: WeightsOption = None,
+    option: OptionOption = None,
+    device: DeviceOption = "auto",
+    batch_size: BatchSizeOption = 8,
+) -> None:
+    """Segment every ok image that has no mask yet for this segmenter and settings (resumes)."""
+    from fbmem_data.fbmem import segment_images
+
+    ws = open_workspace(workspace)
+    name = segmenter or "saliency"
+    summary = segment_images(
+        ws, name, roles=role, device=device, batch_size=batch_size, options=_segmenter_options(name, weights, option), progress=True
+    )
+    _print_summary(summary)
+
+
+def score(
+    workspace: WorkspaceOption = None,
+    pairing: Annotated[
+        str | None,
+        typer.Option("--pairing", help="pairing_id of the candidates to score (default: the latest); 'exhaustive' creates exhaustive candidates when there are none."),
+    ] = None,
+    metric: Annotated[str | None, typer.Option("--metric", help="msssim (paper), ssim, msssim-masked (default).")] = None,
+    size: Annotated[int | None, typer.Option("--size", min=16, help="Side the parts are compared at (reference 512).")] = None,
+    preset: Annotated[str | None, typer.Option("--preset", help="paper: the reference settings exactly (msssim, 512, birefnet); default: fbmem's best.")] = None,
+    segmenter: SegmenterOption = None,
+    weights: WeightsOption = None,
+    option: OptionOption = None,
+    device: DeviceOption = "auto",
+    batch_size: BatchSizeOption = 8,
+) -> None:
+    """Score candidate pairs into region_scores: fg, bg and pair score per pair (resumes)."""
+    from fbmem_data.fbmem import score_pairs
+    from fbmem_data.fbmem.scoring import PRESETS
+
+    ws = open_workspace(workspace)
+    create = pairing == "exhaustive"
+    seg_name = segmenter or PRESETS.get(preset or "default", PRESETS["default"])["segmenter"]
+    summary = score_pairs(
+        ws,
+        None if create else pairing,
+        preset=preset,
+        metric=metric,
+        size=size,
+        segmenter=segmenter,
+        segmenter_options=_segmenter_options(seg_name, weights, option),
+        create_exhaustive=create,
+        device=device,
+        batch_size=batch_size,
+        progress=True,
+    )
+    _print_summary(summary)
+
+
+@output_options
+def labels(
+    workspace: WorkspaceOption = None,
+    tau: Annotated[float, typer.Option("--tau", help="Label threshold on fg/bg scores (reference 0.8).")] = 0.8,
+    scoring_id: Annotated[str | None, typer.Option("--scoring-id", help="Which scoring configuration (default: the latest).")] = None,
+    per_image: Annotated[bool, typer.Option("--per-image", help="Print every generated image's label instead of the rates.")] = False,
+) -> pa.Table:
+    """Print FB-Mem label rates (VM/BM/FM/NM) by prompt set, model and mitigation."""
+    from fbmem_data.fbmem import label_rows
+    from fbmem_data.fbmem import labels as rates
+
+    ws = open_workspace(workspace)
+    return label_rows(ws, tau, scoring_id) if per_image else rates(ws, tau, scoring_id)
 
 
 def register(app: typer.Typer) -> None:
-    del app
+    app.command("segment")(segment)
+    app.command("score")(score)
+    app.command("labels")(labels)

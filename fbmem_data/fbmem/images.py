@@ -1,0 +1,52 @@
+"""Reading stored images and masks as arrays (shared by segmenting and scoring)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from fbmem_data.errors import InputError
+
+if TYPE_CHECKING:
+    from fbmem_data.workspace import Workspace
+
+
+def load_rgb(ws: Workspace, image_id: str, store_path: str | None = None) -> np.ndarray:
+    """A stored image as uint8 HxWx3 RGB (alpha, palette and 16-bit modes converted by PIL).
+
+    Raises:
+        WorkspaceError: the image is not in the store.
+        InputError: the stored bytes do not decode.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    path = ws.root / store_path if store_path else ws.image_path(image_id)
+    if not path.exists():
+        path = ws.image_path(image_id)
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise InputError(f"image {image_id} ({path.name}) does not decode: {exc}") from exc
+
+
+def encode_mask(mask: np.ndarray) -> bytes:
+    """float mask in [0, 1] -> PNG bytes of its uint8 quantisation."""
+    import cv2
+
+    u8 = np.round(np.clip(mask, 0.0, 1.0) * 255).astype(np.uint8)
+    ok, buf = cv2.imencode(".png", u8)
+    if not ok:
+        raise InputError("could not PNG-encode a mask")
+    return buf.tobytes()
+
+
+def decode_mask(data: bytes) -> np.ndarray:
+    """PNG bytes -> uint8 HxW mask (0..255)."""
+    import cv2
+
+    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if arr is None or arr.ndim != 2:
+        raise InputError("stored mask is not a single-channel PNG")
+    return arr

@@ -1,0 +1,44 @@
+"""FB-Mem labels: the rule in Python (for tests and notebooks) and the SQL views behind `fbmem labels`."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from fbmem_data.workspace import Workspace
+
+DEFAULT_TAU = 0.8
+LABELS = ("VM", "BM", "FM", "NM")
+
+
+def label_of(fg_score: float, bg_score: float, tau: float = DEFAULT_TAU) -> str:
+    """method.md §1.5, in this order: VM (bg and fg >= tau), BM (bg >= tau), FM (fg >= tau), NM."""
+    if bg_score >= tau and fg_score >= tau:
+        return "VM"
+    if bg_score >= tau:
+        return "BM"
+    if fg_score >= tau:
+        return "FM"
+    return "NM"
+
+
+def _params(tau: float, scoring_id: str | None) -> dict[str, object]:
+    params: dict[str, object] = {"tau": float(tau)}
+    if scoring_id is not None:
+        params["scoring_id"] = scoring_id
+    return params
+
+
+def label_rows(ws: Workspace, tau: float = DEFAULT_TAU, scoring_id: str | None = None) -> pa.Table:
+    """The `fbmem_labels` view: one row per generated image (per generation) with its label.
+
+    scoring_id picks the scoring configuration; default the most recent (see sql/20_fbmem_1_scores.sql).
+    """
+    return ws.sql("SELECT * FROM fbmem_labels ORDER BY generated_image_id, generation_id", _params(tau, scoring_id))
+
+
+def labels(ws: Workspace, tau: float = DEFAULT_TAU, scoring_id: str | None = None) -> pa.Table:
+    """The `fbmem_rates` view: label counts and shares by prompt set, model and mitigation."""
+    return ws.sql("SELECT * FROM fbmem_rates", _params(tau, scoring_id))

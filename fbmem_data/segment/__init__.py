@@ -1,0 +1,17 @@
+"""Segmenters: an RGB image in, a soft foreground mask in [0, 1] out (FB-Mem step 1).
+
+Every segmenter is a plug-in of family "segmenter" in fbmem_data.plugins and implements
+`Segmenter` (see base.py). Built-in: `saliency` (weights-free, CPU), `birefnet` (ONNX or a local
+model directory), `sam` (segment-anything checkpoint). A lab segmenter registers itself the same way.
+"""
+
+from __future__ import annotations
+
+from fbmem_data.segment.base import Segmenter, as_rgb_float, check_batch
+
+__all__ = ["Segmenter", "as_rgb_float", "check_batch", "register_builtin_segmenters"]
+
+
+def register_builtin_segmenters() -> None:
+    """Register the built-in segmenters (importing their modules registers them; cheap, no torch)."""
+    from fbmem_data.segment import birefnet, saliency, sam  # noqa: F401

@@ -1,0 +1,100 @@
+"""The segmenter protocol and the input checks every segmenter shares."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from fbmem_data.errors import InputError
+
+ImageBatch = Sequence[np.ndarray]
+
+
+def as_rgb_float(image: np.ndarray) -> np.ndarray:
+    """One image as float32 HxWx3 in [0, 1].
+
+    Args:
+        image: HxWx3 array, uint8 (0..255) or float (0..1).
+
+    Raises:
+        InputError: wrong rank, channel count, dtype, size, or float values outside [0, 1] / not finite.
+    """
+    if not isinstance(image, np.ndarray):
+        raise InputError(f"a segmenter takes numpy arrays, got {type(image).__name__}")
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise InputError(f"a segmenter takes HxWx3 RGB images, got shape {image.shape}")
+    if image.shape[0] < 2 or image.shape[1] < 2:
+        raise InputError(f"image of shape {image.shape} is too small to segment")
+    if image.dtype == np.uint8:
+        return image.astype(np.float32) / 255.0
+    if np.issubdtype(image.dtype, np.floating):
+        if not np.isfinite(image).all() or image.min() < 0.0 or image.max() > 1.0:
+            raise InputError("float images must be finite and in [0, 1]")
+        return image.astype(np.float32)
+    raise InputError(f"images must be uint8 or float, got {image.dtype}")
+
+
+def check_batch(images: ImageBatch) -> list[np.ndarray]:
+    """Validate a batch (a list of images, or an NxHxWx3 array); return float32 HxWx3 images.
+
+    Raises:
+        InputError: the batch is empty or an image is malformed.
+    """
+    if isinstance(images, np.ndarray):
+        if images.ndim != 4:
+            raise InputError(f"a batch array must be NxHxWx3, got shape {images.shape}")
+        images = list(images)
+    if len(images) == 0:
+        raise InputError("empty batch: give at least one image")
+    return [as_rgb_float(img) for img in images]
+
+
+class Segmenter(abc.ABC):
+    """A salient-foreground segmenter.
+
+    Implementations set `name` and implement `segment`. They load weights in their constructor (so a
+    missing file fails early with ModelNotFoundError) and must be deterministic for a given input.
+    """
+
+    name: str = ""
+    #: whether the segmenter runs on CUDA when asked (`device="cuda"`)
+    supports_cuda: bool = False
+
+    @abc.abstractmethod
+    def segment(self, images: ImageBatch) -> list[np.ndarray]:
+        """Soft foreground masks for a batch of images.
+
+        Args:
+            images: HxWx3 RGB images (uint8, or float in [0, 1]); sizes may differ within a batch.
+
+        Returns:
+            One float32 HxW mask per image, same height and width as its image, values in [0, 1]
+            (1 = foreground). The result for an image does not depend on the rest of the batch.
+
+        Raises:
+            InputError: an image is malformed (see `check_batch`).
+        """
+
+    def params(self) -> dict[str, Any]:
+        """Settings that change the masks; their params_hash keys the `masks` table."""
+        return {"segmenter": self.name}
+
+
+def resolve_device(device: str) -> str:
+    """'auto' -> 'cuda' when available else 'cpu'; anything else is passed through after a check.
+
+    Raises:
+        InputError: a CUDA device was asked for and torch sees none.
+    """
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"device {device!r} was asked for but torch sees no CUDA device", hint="use --device cpu")
+    if not (device == "cpu" or device.startswith("cuda") or device == "mps"):
+        raise InputError(f"unknown device {device!r}", hint="auto, cpu, cuda, cuda:N")
+    return device

@@ -1,0 +1,20 @@
+"""Similarity metrics for FB-Mem region scores (plug-in family "metric").
+
+- `msssim`: MS-SSIM exactly as torchmetrics computes it (the paper's metric), with per-image work
+  (blurred means and variances at every scale) done once per image, and only the cross term per pair.
+- `ssim`: single-scale SSIM, same engine.
+- `msssim-masked`: the stricter variant: MS-SSIM with statistics restricted to a region by normalized
+  convolution (the mask union for foregrounds, the shared background for backgrounds).
+
+See base.py for the `RegionMetric` protocol and docs/fbmem.md for the measurements behind the default.
+"""
+
+from __future__ import annotations
+
+from fbmem_data.similarity.base import RegionMetric
+
+__all__ = ["RegionMetric", "register_builtin_metrics"]
+
+
+def register_builtin_metrics() -> None:
+    from fbmem_data.similarity import msssim  # noqa: F401

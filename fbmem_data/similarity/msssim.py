@@ -1,0 +1,348 @@
+"""MS-SSIM / SSIM that reproduce torchmetrics, with per-image work done once, plus a masked variant.
+
+torchmetrics' MS-SSIM of a pair, at each of 5 scales: reflect-pad by 5, blur x, y, x², y², xy with an
+11x11 Gaussian (sigma 1.5), build the SSIM map; the mean of the cropped contrast-structure map is the
+scale's cs, the mean of the full SSIM map at the last scale is its sim; then average-pool by 2.
+Result = prod(relu(cs_1..4) ** beta_1..4) * relu(sim_5) ** beta_5.
+
+Of the five blurs, four depend on one image only: blur(x), blur(x²) (hence mu and sigma²) for every
+scale are computed once per image by `image_stats`; a pair needs only blur(x·y). The Gaussian is
+applied as two 1-D passes (exactly separable), 22 instead of 121 taps per pixel.
+
+`data_range=None` reproduces torchmetrics' default: at every scale the range is max(max-min of x,
+max-min of y) of the (pooled) pair, i.e. per pair as in a one-pair-per-call loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+from fbmem_data.errors import InputError
+from fbmem_data.plugins import register
+from fbmem_data.similarity.base import RegionBatch, RegionMetric
+
+if TYPE_CHECKING:
+    import torch
+
+PAPER_BETAS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+
+
+@dataclass(frozen=True)
+class SSIMConfig:
+    """Settings of the SSIM engine; the defaults are torchmetrics' MS-SSIM defaults.
+
+    data_range: float, or None for torchmetrics' per-call (here: per pair and scale) max-min range.
+    normalize: "relu" (torchmetrics' functional/module default), "simple" or None.
+    single_scale: plain SSIM (torchmetrics.structural_similarity_index_measure): one scale, no
+        normalisation, the mean of the full SSIM map.
+    """
+
+    sigma: float = 1.5
+    betas: tuple[float, ...] = PAPER_BETAS
+    k1: float = 0.01
+    k2: float = 0.03
+    data_range: float | None = None
+    normalize: str | None = "relu"
+    single_scale: bool = False
+
+    @property
+    def n_scales(self) -> int:
+        return 1 if self.single_scale else len(self.betas)
+
+    @property
+    def kernel_size(self) -> int:
+        # torchmetrics derives the Gaussian's size from sigma (gaussian_kernel=True): 11 for 1.5
+        return int(3.5 * self.sigma + 0.5) * 2 + 1
+
+    @property
+    def pad(self) -> int:
+        return (self.kernel_size - 1) // 2
+
+    def check_size(self, height: int, width: int) -> None:
+        """Raises InputError for images too small for the scales (same limits as torchmetrics)."""
+        if self.single_scale:
+            if min(height, width) <= self.pad:
+                raise InputError(f"images of {height}x{width} are too small for SSIM")
+            return
+        div = max(1, len(self.betas) - 1) ** 2
+        if min(height, width) < 2 ** len(self.betas) or min(height, width) // div <= self.kernel_size - 1:
+            raise InputError(
+                f"images of {height}x{width} are too small for {len(self.betas)}-scale MS-SSIM",
+                hint=f"use --size {(self.kernel_size - 1) * div + div} or more",
+            )
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["betas"] = list(self.betas)
+        return d
+
+
+def gaussian_1d(cfg: SSIMConfig, dtype: torch.dtype, device: torch.device | str) -> torch.Tensor:
+    import torch
+
+    k = cfg.kernel_size
+    dist = torch.arange((1 - k) / 2, (1 + k) / 2, 1, dtype=dtype, device=device)
+    g = torch.exp(-((dist / cfg.sigma) ** 2) / 2)
+    return g / g.sum()
+
+
+def blur_valid(x: torch.Tensor, k1d: torch.Tensor) -> torch.Tensor:
+    """Separable Gaussian blur without padding: (N,C,H,W) -> (N,C,H-2p,W-2p)."""
+    import torch.nn.functional as F
+
+    n, c, h, w = x.shape
+    k = k1d.numel()
+    y = x.reshape(n * c, 1, h, w)
+    y = F.conv2d(y, k1d.view(1, 1, 1, k))
+    y = F.conv2d(y, k1d.view(1, 1, k, 1))
+    return y.reshape(n, c, h - k + 1, w - k + 1)
+
+
+def _pad(x: torch.Tensor, p: int) -> torch.Tensor:
+    import torch.nn.functional as F
+
+    return F.pad(x, (p, p, p, p), mode="reflect")
+
+
+@dataclass
+class ScaleStats:
+    """One image batch at one scale: pixels, blurred mean and variance, per-image value range."""
+
+    x: torch.Tensor
+    mu: torch.Tensor
+    sigma2: torch.Tensor
+    lo: torch.Tensor
+    hi: torch.Tensor
+
+    def select(self, index: torch.Tensor) -> ScaleStats:
+        return ScaleStats(self.x[index], self.mu[index], self.sigma2[index], self.lo[index], self.hi[index])
+
+
+def image_stats(x: torch.Tensor, cfg: SSIMConfig) -> list[ScaleStats]:
+    """Per-image MS-SSIM work for a batch (N,C,H,W): one ScaleStats per scale."""
+    import torch
+    import torch.nn.functional as F
+
+    cfg.check_size(int(x.shape[-2]), int(x.shape[-1]))
+    k1d = gaussian_1d(cfg, x.dtype, x.device)
+    out: list[ScaleStats] = []
+    with torch.inference_mode():
+        for s in range(cfg.n_scales):
+            xp = _pad(x, cfg.pad)
+            mu = blur_valid(xp, k1d)
+            exx = blur_valid(xp * xp, k1d)
+            sigma2 = torch.clamp(exx - mu * mu, min=0.0)
+            flat = x.reshape(x.shape[0], -1)
+            out.append(ScaleStats(x, mu, sigma2, flat.min(1).values, flat.max(1).values))
+            if s < cfg.n_scales - 1:
+                x = F.avg_pool2d(x, (2, 2))
+    return out
+
+
+def pair_scores(a: list[ScaleStats], b: list[ScaleStats], cfg: SSIMConfig) -> torch.Tensor:
+    """MS-SSIM (or SSIM) of pairs (a[i], b[i]) from their per-image stats: a tensor of length N."""
+    import torch
+
+    k1d = gaussian_1d(cfg, a[0].x.dtype, a[0].x.device)
+    p = cfg.pad
+    values = []
+    with torch.inference_mode():
+        for s, (sa, sb) in enumerate(zip(a, b, strict=True)):
+            exy = blur_valid(_pad(sa.x * sb.x, p), k1d)
+            mu_xy = sa.mu * sb.mu
+            sxy = exy - mu_xy
+            if cfg.data_range is None:
+                dr = torch.maximum(sa.hi - sa.lo, sb.hi - sb.lo).view(-1, 1, 1, 1)
+            else:
+                dr = torch.tensor(float(cfg.data_range), dtype=sa.x.dtype, device=sa.x.device)
+            c1 = (cfg.k1 * dr) ** 2
+            c2 = (cfg.k2 * dr) ** 2
+            upper = 2 * sxy + c2
+            lower = sa.sigma2 + sb.sigma2 + c2
+            if s == cfg.n_scales - 1:
+                ssim_map = ((2 * mu_xy + c1) * upper) / ((sa.mu * sa.mu + sb.mu * sb.mu + c1) * lower)
+                values.append(ssim_map.flatten(1).mean(1))
+            else:
+                cs_map = (upper / lower)[..., p:-p, p:-p]
+                values.append(cs_map.flatten(1).mean(1))
+        return combine_scales(torch.stack(values), cfg)
+
+
+def combine_scales(values: torch.Tensor, cfg: SSIMConfig) -> torch.Tensor:
+    """(n_scales, N) per-scale cs/sim -> (N,) MS-SSIM as torchmetrics combines them."""
+    import torch
+
+    if cfg.single_scale:
+        return values[0]
+    if cfg.normalize == "relu":
+        values = torch.relu(values)
+    elif cfg.normalize == "simple":
+        values = (values + 1) / 2
+    betas = torch.tensor(cfg.betas, dtype=values.dtype, device=values.device).view(-1, 1)
+    return torch.prod(values**betas, dim=0)
+
+
+def ms_ssim(x: torch.Tensor, y: torch.Tensor, cfg: SSIMConfig | None = None) -> torch.Tensor:
+    """MS-SSIM of pairs (x[i], y[i]), each (N,C,H,W): torchmetrics' value computed per pair."""
+    cfg = cfg or SSIMConfig()
+    if x.shape != y.shape:
+        raise InputError(f"pairs must have the same shape, got {tuple(x.shape)} and {tuple(y.shape)}")
+    return pair_scores(image_stats(x, cfg), image_stats(y, cfg), cfg)
+
+
+def masked_ms_ssim(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, cfg: SSIMConfig | None = None) -> torch.Tensor:
+    """MS-SSIM restricted to a soft region w (N,1,H,W) by normalized convolution.
+
+    Local means/variances/covariance are weighted by w (blur(w·x)/blur(w), ...), maps are averaged
+    with weight w, and the pyramid pools w·x and w (then divides), so pixels outside the region never
+    enter a statistic. Pairs whose region is empty get NaN (callers fall back to the plain score).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    cfg = cfg or SSIMConfig()
+    cfg.check_size(int(x.shape[-2]), int(x.shape[-1]))
+    k1d = gaussian_1d(cfg, x.dtype, x.device)
+    p = cfg.pad
+    eps = 1e-6
+    dr = 1.0 if cfg.data_range is None else float(cfg.data_range)
+    c1, c2 = (cfg.k1 * dr) ** 2, (cfg.k2 * dr) ** 2
+    values = []
+    empty = w.flatten(1).sum(1) <= eps * w[0].numel()
+    with torch.inference_mode():
+        for s in range(cfg.n_scales):
+            xp, yp, wp = _pad(x, p), _pad(y, p), _pad(w, p)
+            wsum = blur_valid(wp, k1d).clamp_min(eps)
+            stacked = torch.cat([wp * xp, wp * yp, wp * xp * xp, wp * yp * yp, wp * xp * yp], dim=1)
+            m = blur_valid(stacked, k1d) / wsum
+            mx, my, exx, eyy, exy = m.chunk(5, dim=1)
+            sx2 = torch.clamp(exx - mx * mx, min=0.0)
+            sy2 = torch.clamp(eyy - my * my, min=0.0)
+            upper = 2 * (exy - mx * my) + c2
+            lower = sx2 + sy2 + c2
+            if s == cfg.n_scales - 1:
+                smap = ((2 * mx * my + c1) * upper) / ((mx * mx + my * my + c1) * lower)
+            else:
+                smap = upper / lower
+            weight = w.expand_as(smap)
+            values.append((smap * weight).flatten(1).sum(1) / weight.flatten(1).sum(1).clamp_min(eps))
+            if s < cfg.n_scales - 1:
+                pw = F.avg_pool2d(w, (2, 2))
+                x = F.avg_pool2d(w * x, (2, 2)) / pw.clamp_min(eps)
+                y = F.avg_pool2d(w * y, (2, 2)) / pw.clamp_min(eps)
+                w = pw
+        out = combine_scales(torch.stack(values), cfg)
+    return torch.where(empty, torch.full_like(out, float("nan")), out)
+
+
+def _chunks(n: int, size: int) -> list[slice]:
+    return [slice(i, min(n, i + size)) for i in range(0, n, size)]
+
+
+def pair_chunk_size(height: int, width: int, budget_mb: float = 256.0) -> int:
+    """Pairs per chunk so that a chunk's temporaries (about 24 4-channel maps per pair) fit the budget."""
+    per_pair = 24 * 4 * height * width * 4 / 2**20
+    return max(1, int(budget_mb // per_pair))
+
+
+class MSSSIMMetric(RegionMetric):
+    """MS-SSIM (or SSIM) of foreground cut-outs and of backgrounds, as the paper scores them."""
+
+    name = "msssim"
+
+    def __init__(self, config: SSIMConfig | None = None, budget_mb: float = 256.0) -> None:
+        self.config = config or SSIMConfig()
+        self.budget_mb = budget_mb
+
+    def params(self) -> dict[str, Any]:
+        return {"metric": self.name, **self.config.as_dict()}
+
+    def prepare(self, batch: RegionBatch) -> dict[str, list[ScaleStats]]:
+        return {"fg": image_stats(batch.fg, self.config), "bg": image_stats(batch.bg, self.config)}
+
+    def score(self, gen: Any, gen_index: torch.Tensor, train: Any, train_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        import torch
+
+        h, w = gen["fg"][0].x.shape[-2:]
+        step = pair_chunk_size(int(h), int(w), self.budget_mb)
+        parts: dict[str, list[torch.Tensor]] = {"fg": [], "bg": []}
+        for sl in _chunks(len(gen_index), step):
+            gi, ti = gen_index[sl], train_index[sl]
+            for region in ("fg", "bg"):
+                a = [st.select(gi) for st in gen[region]]
+                b = [st.select(ti) for st in train[region]]
+                parts[region].append(pair_scores(b, a, self.config))  # torchmetrics order: (train, gen)
+        return torch.cat(parts["fg"]), torch.cat(parts["bg"])
+
+
+class SSIMMetric(MSSSIMMetric):
+    name = "ssim"
+
+    def __init__(self, config: SSIMConfig | None = None, budget_mb: float = 256.0) -> None:
+        base = config or SSIMConfig()
+        super().__init__(SSIMConfig(**{**base.as_dict(), "betas": tuple(base.betas), "single_scale": True}), budget_mb)
+
+
+class MaskedMSSSIMMetric(RegionMetric):
+    """The stricter variant: foregrounds compared inside the union of the two masks, backgrounds inside
+    the background both images share, each by masked MS-SSIM. Where that region covers less than
+    `min_region` of the image the plain MS-SSIM of the part is used (too little shared area to judge).
+    """
+
+    name = "msssim-masked"
+
+    def __init__(self, config: SSIMConfig | None = None, min_region: float = 0.02, budget_mb: float = 256.0) -> None:
+        self.config = config or SSIMConfig(data_range=1.0)
+        self.min_region = float(min_region)
+        self.budget_mb = budget_mb
+
+    def params(self) -> dict[str, Any]:
+        return {"metric": self.name, "min_region": self.min_region, **self.config.as_dict()}
+
+    def prepare(self, batch: RegionBatch) -> RegionBatch:
+        return batch
+
+    def score(self, gen: Any, gen_index: torch.Tensor, train: Any, train_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        import torch
+
+        h, w = gen.fg.shape[-2:]
+        step = max(1, pair_chunk_size(int(h), int(w), self.budget_mb) // 2)
+        fgs, bgs = [], []
+        for sl in _chunks(len(gen_index), step):
+            gi, ti = gen_index[sl], train_index[sl]
+            mg, mt = gen.mask[gi], train.mask[ti]
+            union = torch.maximum(mg, mt)
+            shared_bg = (1 - mg) * (1 - mt)
+            fgs.append(self._region_score(train.fg[ti], gen.fg[gi], union))
+            bgs.append(self._region_score(train.bg[ti], gen.bg[gi], shared_bg))
+        return torch.cat(fgs), torch.cat(bgs)
+
+    def _region_score(self, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        share = w.flatten(1).mean(1)
+        small = share < self.min_region
+        out = masked_ms_ssim(x, y, w, self.config)
+        small = small | torch.isnan(out)
+        if bool(small.any()):
+            plain = ms_ssim(x[small], y[small], self.config)
+            out = out.clone()
+            out[small] = plain
+        return out
+
+
+@register("metric", "msssim")
+def make_msssim(**kwargs: Any) -> MSSSIMMetric:
+    return MSSSIMMetric(SSIMConfig(**kwargs)) if kwargs else MSSSIMMetric()
+
+
+@register("metric", "ssim")
+def make_ssim(**kwargs: Any) -> SSIMMetric:
+    return SSIMMetric(SSIMConfig(**kwargs)) if kwargs else SSIMMetric()
+
+
+@register("metric", "msssim-masked")
+def make_msssim_masked(min_region: float = 0.02, **kwargs: Any) -> MaskedMSSSIMMetric:
+    cfg = SSIMConfig(**{"data_range": 1.0, **kwargs})
+    return MaskedMSSSIMMetric(cfg, min_region=min_region)

@@ -1,0 +1,47 @@
+-- fbmem_labels: the FB-Mem label of every generated image from its best match (method.md §1.5).
+-- tau from the variable tau (default 0.8). Rule order: VM (bg and fg >= tau), BM (bg >= tau),
+-- FM (fg >= tau), NM. Generation settings joined when the image has a generations row (one row per
+-- generation that produced these bytes); prompt_set from prompts.
+CREATE OR REPLACE VIEW fbmem_labels AS
+WITH t AS (SELECT coalesce(TRY_CAST(getvariable('tau') AS DOUBLE), 0.8) AS tau)
+SELECT b.generated_image_id,
+       b.train_image_id,
+       b.fg_score,
+       b.bg_score,
+       b.pair_score,
+       CASE WHEN b.bg_score >= t.tau AND b.fg_score >= t.tau THEN 'VM'
+            WHEN b.bg_score >= t.tau THEN 'BM'
+            WHEN b.fg_score >= t.tau THEN 'FM'
+            ELSE 'NM' END AS label,
+       t.tau,
+       b.degenerate_rule,
+       g.generation_id,
+       g.prompt_id,
+       p.prompt_set,
+       g.model_id,
+       g.mitigation,
+       g.seed,
+       b.scoring_id
+  FROM best_match b
+  CROSS JOIN t
+  LEFT JOIN generations g ON g.image_id = b.generated_image_id
+  LEFT JOIN prompts p ON p.prompt_id = g.prompt_id;
+
+-- fbmem_rates: label counts and shares by prompt set, model and mitigation.
+CREATE OR REPLACE VIEW fbmem_rates AS
+SELECT prompt_set,
+       model_id,
+       mitigation,
+       count(*) AS n,
+       count(*) FILTER (WHERE label = 'VM') AS vm,
+       count(*) FILTER (WHERE label = 'BM') AS bm,
+       count(*) FILTER (WHERE label = 'FM') AS fm,
+       count(*) FILTER (WHERE label = 'NM') AS nm,
+       round(count(*) FILTER (WHERE label = 'VM') / count(*), 4) AS vm_share,
+       round(count(*) FILTER (WHERE label = 'BM') / count(*), 4) AS bm_share,
+       round(count(*) FILTER (WHERE label = 'FM') / count(*), 4) AS fm_share,
+       round(count(*) FILTER (WHERE label = 'NM') / count(*), 4) AS nm_share,
+       any_value(tau) AS tau
+  FROM fbmem_labels
+ GROUP BY ALL
+ ORDER BY prompt_set NULLS LAST, model_id NULLS LAST, mitigation NULLS LAST;
