@@ -1,0 +1,159 @@
+"""Memorization scores: NeMo's noise-difference MS-SSIM and Wen et al.'s text-conditional noise norm.
+
+NeMo (method.md §2): draw n_seeds initial latents x_T from one generator (seed 1); predict the noise
+with the text branch only (guidance 0) at DDIM timestep index 1 of a 50-step schedule (t = 961 for SD)
+on the unchanged x_T; noise_diff = eps(x_T, t, c) - x_T, min-max normalised per sample and channel over
+HxW; compare with 3-scale MS-SSIM (kernel 11, betas 0.33 x 3). The detection score of a prompt is the
+largest pairwise similarity between two seeds' noise differences.
+
+Small latents: 3-scale MS-SSIM with an 11-pixel kernel needs latents larger than 40 pixels (SD has 64).
+For smaller latents (the lab's 16x16) the kernel shrinks to the largest odd size that fits and the
+Gaussian sigma shrinks with it (sigma = 1.5 * k / 11); latents of 8 pixels or fewer are refused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from fbmem_data.errors import InputError
+
+if TYPE_CHECKING:
+    import torch
+
+PAPER_BETAS = (0.33, 0.33, 0.33)
+PAPER_KERNEL = 11
+
+
+@dataclass(frozen=True)
+class NoiseDiffSettings:
+    """How noise differences are made and compared (defaults = NeMo's reference settings)."""
+
+    n_seeds: int = 10
+    seed: int = 1
+    steps: int = 50
+    timestep_index: int = 1
+    kernel_size: int = PAPER_KERNEL
+    betas: tuple[float, ...] = PAPER_BETAS
+    latent_size: int | None = None  # None: the UNet's config.sample_size
+
+
+def msssim_kernel(size: int, kernel_size: int = PAPER_KERNEL, n_scales: int = 3) -> tuple[int, float]:
+    """(kernel, sigma) for MS-SSIM on size x size inputs: the requested kernel if it fits, else smaller.
+
+    Raises:
+        InputError: the input is too small for n_scales scales even with a 3-pixel kernel.
+    """
+    scale = 2 ** (n_scales - 1)
+    k = kernel_size
+    while k >= 3 and (k - 1) * scale >= size:
+        k -= 2
+    if k < 3:
+        raise InputError(f"{size}x{size} latents are too small for {n_scales}-scale MS-SSIM (need more than {2 * scale})")
+    sigma = 1.5 if k == PAPER_KERNEL else 1.5 * k / PAPER_KERNEL
+    return k, sigma
+
+
+def msssim_pairs(a: torch.Tensor, b: torch.Tensor, *, kernel_size: int = PAPER_KERNEL, betas: Sequence[float] = PAPER_BETAS) -> torch.Tensor:
+    """MS-SSIM of a[i] vs b[i] for every i (inputs in [0, 1], shape (N, C, H, W)); returns (N,)."""
+    from torchmetrics.functional.image import multiscale_structural_similarity_index_measure
+
+    k, sigma = msssim_kernel(min(a.shape[-2:]), kernel_size, len(betas))
+    return multiscale_structural_similarity_index_measure(
+        a.float(), b.float(), kernel_size=k, sigma=sigma, betas=tuple(betas), data_range=1.0, reduction="none"
+    )
+
+
+def normalise_noise_diff(noise_diff: torch.Tensor) -> torch.Tensor:
+    """Min-max normalise each sample's channels over H x W to [0, 1]."""
+    lo = noise_diff.amin(dim=(-2, -1), keepdim=True)
+    hi = noise_diff.amax(dim=(-2, -1), keepdim=True)
+    return (noise_diff - lo) / (hi - lo).clamp_min(1e-12)
+
+
+def initial_latents(n_seeds: int, seed: int, shape: Sequence[int]) -> torch.Tensor:
+    """n_seeds latents x_T (fp32, CPU) drawn from one generator seeded `seed`, as NeMo does."""
+    import torch
+
+    generator = torch.Generator("cpu").manual_seed(seed)
+    return torch.randn((n_seeds, *shape), generator=generator, dtype=torch.float32)
+
+
+def nemo_timestep(scheduler: Any, steps: int = 50, index: int = 1) -> Any:
+    """The DDIM timestep at `index` of a `steps`-step schedule (961 for SD's 50 steps, index 1).
+
+    Works on a copy of the scheduler, so the pipeline's own schedule is untouched.
+    """
+    sched = type(scheduler).from_config(scheduler.config)
+    sched.set_timesteps(steps)
+    return sched.timesteps[index]
+
+
+def pairwise_max_similarity(noise_diffs: torch.Tensor, settings: NoiseDiffSettings) -> torch.Tensor:
+    """Per seed, the largest MS-SSIM to another seed's noise difference; returns (n_seeds,)."""
+    import torch
+
+    n = noise_diffs.shape[0]
+    if n < 2:
+        raise InputError("NeMo's detection score needs at least 2 seeds")
+    i, j = torch.triu_indices(n, n, offset=1)
+    sims = msssim_pairs(noise_diffs[i], noise_diffs[j], kernel_size=settings.kernel_size, betas=settings.betas)
+    per_seed = torch.full((n,), -1.0)
+    for a, b, s in zip(i.tolist(), j.tolist(), sims.tolist(), strict=True):
+        per_seed[a] = max(per_seed[a].item(), s)
+        per_seed[b] = max(per_seed[b].item(), s)
+    return per_seed
+
+
+def nemo_detection_scores(pipe: Any, texts: Sequence[str], settings: NoiseDiffSettings | None = None) -> list[float]:
+    """NeMo's detection score (max pairwise seed similarity) for each prompt text."""
+    from fbmem_data.nemo.activations import encode_prompts
+    from fbmem_data.nemo.localize import NoiseDiffEvaluator
+
+    settings = settings or NoiseDiffSettings()
+    scores = []
+    for text in texts:
+        evaluator = NoiseDiffEvaluator(pipe.unet, pipe.scheduler, encode_prompts(pipe, [text]), settings, layers=[])
+        scores.append(float(pairwise_max_similarity(evaluator.reference, settings).max()))
+    return scores
+
+
+def wen_norm_scores(
+    pipe: Any, texts: Sequence[str], *, seeds: Sequence[int] = (0, 1, 2, 3), steps: int = 50, guidance: float = 7.5
+) -> list[float]:
+    """Wen et al.'s detection score per prompt: ||eps(x_t, c) - eps(x_t, empty)||_2 over steps and seeds.
+
+    Uses the generation helper's `fbmem_data.mitigate.wen.wen_detection_score` when it is installed
+    (one definition for the project), else the same computation here.
+    """
+    try:
+        from fbmem_data.mitigate.wen import wen_detection_score
+    except ImportError:
+        wen_detection_score = None
+    if wen_detection_score is not None:
+        return [float(s) for s in wen_detection_score(pipe, list(texts), seeds=list(seeds), steps=steps, guidance=guidance)]
+    return [_wen_norm(pipe, text, seeds, steps, guidance) for text in texts]
+
+
+def _wen_norm(pipe: Any, text: str, seeds: Sequence[int], steps: int, guidance: float) -> float:
+    import torch
+
+    unet, device = pipe.unet, pipe.unet.device
+    dtype = unet.dtype
+    size = int(unet.config.sample_size)
+    shape = (int(unet.config.in_channels), size, size)
+    latents = torch.stack([torch.randn(shape, generator=torch.Generator("cpu").manual_seed(int(s))) for s in seeds])
+    latents = latents.to(device=device, dtype=dtype)
+    with torch.no_grad():
+        cond, uncond = pipe.encode_prompt([text] * len(seeds), device, 1, True, negative_prompt=[""] * len(seeds))
+        sched = type(pipe.scheduler).from_config(pipe.scheduler.config)
+        sched.set_timesteps(steps)
+        latents = latents * sched.init_noise_sigma
+        norms = []
+        for t in sched.timesteps:
+            model_in = sched.scale_model_input(torch.cat([latents, latents]), t)
+            eps_u, eps_c = unet(model_in, t, encoder_hidden_states=torch.cat([uncond, cond])).sample.chunk(2)
+            norms.append((eps_c - eps_u).float().flatten(1).norm(dim=1))
+            latents = sched.step(eps_u + guidance * (eps_c - eps_u), t, latents).prev_sample
+    return float(torch.stack(norms).mean())

@@ -1,0 +1,454 @@
+"""NeMo localization: initial neuron selection and greedy refinement (method.md §2).
+
+Both stages test "blocking hypotheses" - neuron sets whose channels are zeroed - by predicting noise
+for the prompt on n_seeds fixed latents and comparing the blocked noise differences with the
+unblocked ones: a hypothesis *succeeds* (the prompt is mitigated) when the maximum over the kept
+seeds of MS-SSIM(unblocked, blocked) is <= the threshold.
+
+Two algorithms reach the same decisions:
+
+- `sequential`: the reference: one UNet call (n_seeds samples) per hypothesis, as NeMo's code does.
+- `batched`: several hypotheses in one UNet call (a batch of hypotheses x seeds, each batch row with
+  its own channel mask). The initial selection evaluates the next `width` (theta, k) steps together
+  and takes the first success. The refinement is a greedy sequence of "drop this layer / neuron if it
+  stays mitigated" decisions, each depending on the previous ones; the batched refinement evaluates
+  the speculative prefixes "drop c1", "drop c1, c2", ..., "drop c1..cw" together: all prefixes up to the
+  first failure are exactly the sets the sequential algorithm would test (and accept), the first
+  failing candidate is kept, and the next batch starts after it. Decisions, and so neuron sets, equal
+  the sequential ones whenever the UNet returns the same values for a sample whatever batch it is in
+  (true up to float rounding; a score within rounding of the threshold could flip).
+
+Interpretations (where method.md leaves a detail open; all are LocalizationConfig fields):
+- candidates per layer are {z > theta} union the top-k neurons by raw activation |a| (`topk_by`);
+- kept seeds (`seed_filter="memorized"`) are the seeds whose max pairwise similarity to another seed
+  exceeds the threshold at detection; if none do, all seeds are kept;
+- if the initial selection never succeeds (theta reaches its floor), the last selection is refined
+  against the score it reached (as the reference code does) and the status is `not_mitigated`;
+- refinement tests neurons in reverse layer order and ascending neuron index within a layer.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from fbmem_data.errors import InputError
+from fbmem_data.nemo.detect import (
+    NoiseDiffSettings,
+    initial_latents,
+    msssim_pairs,
+    nemo_timestep,
+    normalise_noise_diff,
+)
+from fbmem_data.nemo.hooks import blocked_neurons
+from fbmem_data.nemo.layers import NemoLayer, discover_nemo_layers
+
+if TYPE_CHECKING:
+    import torch
+
+    from fbmem_data.workspace import Workspace
+
+Algorithm = Literal["batched", "sequential"]
+# {layer index: sorted neuron indices}
+Neurons = dict[int, list[int]]
+
+PAPER_TAU = 0.428
+
+
+@dataclass(frozen=True)
+class LocalizationConfig:
+    """Every constant of the localization. The defaults are NeMo's (`--preset paper`)."""
+
+    noise: NoiseDiffSettings = field(default_factory=NoiseDiffSettings)
+    tau: float = PAPER_TAU
+    theta_start: float = 5.0
+    theta_step: float = 0.25
+    theta_min: float = 1.0
+    k_start: int = 0
+    k_step: int = 1
+    k_max: int = 1280
+    topk_by: Literal["activation", "z"] = "activation"
+    seed_filter: Literal["memorized", "all"] = "memorized"
+    skip_not_memorized: bool = True
+
+    def schedule(self) -> list[tuple[float, int]]:
+        """The (theta, k) steps of the initial selection: 5/0, 4.75/1, ..., 1.25/15 for the paper."""
+        steps = []
+        theta, k = self.theta_start, self.k_start
+        while theta > self.theta_min + 1e-9 and k < self.k_max:
+            steps.append((theta, k))
+            theta -= self.theta_step
+            k += self.k_step
+        return steps
+
+    def as_params(self) -> dict[str, Any]:
+        params = asdict(self)
+        params["noise"]["betas"] = list(self.noise.betas)
+        return params
+
+
+PRESETS: dict[str, LocalizationConfig] = {"paper": LocalizationConfig()}
+
+
+@dataclass
+class Counter:
+    hypotheses: int = 0
+    samples: int = 0
+    batches: int = 0
+
+
+class NoiseDiffEvaluator:
+    """Normalised noise differences of one prompt under blocking hypotheses, counting the UNet work."""
+
+    def __init__(
+        self,
+        unet: Any,
+        scheduler: Any,
+        embeds: torch.Tensor,
+        settings: NoiseDiffSettings,
+        *,
+        layers: Sequence[NemoLayer] | None = None,
+        max_batch: int = 160,
+    ) -> None:
+        import torch
+
+        self.unet = unet
+        self.settings = settings
+        self.layers = list(discover_nemo_layers(unet) if layers is None else layers)
+        self.max_batch = max(max_batch, settings.n_seeds)
+        size = settings.latent_size or int(unet.config.sample_size)
+        shape = (int(unet.config.in_channels), size, size)
+        self.device, self.dtype = unet.device, unet.dtype
+        self.latents = initial_latents(settings.n_seeds, settings.seed, shape).to(self.device, self.dtype)
+        self.timestep = nemo_timestep(scheduler, settings.steps, settings.timestep_index)
+        self.model_input = scheduler.scale_model_input(self.latents, self.timestep) if hasattr(scheduler, "scale_model_input") else self.latents
+        self.embeds = embeds.to(self.device, self.dtype)
+        if self.embeds.shape[0] != 1:
+            raise InputError("NoiseDiffEvaluator takes the embedding of one prompt")
+        self.counter = Counter()
+        with torch.no_grad():
+            self.reference = self._run(self.latents.shape[0], None)
+
+    def _run(self, rows: int, masks: dict[int, torch.Tensor] | None) -> torch.Tensor:
+
+        reps = rows // self.settings.n_seeds
+        latents = self.model_input.repeat(reps, 1, 1, 1)
+        embeds = self.embeds.expand(rows, -1, -1)
+        self.counter.samples += rows
+        self.counter.batches += 1
+        if masks:
+            with blocked_neurons(self.layers, masks):
+                eps = self.unet(latents, self.timestep, encoder_hidden_states=embeds).sample
+        else:
+            eps = self.unet(latents, self.timestep, encoder_hidden_states=embeds).sample
+        return normalise_noise_diff(eps.float() - self.latents.float().repeat(reps, 1, 1, 1))
+
+    def evaluate(self, hypotheses: Sequence[Neurons]) -> torch.Tensor:
+        """(len(hypotheses), n_seeds, C, H, W) normalised noise differences, max_batch samples per UNet call."""
+        import torch
+
+        from fbmem_data.nemo.hooks import keep_masks
+
+        seeds = self.settings.n_seeds
+        per_call = max(1, self.max_batch // seeds)
+        out = []
+        with torch.no_grad():
+            for start in range(0, len(hypotheses), per_call):
+                chunk = hypotheses[start : start + per_call]
+                masks = keep_masks(self.layers, chunk, device=self.device)
+                masks = {i: m.repeat_interleave(seeds, dim=0) for i, m in masks.items()}
+                out.append(self._run(len(chunk) * seeds, masks).reshape(len(chunk), seeds, *self.latents.shape[1:]))
+        self.counter.hypotheses += len(hypotheses)
+        return torch.cat(out)
+
+    def blocked_scores(self, hypotheses: Sequence[Neurons], kept: Sequence[int]) -> list[float]:
+        """Per hypothesis: max over kept seeds of MS-SSIM(unblocked, blocked) noise differences."""
+        diffs = self.evaluate(hypotheses)[:, list(kept)]
+        ref = self.reference[list(kept)].unsqueeze(0).expand_as(diffs)
+        sims = msssim_pairs(
+            ref.reshape(-1, *ref.shape[2:]), diffs.reshape(-1, *diffs.shape[2:]),
+            kernel_size=self.settings.kernel_size, betas=self.settings.betas,
+        )
+        return sims.reshape(len(hypotheses), len(kept)).amax(dim=1).tolist()
+
+
+@dataclass
+class LocalizationResult:
+    status: str
+    initial: Neurons
+    refined: Neurons
+    detection_score: float
+    threshold: float
+    refinement_threshold: float | None
+    initial_score: float | None
+    refined_score: float | None
+    theta: float | None
+    top_k: int | None
+    counter: Counter
+    wall_s: float
+
+    @staticmethod
+    def count(neurons: Neurons) -> int:
+        return sum(len(v) for v in neurons.values())
+
+
+def select_candidates(
+    activations: Sequence[torch.Tensor], means: Sequence[torch.Tensor], stds: Sequence[torch.Tensor],
+    theta: float, k: int, topk_by: str = "activation",
+) -> Neurons:
+    """Per layer: {z > theta} union the top-k neurons (by |a|, or by z), z = |a - mean| / std."""
+    selection: Neurons = {}
+    for layer, (a, mu, sd) in enumerate(zip(activations, means, stds, strict=True)):
+        z = (a - mu).abs() / sd.clamp_min(1e-12)
+        chosen = set((z > theta).nonzero().flatten().tolist())
+        if k > 0:
+            key = a.abs() if topk_by == "activation" else z
+            chosen |= set(key.topk(min(k, key.numel())).indices.tolist())
+        if chosen:
+            selection[layer] = sorted(chosen)
+    return selection
+
+
+def _without(neurons: Neurons, layer: int, neuron: int | None = None) -> Neurons:
+    out = {layer_: list(v) for layer_, v in neurons.items()}
+    if neuron is None:
+        out.pop(layer, None)
+    else:
+        out[layer] = [n for n in out[layer] if n != neuron]
+        if not out[layer]:
+            out.pop(layer)
+    return out
+
+
+# A removal: (layer, None) drops the layer, (layer, neuron) one neuron.
+Removal = tuple[int, int | None]
+
+
+def _greedy_sequential(
+    current: Neurons, candidates: list[Removal], succeeds: Callable[[list[Neurons]], list[float]], threshold: float
+) -> tuple[Neurons, float | None]:
+    last_score = None
+    for layer, neuron in candidates:
+        hypothesis = _without(current, layer, neuron)
+        score = succeeds([hypothesis])[0]
+        if score <= threshold:
+            current, last_score = hypothesis, score
+    return current, last_score
+
+
+def _greedy_speculative(
+    current: Neurons, candidates: list[Removal], succeeds: Callable[[list[Neurons]], list[float]], threshold: float, width: int
+) -> tuple[Neurons, float | None]:
+    last_score = None
+    pos = 0
+    while pos < len(candidates):
+        prefixes, state = [], current
+        for layer, neuron in candidates[pos : pos + width]:
+            state = _without(state, layer, neuron)
+            prefixes.append(state)
+        scores = succeeds(prefixes)
+        accepted = 0
+        for score in scores:
+            if score > threshold:
+                break
+            accepted += 1
+        if accepted:
+            current, last_score = prefixes[accepted - 1], scores[accepted - 1]
+        # The first failing candidate stays; everything before it is dropped.
+        pos += accepted + (1 if accepted < len(prefixes) else 0)
+    return current, last_score
+
+
+def localize_prompt(
+    unet: Any,
+    scheduler: Any,
+    embeds: torch.Tensor,
+    activations: Sequence[torch.Tensor],
+    means: Sequence[torch.Tensor],
+    stds: Sequence[torch.Tensor],
+    config: LocalizationConfig | None = None,
+    *,
+    algorithm: Algorithm = "batched",
+    width: int = 16,
+    max_batch: int = 160,
+) -> LocalizationResult:
+    """Localize the neurons memorizing one prompt.
+
+    Args:
+        unet, scheduler: the pipeline's UNet and (DDIM) scheduler.
+        embeds: (1, tokens, dim) prompt embedding.
+        activations, means, stds: per NeMo layer, the prompt's activations and the reference statistics.
+        config: the constants (default: the paper's).
+        algorithm: "batched" or "sequential" (the reference).
+        width: hypotheses evaluated together by the batched algorithm.
+        max_batch: most latent samples per UNet call.
+
+    Raises:
+        InputError: the statistics do not have the UNet's layer widths.
+    """
+    config = config or LocalizationConfig()
+    started = time.perf_counter()
+    layers = discover_nemo_layers(unet)
+    widths = [layer.width for layer in layers]
+    if [int(m.numel()) for m in means] != widths or [int(a.numel()) for a in activations] != widths:
+        raise InputError(
+            f"neuron statistics have widths {[int(m.numel()) for m in means]}, the UNet's NeMo layers {widths}",
+            hint="use statistics computed for this model (fbmem nemo activations --stats)",
+        )
+    width = 1 if algorithm == "sequential" else max(1, width)
+    evaluator = NoiseDiffEvaluator(unet, scheduler, embeds, config.noise, layers=layers, max_batch=max_batch if algorithm == "batched" else config.noise.n_seeds)
+    from fbmem_data.nemo.detect import pairwise_max_similarity
+
+    per_seed = pairwise_max_similarity(evaluator.reference, config.noise)
+    detection = float(per_seed.max())
+    kept = list(range(config.noise.n_seeds))
+    if config.seed_filter == "memorized":
+        kept = (per_seed > config.tau).nonzero().flatten().tolist() or kept
+
+    def result(status: str, **kw: Any) -> LocalizationResult:
+        base: dict[str, Any] = dict(
+            initial={}, refined={}, refinement_threshold=None, initial_score=None, refined_score=None, theta=None, top_k=None
+        )
+        base.update(kw)
+        return LocalizationResult(
+            status=status, detection_score=detection, threshold=config.tau, counter=evaluator.counter,
+            wall_s=time.perf_counter() - started, **base,
+        )
+
+    if config.skip_not_memorized and detection <= config.tau:
+        return result("not_memorized")
+
+    def scores(hypotheses: list[Neurons]) -> list[float]:
+        return evaluator.blocked_scores(hypotheses, kept)
+
+    acts = [a.float().cpu() for a in activations]
+    mus, sds = [m.float().cpu() for m in means], [s.float().cpu() for s in stds]
+    schedule = config.schedule()
+    chosen: tuple[float, int, Neurons, float] | None = None
+    last: tuple[float, int, Neurons, float] | None = None
+    for start in range(0, len(schedule), width):
+        steps = schedule[start : start + width]
+        selections = [select_candidates(acts, mus, sds, theta, k, config.topk_by) for theta, k in steps]
+        for (theta, k), sel, score in zip(steps, selections, scores(selections), strict=True):
+            last = (theta, k, sel, score)
+            if score <= config.tau:
+                chosen = last
+                break
+        if chosen:
+            break
+    if last is None:
+        return result("not_mitigated")
+    status = "mitigated" if chosen else "not_mitigated"
+    theta, k, initial, initial_score = chosen or last
+    threshold = config.tau if chosen else initial_score
+
+    greedy = _greedy_sequential if algorithm == "sequential" else (
+        lambda cur, cands, fn, thr: _greedy_speculative(cur, cands, fn, thr, width)
+    )
+    layer_candidates: list[Removal] = [(layer, None) for layer in sorted(initial, reverse=True)]
+    current, score_layers = greedy(initial, layer_candidates, scores, threshold)
+    neuron_candidates: list[Removal] = [(layer, n) for layer in sorted(current, reverse=True) for n in current[layer]]
+    refined, score_neurons = greedy(current, neuron_candidates, scores, threshold)
+    refined_score = score_neurons if score_neurons is not None else score_layers
+    if refined_score is None:
+        refined_score = initial_score  # nothing could be dropped
+    return result(
+        status, initial=initial, refined=refined, refinement_threshold=threshold, initial_score=initial_score,
+        refined_score=refined_score, theta=theta, top_k=k,
+    )
+
+
+def localization_id(model_id: str, stats_reference: str, config: LocalizationConfig, algorithm: Algorithm) -> str:
+    from fbmem_data.ids import params_hash
+
+    return params_hash({"model_id": model_id, "stats": stats_reference, "config": config.as_params(), "algorithm": algorithm})
+
+
+def localize_prompts(
+    ws: Workspace,
+    pipe: Any,
+    model_id: str,
+    prompt_ids: Sequence[str],
+    *,
+    config: LocalizationConfig | None = None,
+    stats_reference: str | None = None,
+    algorithm: Algorithm = "batched",
+    width: int = 16,
+    max_batch: int = 160,
+    run_id: str | None = None,
+    progress: Callable[[str, LocalizationResult], None] | None = None,
+) -> str:
+    """Localize every prompt not yet done under this configuration; returns the localization_id.
+
+    Each prompt's neurons, then its nemo_summary row (the resume marker), are written as soon as it is
+    done; a prompt that raises gets status 'failed' with the error and the run goes on.
+    """
+    import json
+
+    from fbmem_data.nemo.activations import encode_prompts, layer_activations
+    from fbmem_data.nemo.stats import load_stats
+
+    config = config or LocalizationConfig()
+    reference, means, stds = load_stats(ws, model_id, stats_reference)
+    loc_id = localization_id(model_id, reference, config, algorithm)
+    done = set(
+        ws.sql("SELECT prompt_id FROM nemo_summary WHERE localization_id = $id", {"id": loc_id}).column("prompt_id").to_pylist()
+    )
+    texts = {
+        r["prompt_id"]: r["text"]
+        for r in ws.sql("SELECT prompt_id, text FROM prompts WHERE prompt_id IN (SELECT unnest($ids::VARCHAR[]))", {"ids": list(prompt_ids)}).to_pylist()
+    }
+    unknown = [p for p in prompt_ids if p not in texts]
+    if unknown:
+        raise InputError(f"{len(unknown)} prompt id(s) are not in the prompts table, e.g. {unknown[:3]}")
+    layers = discover_nemo_layers(pipe.unet)
+    params = json.dumps({"stats": reference, "config": config.as_params(), "width": width, "max_batch": max_batch})
+    for pid in prompt_ids:
+        if pid in done:
+            continue
+        base = {"localization_id": loc_id, "prompt_id": pid, "model_id": model_id, "algorithm": algorithm, "params": params, "run_id": run_id}
+        try:
+            embeds = encode_prompts(pipe, [texts[pid]])
+            acts = [a[0] for a in layer_activations(layers, embeds)]
+            res = localize_prompt(
+                pipe.unet, pipe.scheduler, embeds, acts, means, stds, config, algorithm=algorithm, width=width, max_batch=max_batch
+            )
+        except InputError:
+            raise
+        except Exception as exc:  # one bad prompt must not end the run: record it
+            ws.write("nemo_summary", [{**base, "status": "failed", "error": f"{type(exc).__name__}: {exc}"}])
+            continue
+        rows = [
+            {"localization_id": loc_id, "prompt_id": pid, "model_id": model_id, "stage": stage, "layer": layer, "neuron": n, "run_id": run_id}
+            for stage, neurons in (("initial", res.initial), ("refined", res.refined))
+            for layer, ns in neurons.items()
+            for n in ns
+        ]
+        ws.write("nemo_neurons", rows)
+        ws.write(
+            "nemo_summary",
+            [
+                {
+                    **base,
+                    "status": res.status,
+                    "detection_score": res.detection_score,
+                    "threshold": res.threshold,
+                    "refinement_threshold": res.refinement_threshold,
+                    "initial_score": res.initial_score,
+                    "refined_score": res.refined_score,
+                    "theta": res.theta,
+                    "top_k": res.top_k,
+                    "n_initial": LocalizationResult.count(res.initial),
+                    "n_refined": LocalizationResult.count(res.refined),
+                    "hypotheses": res.counter.hypotheses,
+                    "unet_samples": res.counter.samples,
+                    "unet_batches": res.counter.batches,
+                    "wall_s": res.wall_s,
+                }
+            ],
+        )
+        if progress:
+            progress(pid, res)
+    return loc_id
