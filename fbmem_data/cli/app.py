@@ -16,6 +16,7 @@ _COMMAND_MODULES = (
     "fbmem_data.cli.fbmem_cmds",
     "fbmem_data.cli.pairing_cmds",
     "fbmem_data.cli.lab_cmds",
+    "fbmem_data.cli.generate_cmds",
     "fbmem_data.cli.nemo_cmds",
     "fbmem_data.cli.report_cmds",
     "fbmem_data.cli.fetch_cmds",

@@ -108,11 +108,14 @@ class Mitigation(ABC):
             mitigation changes the image of at least one (prompt, seed) against `none`.
         contract_gaps: {contract test name: reason} for checks this plug-in cannot pass (the contract
             suite turns them into explicit xfails, ibis style), e.g. {"test_output_changes": "..."}.
+        contract_params: the parameters the contract suite builds it with on a tiny random pipeline
+            (e.g. wen's target_loss 0, so that it always optimises there).
     """
 
     name: ClassVar[str]
     changes_output: ClassVar[bool] = True
     contract_gaps: ClassVar[dict[str, str]] = {}
+    contract_params: ClassVar[dict[str, Any]] = {}
 
     @abstractmethod
     def params(self) -> dict[str, Any]:

@@ -1,0 +1,93 @@
+"""`fbmem generate`: a thin layer over fbmem_data.generate.generate (torch is imported inside)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import pyarrow as pa
+import typer
+
+from fbmem_data.cli.common import BatchSizeOption, DeviceOption, WorkspaceOption, open_workspace
+from fbmem_data.cli.output import output_options
+from fbmem_data.errors import InputError
+
+
+def parse_key_values(pairs: list[str] | None, flag: str) -> dict[str, Any]:
+    """['k=v', 'wen.lr=0.1'] -> {'k': 'v', 'wen.lr': 0.1} (numbers and booleans read as such)."""
+    from fbmem_data.workspace import coerce_param
+
+    out: dict[str, Any] = {}
+    for item in pairs or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InputError(f"{flag} needs KEY=VALUE, got {item!r}", hint=f"{flag} target_loss=3")
+        lowered = value.lower()
+        out[key] = True if lowered == "true" else False if lowered == "false" else coerce_param(value)
+    return out
+
+
+def _split_ids(values: list[str] | None) -> list[str] | None:
+    if not values:
+        return None
+    return [v.strip() for item in values for v in item.split(",") if v.strip()]
+
+
+@output_options
+def generate(
+    model: Annotated[str, typer.Option("--model", help="`lab`, a diffusers directory, or a hub id in the local cache.")],
+    workspace: WorkspaceOption = None,
+    prompts: Annotated[str | None, typer.Option("--prompts", help="Prompt set (prompts.prompt_set).")] = None,
+    prompt_ids: Annotated[
+        list[str] | None, typer.Option("--prompt-ids", help="Prompt ids (repeat or comma-separate).")
+    ] = None,
+    n: Annotated[int, typer.Option("--n", min=1, help="Images per prompt (seeds seed-start .. seed-start+n-1).")] = 4,
+    seeds: Annotated[str | None, typer.Option("--seeds", help="Explicit seeds: 0..3 or 0,5,9 (overrides --n).")] = None,
+    seed_start: Annotated[int, typer.Option("--seed-start", min=0, help="First seed when --seeds is not given.")] = 0,
+    steps: Annotated[int, typer.Option("--steps", min=1, help="DDIM steps.")] = 50,
+    guidance: Annotated[float, typer.Option("--guidance", help="Classifier-free guidance scale.")] = 7.0,
+    height: Annotated[int | None, typer.Option("--height", help="Image height (default: the model's).")] = None,
+    width: Annotated[int | None, typer.Option("--width", help="Image width (default: the model's).")] = None,
+    batch_size: BatchSizeOption = 4,
+    device: DeviceOption = "auto",
+    dtype: Annotated[str, typer.Option("--dtype", help="auto (fp16 on CUDA, fp32 on CPU), fp16 or fp32.")] = "auto",
+    scheduler: Annotated[str, typer.Option("--scheduler", help="ddim (reference) or keep the pipeline's.")] = "ddim",
+    mitigation: Annotated[
+        list[str] | None,
+        typer.Option("--mitigation", "-m", help="none, rta, wen, nemo, nemo-c ... (repeat for several)."),
+    ] = None,
+    mitigation_param: Annotated[
+        list[str] | None,
+        typer.Option("--mitigation-param", help="KEY=VALUE for every mitigation taking KEY, NAME.KEY=VALUE for one."),
+    ] = None,
+    model_id: Annotated[str | None, typer.Option("--model-id", help="Record this model id instead of the default.")] = None,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar on stderr.")] = True,
+) -> pa.Table:
+    """Generate N seeded images per prompt (under mitigations) into generations/images; resumes."""
+    from fbmem_data.generate import generate as run_generate
+
+    ws = open_workspace(workspace)
+    return run_generate(
+        ws,
+        model,
+        prompt_set=prompts,
+        prompt_ids=_split_ids(prompt_ids),
+        n=n,
+        seeds=seeds,
+        seed_start=seed_start,
+        steps=steps,
+        guidance=guidance,
+        height=height,
+        width=width,
+        batch_size=batch_size,
+        device=device,
+        dtype=dtype,
+        scheduler=scheduler,
+        mitigations=mitigation or ["none"],
+        mitigation_params=parse_key_values(mitigation_param, "--mitigation-param"),
+        model_id=model_id,
+        progress=progress,
+    )
+
+
+def register(app: typer.Typer) -> None:
+    app.command("generate")(generate)

@@ -1,0 +1,226 @@
+"""Load a diffusers text-to-image pipeline from `lab`, a local directory or a cached hub id. Never downloads."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fbmem_data.errors import InputError, ModelNotFoundError
+
+if TYPE_CHECKING:
+    import torch
+    from diffusers import DiffusionPipeline
+
+LAB_MODEL = "lab"
+_HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_SCHEDULERS = ("ddim", "keep")
+
+
+@dataclass
+class LoadedPipeline:
+    """A pipeline ready to generate, with what identifies it in the tables.
+
+    Attributes:
+        pipe: the diffusers pipeline (moved to `device`, in `dtype`).
+        model_id: recorded in generations.model_id.
+        revision: the weights' version where known (hub snapshot hash, lab weights hash), for `runs`.
+        device: torch device string.
+        dtype: "fp16" or "fp32".
+    """
+
+    pipe: DiffusionPipeline
+    model_id: str
+    revision: str | None
+    device: str
+    dtype: str
+
+
+def resolve_device(device: str = "auto") -> str:
+    """'auto' -> 'cuda' when a GPU is visible, else 'cpu'; anything else is passed through."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def resolve_dtype(dtype: str, device: str) -> str:
+    """'auto' -> fp16 on CUDA, fp32 elsewhere (fp16 convolutions on CPU are slow or unsupported).
+
+    Raises:
+        InputError: an unknown dtype name.
+    """
+    aliases = {"fp16": "fp16", "float16": "fp16", "half": "fp16", "fp32": "fp32", "float32": "fp32", "float": "fp32"}
+    if dtype == "auto":
+        return "fp16" if device.startswith("cuda") else "fp32"
+    if dtype not in aliases:
+        raise InputError(f"unknown dtype {dtype!r}", hint="use auto, fp16 or fp32")
+    return aliases[dtype]
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    import torch
+
+    return torch.float16 if name == "fp16" else torch.float32
+
+
+def hf_cache_dir() -> Path:
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE)
+
+
+def _download_hint(repo_id: str) -> str:
+    return (
+        f"fetch it once with `huggingface-cli download {repo_id}` (or `hf download {repo_id}`) on a machine "
+        "with network access into this cache, or pass a local diffusers directory as --model"
+    )
+
+
+def _hub_snapshot(repo_id: str, revision: str | None) -> Path:
+    """The cached snapshot directory of a hub repo (raises ModelNotFoundError when absent)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(repo_id, "model_index.json", cache_dir=hf_cache_dir(), revision=revision)
+    if not isinstance(found, str):
+        raise ModelNotFoundError(
+            f"model {repo_id!r} is not in the local Hugging Face cache ({hf_cache_dir()}): "
+            f"no cached model_index.json for it; fbmem never downloads",
+            hint=_download_hint(repo_id),
+        )
+    return Path(found).parent
+
+
+def _check_local_dir(path: Path) -> dict[str, Any]:
+    index = path / "model_index.json"
+    if not index.is_file():
+        raise ModelNotFoundError(
+            f"{path} is not a diffusers pipeline directory: it has no model_index.json",
+            hint="pass a directory written by DiffusionPipeline.save_pretrained, `lab`, or a hub id",
+        )
+    try:
+        return json.loads(index.read_text())
+    except ValueError as exc:
+        raise ModelNotFoundError(f"{index} is damaged: {exc}") from exc
+
+
+def _from_pretrained(source: Path, index: dict[str, Any], dtype: torch.dtype, what: str, hint: str) -> Any:
+    from diffusers import DiffusionPipeline
+
+    kwargs: dict[str, Any] = {"dtype": dtype, "local_files_only": True}
+    if "safety_checker" in index:
+        # A blacked-out image would read as "not memorized"; the checker is also an extra 1.2 GB model.
+        kwargs.update(safety_checker=None, requires_safety_checker=False)
+    try:
+        return DiffusionPipeline.from_pretrained(str(source), **kwargs)
+    except (OSError, ValueError) as exc:
+        raise ModelNotFoundError(f"cannot load {what} from {source}: {exc}", hint=hint) from exc
+
+
+def _use_scheduler(pipe: Any, scheduler: str) -> None:
+    if scheduler == "ddim":
+        from diffusers import DDIMScheduler
+
+        if not isinstance(pipe.scheduler, DDIMScheduler):
+            pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+
+
+def load_pipeline(
+    model: str,
+    *,
+    device: str = "auto",
+    dtype: str = "auto",
+    scheduler: str = "ddim",
+    model_id: str | None = None,
+    revision: str | None = None,
+) -> LoadedPipeline:
+    """Load a text-to-image pipeline without touching the network.
+
+    Args:
+        model: "lab" (the shipped lab model), a local diffusers directory, or a hub id in the local cache.
+        device: "auto", "cpu", "cuda", "cuda:1" ...
+        dtype: "auto" (fp16 on CUDA, fp32 on CPU), "fp16" or "fp32".
+        scheduler: "ddim" (the reference sampler; replaces the pipeline's own) or "keep".
+        model_id: the id to record instead of the default (lab id, hub id, absolute directory path).
+        revision: a hub revision (branch, tag or commit) to take from the cache.
+
+    Returns:
+        The pipeline on its device with its recorded ids.
+
+    Raises:
+        ModelNotFoundError: the directory, the cached hub snapshot or the lab weights are missing
+            (the message names what is missing and how to get it).
+        InputError: an unknown dtype or scheduler.
+    """
+    if scheduler not in _SCHEDULERS:
+        raise InputError(f"unknown scheduler {scheduler!r}", hint=f"use one of {', '.join(_SCHEDULERS)}")
+    device = resolve_device(device)
+    dtype_name = resolve_dtype(dtype, device)
+    tdtype = torch_dtype(dtype_name)
+    recorded_revision: str | None
+    if model == LAB_MODEL:
+        pipe, default_id, recorded_revision = _load_lab(tdtype)
+    else:
+        path = Path(os.path.expanduser(model))
+        if path.is_dir():
+            index = _check_local_dir(path)
+            pipe = _from_pretrained(path, index, tdtype, "the pipeline", "check the directory's files")
+            default_id, recorded_revision = str(path.resolve()), None
+        elif _HUB_ID_RE.match(model) and not path.exists():
+            snapshot = _hub_snapshot(model, revision)
+            index = _check_local_dir(snapshot)
+            pipe = _from_pretrained(
+                snapshot, index, tdtype, f"the cached snapshot of {model!r} (some files are missing)",
+                _download_hint(model),
+            )
+            default_id, recorded_revision = model, snapshot.name
+        else:
+            raise ModelNotFoundError(
+                f"model {model!r} is neither `lab`, an existing directory, nor a hub id (owner/name)",
+                hint="pass `lab`, a diffusers directory, or e.g. CompVis/stable-diffusion-v1-4",
+            )
+    _use_scheduler(pipe, scheduler)
+    pipe = pipe.to(device)
+    if hasattr(pipe, "set_progress_bar_config"):
+        pipe.set_progress_bar_config(disable=True)
+    return LoadedPipeline(pipe, model_id or default_id, recorded_revision, device, dtype_name)
+
+
+def _load_lab(dtype: torch.dtype) -> tuple[Any, str, str | None]:
+    try:
+        from fbmem_data.lab import pipeline as lab_pipeline
+    except ImportError as exc:
+        raise ModelNotFoundError(
+            "the lab model is not available in this installation (fbmem_data.lab.pipeline is missing)",
+            hint="update fbmem, or pass a diffusers directory / hub id as --model",
+        ) from exc
+    pipe = lab_pipeline.load_lab_pipeline()
+    pipe = pipe.to(dtype=dtype)
+    return pipe, lab_pipeline.LAB_MODEL_ID, _lab_revision(Path(lab_pipeline.default_weights_dir()))
+
+
+def _lab_revision(weights_dir: Path) -> str | None:
+    """A content hash of the shipped lab weights (recorded in runs.model_versions)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name in sorted(p.name for p in weights_dir.glob("*.safetensors")):
+        with open(weights_dir / name, "rb") as fh:
+            for block in iter(lambda fh=fh: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16] if any(weights_dir.glob("*.safetensors")) else None
+
+
+def wrap_pipeline(pipe: Any, model_id: str, *, revision: str | None = None) -> LoadedPipeline:
+    """Treat an already built pipeline (e.g. `fbmem_data.testing.tiny_sd_pipeline()`) as a loaded model."""
+    import torch
+
+    param = next(pipe.unet.parameters())
+    dtype_name = "fp16" if param.dtype == torch.float16 else "fp32"
+    if hasattr(pipe, "set_progress_bar_config"):
+        pipe.set_progress_bar_config(disable=True)
+    return LoadedPipeline(pipe, model_id, revision, str(param.device), dtype_name)

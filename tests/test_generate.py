@@ -1,0 +1,279 @@
+"""fbmem generate on a tiny random SD-v1.4-shaped pipeline: rows, seeds, batching, resume, loading errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fbmem_data.errors import InputError, ModelNotFoundError, PluginError
+from fbmem_data.generate import generate, generation_id, load_pipeline, parse_seeds, wrap_pipeline
+from fbmem_data.generate import generator as generator_module
+from fbmem_data.generate import loading as loading_module
+from fbmem_data.ids import prompt_id
+from fbmem_data.testing import tiny_sd_pipeline
+from fbmem_data.workspace import Workspace
+
+MODEL_ID = "tiny-sd"
+TEXTS = ["a red cat on a mat", "a blue dog in the snow", "a green house"]
+FAST = {"steps": 2, "guidance": 7.0, "height": 64, "width": 64}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return wrap_pipeline(tiny_sd_pipeline(seed=0), MODEL_ID)
+
+
+def add_prompts(ws: Workspace, texts: list[str] = TEXTS, prompt_set: str = "t") -> list[str]:
+    rows = [
+        {"prompt_id": prompt_id(prompt_set, str(i), t), "prompt_set": prompt_set, "text": t, "source_key": str(i)}
+        for i, t in enumerate(texts)
+    ]
+    ws.write("prompts", rows)
+    return [r["prompt_id"] for r in rows]
+
+
+def stored_pixels(ws: Workspace, image_id: str) -> np.ndarray:
+    return np.asarray(Image.open(ws.image_path(image_id)).convert("RGB"), dtype=np.int16)
+
+
+def test_parse_seeds() -> None:
+    assert parse_seeds(None, 3, 5) == [5, 6, 7]
+    assert parse_seeds("0..3", 1) == [0, 1, 2, 3]
+    assert parse_seeds("2,7,0..1", 1) == [2, 7, 0, 1]
+    with pytest.raises(InputError, match="repeat"):
+        parse_seeds("2,7,1..2", 1)
+    assert parse_seeds([4, 1], 9) == [4, 1]
+    for bad in ("x", "3..1", "-1"):
+        with pytest.raises(InputError):
+            parse_seeds(bad, 1)
+
+
+def test_generate_writes_rows(workspace: Workspace, tiny) -> None:
+    pids = add_prompts(workspace)
+    summary = generate(workspace, tiny, prompt_set="t", seeds="3..4", batch_size=4, **FAST).to_pylist()
+    assert summary[0] | {"run_id": None} == {
+        "mitigation": "none", "mitigation_params": "{}", "planned": 6, "already_stored": 0, "generated": 6, "run_id": None
+    }
+    gens = workspace.sql("SELECT * FROM generations ORDER BY prompt_id, seed").to_pylist()
+    assert len(gens) == 6
+    assert {(g["prompt_id"], g["seed"]) for g in gens} == {(p, s) for p in pids for s in (3, 4)}
+    run_id = summary[0]["run_id"]
+    for g in gens:
+        assert g["generation_id"] == generation_id(
+            prompt_id=g["prompt_id"], model_id=MODEL_ID, seed=g["seed"], steps=2, guidance=7.0, height=64,
+            width=64, mitigation="none", mitigation_params={},
+        )
+        assert (g["model_id"], g["steps"], g["guidance"], g["height"], g["width"]) == (MODEL_ID, 2, 7.0, 64, 64)
+        assert (g["mitigation"], json.loads(g["mitigation_params"]), g["mitigation_detail"]) == ("none", {}, None)
+        assert g["run_id"] == run_id
+    images = workspace.sql(
+        "SELECT i.* FROM images i JOIN generations g USING (image_id) WHERE i.role = 'generated'"
+    ).to_pylist()
+    assert len(images) == 6
+    for row in images:
+        path = workspace.root / row["store_path"]
+        assert path.is_file() and path.suffix == ".png" and path.stat().st_size == row["n_bytes"]
+        with Image.open(path) as im:
+            assert (im.size, im.mode, im.format) == ((64, 64), "RGB", "PNG")
+        assert (row["status"], row["width"], row["height"], row["run_id"]) == ("ok", 64, 64, run_id)
+    # Different seeds give different images.
+    assert len({g["image_id"] for g in gens}) == 6
+    run = workspace.sql("SELECT * FROM runs WHERE run_id = $r", {"r": run_id}).to_pylist()[0]
+    assert (run["command"], run["status"]) == ("generate", "ok")
+    config = json.loads(run["config"])
+    assert config["seeds"] == [3, 4] and config["dtype"] == "fp32" and config["scheduler"] == "DDIMScheduler"
+    assert json.loads(run["model_versions"]) == {MODEL_ID: ""}
+
+
+def test_same_seed_same_image_whatever_the_batch(tmp_path: Path, tiny) -> None:
+    by_batch = {}
+    for batch_size in (1, 4):
+        ws = Workspace.init(tmp_path / f"ws{batch_size}")
+        add_prompts(ws)
+        generate(ws, tiny, prompt_set="t", seeds="0,1", batch_size=batch_size, **FAST)
+        by_batch[batch_size] = {
+            r["generation_id"]: stored_pixels(ws, r["image_id"])
+            for r in ws.sql("SELECT generation_id, image_id FROM generations").to_pylist()
+        }
+    assert by_batch[1].keys() == by_batch[4].keys() and len(by_batch[1]) == 6
+    for gid, pixels in by_batch[1].items():
+        # Batched float kernels round differently in the last bit: at most one grey level.
+        assert np.abs(pixels - by_batch[4][gid]).max() <= 1
+    # The same batch composition is bit-exact.
+    ws = Workspace.init(tmp_path / "again")
+    add_prompts(ws)
+    generate(ws, tiny, prompt_set="t", seeds="0,1", batch_size=4, **FAST)
+    for r in ws.sql("SELECT generation_id, image_id FROM generations").to_pylist():
+        assert np.array_equal(stored_pixels(ws, r["image_id"]), by_batch[4][r["generation_id"]])
+
+
+def test_resume_after_a_killed_batch_without_duplicates(workspace: Workspace, tiny, monkeypatch) -> None:
+    add_prompts(workspace)
+    real_run = generator_module.run_pipeline
+    calls = {"n": 0}
+
+    def dies_on_second_batch(pipe, batch):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real_run(pipe, batch)
+
+    monkeypatch.setattr(generator_module, "run_pipeline", dies_on_second_batch)
+    with pytest.raises(KeyboardInterrupt):
+        generate(workspace, tiny, prompt_set="t", n=2, batch_size=4, **FAST)
+    assert workspace.count("generations") == 4  # the first batch survived, the second is lost
+    assert workspace.sql("SELECT status FROM runs").column("status").to_pylist() == ["interrupted"]
+    monkeypatch.setattr(generator_module, "run_pipeline", real_run)
+
+    summary = generate(workspace, tiny, prompt_set="t", n=2, batch_size=4, **FAST).to_pylist()[0]
+    assert (summary["planned"], summary["already_stored"], summary["generated"]) == (6, 4, 2)
+    again = generate(workspace, tiny, prompt_set="t", n=3, batch_size=4, **FAST).to_pylist()[0]
+    assert (again["already_stored"], again["generated"]) == (6, 3)
+    counts = workspace.sql(
+        "SELECT count(*) AS n, count(DISTINCT generation_id) AS ids, count(DISTINCT (prompt_id, seed)) AS ps "
+        "FROM generations"
+    ).to_pylist()[0]
+    assert counts == {"n": 9, "ids": 9, "ps": 9}
+    dup = workspace.sql("SELECT image_id, role, count(*) AS c FROM images GROUP BY ALL HAVING c > 1")
+    assert dup.num_rows == 0
+
+
+def test_mitigation_params_recorded(workspace: Workspace, tiny) -> None:
+    pids = add_prompts(workspace, TEXTS[:1])
+    summary = generate(
+        workspace, tiny, prompt_ids=pids, seeds="0", mitigations=["none", "rta", "wen"],
+        mitigation_params={"n_tokens": 2, "wen.target_loss": 0.0, "wen.max_iters": 1}, **FAST,
+    ).to_pylist()
+    assert [s["mitigation"] for s in summary] == ["none", "rta", "wen"]
+    rows = {r["mitigation"]: r for r in workspace.sql("SELECT * FROM generations").to_pylist()}
+    assert len({r["generation_id"] for r in rows.values()}) == 3
+    assert json.loads(rows["rta"]["mitigation_params"]) == {"n_tokens": 2}
+    rta_detail = json.loads(rows["rta"]["mitigation_detail"])
+    assert len(rta_detail["tokens"]) == 2 and rta_detail["prompt"] != TEXTS[0]
+    assert all(tok in rta_detail["prompt"].split() for tok in rta_detail["tokens"])
+    assert json.loads(rows["wen"]["mitigation_params"]) == {"lr": 0.05, "max_iters": 1, "target_loss": 0.0}
+    wen_detail = json.loads(rows["wen"]["mitigation_detail"])
+    assert wen_detail["iterations"] == 1 and wen_detail["final_loss"] < wen_detail["initial_loss"]
+    for name, params in (("rta", {"n_tokens": 2}), ("wen", {"lr": 0.05, "max_iters": 1, "target_loss": 0.0})):
+        assert rows[name]["generation_id"] == generation_id(
+            prompt_id=pids[0], model_id=MODEL_ID, seed=0, steps=2, guidance=7.0, height=64, width=64,
+            mitigation=name, mitigation_params=params,
+        )
+    assert rows["rta"]["image_id"] != rows["none"]["image_id"] != rows["wen"]["image_id"]
+
+
+def test_bad_selections_fail_clearly(workspace: Workspace, tiny) -> None:
+    add_prompts(workspace)
+    with pytest.raises(InputError, match="no prompts selected"):
+        generate(workspace, tiny, **FAST)
+    with pytest.raises(InputError, match="not found"):
+        generate(workspace, tiny, prompt_ids=["nope"], **FAST)
+    with pytest.raises(InputError, match="no prompts"):
+        generate(workspace, tiny, prompt_set="empty", **FAST)
+    with pytest.raises(PluginError, match="unknown mitigation"):
+        generate(workspace, tiny, prompt_set="t", mitigations=["nonexistent"], **FAST)
+    with pytest.raises(PluginError, match="takes a parameter"):
+        generate(workspace, tiny, prompt_set="t", mitigations=["none"], mitigation_params={"n_tokens": 2}, **FAST)
+    with pytest.raises(InputError, match="multiples"):
+        generate(workspace, tiny, prompt_set="t", **(FAST | {"height": 60}))
+    assert workspace.count("generations") == 0
+
+
+def test_missing_models_raise_model_not_found(tmp_path: Path, monkeypatch) -> None:
+    with pytest.raises(ModelNotFoundError, match="neither"):
+        load_pipeline(str(tmp_path / "no-such-dir"), device="cpu")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelNotFoundError, match=r"model_index\.json"):
+        load_pipeline(str(tmp_path / "empty"), device="cpu")
+    monkeypatch.setattr(loading_module, "hf_cache_dir", lambda: tmp_path / "hf-cache")
+    with pytest.raises(ModelNotFoundError) as info:
+        load_pipeline("CompVis/stable-diffusion-v1-4", device="cpu")
+    text = str(info.value)
+    assert "not in the local Hugging Face cache" in text and str(tmp_path / "hf-cache") in text
+    assert "huggingface-cli download CompVis/stable-diffusion-v1-4" in text
+
+
+def _fake_hub_cache(cache: Path, repo_id: str, saved: Path, commit: str) -> None:
+    repo_dir = cache / ("models--" + repo_id.replace("/", "--"))
+    shutil.copytree(saved, repo_dir / "snapshots" / commit)
+    (repo_dir / "refs").mkdir(parents=True)
+    (repo_dir / "refs" / "main").write_text(commit)
+
+
+@pytest.mark.slow
+def test_local_directory_and_cached_hub_id_load(tmp_path: Path, monkeypatch) -> None:
+    saved = tmp_path / "tiny-dir"
+    tiny_sd_pipeline(seed=1).save_pretrained(saved)
+    local = load_pipeline(str(saved), device="cpu", dtype="auto")
+    assert (local.model_id, local.dtype, local.revision) == (str(saved.resolve()), "fp32", None)
+    assert type(local.pipe.scheduler).__name__ == "DDIMScheduler" and local.pipe.safety_checker is None
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    _fake_hub_cache(tmp_path / "hf-cache", "fbmem-test/tiny-sd", saved, commit)
+    monkeypatch.setattr(loading_module, "hf_cache_dir", lambda: tmp_path / "hf-cache")
+    hub = load_pipeline("fbmem-test/tiny-sd", device="cpu", dtype="fp32")
+    assert (hub.model_id, hub.revision) == ("fbmem-test/tiny-sd", commit)
+    # A snapshot with a weight file missing names the download command.
+    (tmp_path / "hf-cache" / "models--fbmem-test--tiny-sd" / "snapshots" / commit / "unet" / "config.json").unlink()
+    with pytest.raises(ModelNotFoundError, match="huggingface-cli download fbmem-test/tiny-sd"):
+        load_pipeline("fbmem-test/tiny-sd", device="cpu")
+
+
+@pytest.mark.slow
+def test_cli_generate_from_a_directory(tmp_path: Path) -> None:
+    saved = tmp_path / "tiny-dir"
+    tiny_sd_pipeline(seed=2).save_pretrained(saved)
+    ws = Workspace.init(tmp_path / "ws")
+    add_prompts(ws, TEXTS[:2])
+    args = [
+        sys.executable, "-m", "fbmem_data", "generate", "-w", str(ws.root), "--model", str(saved), "--prompts", "t",
+        "--seeds", "0..1", "--steps", "2", "--batch-size", "3", "--mitigation", "none", "--mitigation", "rta",
+        "--mitigation-param", "rta.n_tokens=3", "--no-progress", "-f", "json", "--model-id", "tiny-dir",
+    ]
+    out = subprocess.run(args, capture_output=True, text=True, env={**_env(), "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout)
+    assert [(s["mitigation"], s["generated"]) for s in summary] == [("none", 4), ("rta", 4)]
+    assert json.loads(summary[1]["mitigation_params"]) == {"n_tokens": 3}
+    assert ws.sql("SELECT DISTINCT model_id FROM generations").column("model_id").to_pylist() == ["tiny-dir"]
+    bad = subprocess.run(
+        [*args[:6], "--model", "CompVis/stable-diffusion-v1-4", "--prompts", "t"],
+        capture_output=True, text=True, env={**_env(), "HF_HUB_CACHE": str(tmp_path / "empty-cache")},
+    )
+    assert bad.returncode == 1 and "huggingface-cli download CompVis/stable-diffusion-v1-4" in bad.stderr
+
+
+def _env() -> dict[str, str]:
+    import os
+
+    return {**os.environ, "HF_HUB_OFFLINE": "1"}
+
+
+def test_lab_model_path(workspace: Workspace, monkeypatch) -> None:
+    lab = pytest.importorskip("fbmem_data.lab.pipeline")
+    weights = lab.default_weights_dir()
+    if not (weights / lab.UNET_FILE).is_file():
+        # No shipped weights yet: the `lab` path runs on the random-initialised lab pipeline.
+        with pytest.raises(ModelNotFoundError, match="lab"):
+            lab.load_lab_pipeline()
+        monkeypatch.setattr(lab, "load_lab_pipeline", lambda path=None, device="cpu": lab.build_lab_pipeline(seed=0))
+    pid = add_prompts(workspace, ["a small red circle on stripes"])[0]
+    summary = generate(workspace, "lab", prompt_ids=[pid], seeds="0", steps=2, device="cpu").to_pylist()[0]
+    assert summary["generated"] == 1
+    row = workspace.sql("SELECT * FROM generations").to_pylist()[0]
+    assert row["model_id"] == lab.LAB_MODEL_ID
+    size = lab.LabModelConfig().image_size
+    assert (row["height"], row["width"]) == (size, size)
