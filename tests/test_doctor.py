@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -136,6 +137,9 @@ def test_hub_model_in_the_hf_cache(fake_entries: Path) -> None:
     assert whole.status == "ok", whole.detail
     assert {Path(f.path).name for f in whole.files} == {"config.json", "pytorch_model.bin"}
     assert "LFS checksum" in whole.detail and "git blob sha1" in whole.detail
+    # A plug-in that takes a path, not a hub id: doctor says which path to give it.
+    pointed = check_model(dataclasses.replace(HUB, env_var="FBMEM_TEST_UNSET_HUB", pointer_needed=True))
+    assert f"use it with FBMEM_TEST_UNSET_HUB={repo / 'snapshots' / 'abc123'}" in pointed.detail
 
     # A damaged blob (the bytes no longer hash to the name the hub gave them) is corrupt.
     _write(repo / "refs" / "main", b"def456")

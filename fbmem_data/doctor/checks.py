@@ -321,6 +321,9 @@ def check_model(spec: ModelSpec, path: str | None = None, hash_files: bool = Tru
         return _check_lab(spec, hash_files)
     if spec.kind == "hub" and spec.hub_id:
         hub = _check_hub(spec, spec.hub_id, looked_in, hash_files)
+        if hub.status != "missing" and spec.pointer_needed and spec.env_var:
+            # Its plug-in takes a path, not a hub id: say which one to give it.
+            hub.detail += f"; use it with {spec.env_var}={hub.location}"
         if hub.status != "missing" or not spec.known_files:
             return hub
         looked_in = hub.looked_in

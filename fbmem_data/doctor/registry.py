@@ -48,6 +48,8 @@ class ModelSpec:
         required: for hub / lab / package models: groups of alternatives, one of each group must exist
             (relative paths; a group like ("unet/x.safetensors", "unet/x.bin") accepts either).
         package: the distribution whose files hold the model (package models).
+        pointer_needed: the consuming plug-in takes a path, not a hub id: a copy found in the HF
+            cache must still be passed to it (doctor prints the exact env var / path to use).
         search_dirs: directories searched for known_files when no env var is set (~ is expanded;
             $FBMEM_MODELS, default ~/.cache/fbmem/models, is always searched first).
         how_to_get: the exact command or URL to get it.
@@ -64,6 +66,7 @@ class ModelSpec:
     required: tuple[tuple[str, ...], ...] = ()
     package: str | None = None
     search_dirs: tuple[str, ...] = ()
+    pointer_needed: bool = False
 
     def known(self, file_name: str) -> KnownFile | None:
         return next((k for k in self.known_files if k.name == file_name), None)
@@ -124,8 +127,10 @@ BUILTIN_MODELS: tuple[ModelSpec, ...] = (
         env_var="FBMEM_BIREFNET",
         required=(("config.json",), ("model.safetensors", "pytorch_model.bin")),
         known_files=(KnownFile("BiRefNet-general-epoch_244.onnx"),),
+        pointer_needed=True,
         how_to_get=(
-            "huggingface-cli download ZhengPeng7/BiRefNet, or an ONNX export (e.g. BiRefNet-general-epoch_244.onnx "
+            "huggingface-cli download ZhengPeng7/BiRefNet --local-dir birefnet && export FBMEM_BIREFNET=$PWD/birefnet "
+            "(pass it to `fbmem segment --segmenter birefnet --weights`), or an ONNX export (e.g. BiRefNet-general-epoch_244.onnx "
             "from https://github.com/ZhengPeng7/BiRefNet/releases) with FBMEM_BIREFNET=/path/to/file.onnx"
         ),
     ),
@@ -169,6 +174,7 @@ BUILTIN_MODELS: tuple[ModelSpec, ...] = (
         hub_id="timm/vit_base_patch32_clip_224.openai",
         env_var="FBMEM_OPENCLIP",
         required=(("open_clip_model.safetensors", "open_clip_pytorch_model.bin", "open_clip_pytorch_model.safetensors"),),
+        pointer_needed=True,
         how_to_get=(
             "huggingface-cli download timm/vit_base_patch32_clip_224.openai open_clip_model.safetensors --local-dir clip-b32 "
             "and export FBMEM_OPENCLIP=$PWD/clip-b32/open_clip_model.safetensors (pass it as --weights)"
