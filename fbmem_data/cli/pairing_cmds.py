@@ -1,9 +1,134 @@
-"""Command group registration point (filled in by its issue)."""
+"""`fbmem embed` and `fbmem pair`: thin layers over fbmem_data.embed and fbmem_data.pairing.
+
+torch, usearch and the plug-ins are imported inside the commands, never at module import.
+"""
 
 from __future__ import annotations
 
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import pyarrow as pa
 import typer
+
+from fbmem_data.cli.common import BatchSizeOption, DeviceOption, WorkspaceOption, open_workspace
+from fbmem_data.cli.output import output_options
+from fbmem_data.errors import InputError
+
+
+class Role(str, Enum):
+    train = "train"
+    generated = "generated"
+    all = "all"
+
+
+class Method(str, Enum):
+    exhaustive = "exhaustive"
+    ann = "ann"
+
+
+class Preset(str, Enum):
+    paper = "paper"
+
+
+EmbedderOption = Annotated[
+    str, typer.Option("--embedder", "-e", help="Embedder plug-in: thumbnail, efficientnet-lite0, open_clip, sscd.")
+]
+WeightsOption = Annotated[
+    Path | None,
+    typer.Option("--weights", help="Local weights: SSCD TorchScript file, OpenCLIP checkpoint file or directory."),
+]
+ModelNameOption = Annotated[
+    str | None, typer.Option("--model-name", help="open_clip architecture, e.g. ViT-B-32-quickgelu (default ViT-B-32).")
+]
+SizeOption = Annotated[int | None, typer.Option("--size", help="Input size: thumbnail side (16) or SSCD resize (320).")]
+
+
+def embedder_options(name: str, weights: Path | None, model_name: str | None, size: int | None) -> dict[str, Any]:
+    """Map the generic CLI flags onto the option names of each plug-in."""
+    options: dict[str, Any] = {}
+    if weights is not None:
+        options["pretrained" if name == "open_clip" else "weights"] = weights
+    if model_name is not None:
+        if name != "open_clip":
+            raise InputError("--model-name applies to the open_clip embedder only")
+        options["model_name"] = model_name
+    if size is not None:
+        if name not in ("thumbnail", "sscd"):
+            raise InputError("--size applies to the thumbnail and sscd embedders only")
+        options["size"] = size
+    return options
+
+
+@output_options
+def embed(
+    workspace: WorkspaceOption = None,
+    embedder: EmbedderOption = "thumbnail",
+    role: Annotated[Role, typer.Option("--role", help="Which images to embed.")] = Role.all,
+    device: DeviceOption = "auto",
+    batch_size: BatchSizeOption = 64,
+    weights: WeightsOption = None,
+    model_name: ModelNameOption = None,
+    size: SizeOption = None,
+) -> pa.Table:
+    """Embed images into the `embeddings` table (skips images already embedded with the same settings)."""
+    from fbmem_data.embed import embed_images
+
+    ws = open_workspace(workspace)
+    summary = embed_images(
+        ws,
+        embedder,
+        role=role.value,
+        device=device,
+        batch_size=batch_size,
+        embedder_options=embedder_options(embedder, weights, model_name, size),
+        progress=True,
+    )
+    return pa.Table.from_pylist([summary.as_row()])
+
+
+@output_options
+def pair(
+    workspace: WorkspaceOption = None,
+    method: Annotated[
+        Method | None, typer.Option("--method", help="exhaustive: all pairs (the paper); ann: top-k by embedding.")
+    ] = None,
+    embedder: EmbedderOption = "thumbnail",
+    k: Annotated[int, typer.Option("--k", min=1, help="ann: training images kept per generated image.")] = 20,
+    exact: Annotated[bool, typer.Option("--exact", help="ann: exact top-k search instead of the HNSW index.")] = False,
+    preset: Annotated[Preset | None, typer.Option("--preset", help="paper: exhaustive pairing, as the reference.")] = None,
+    device: DeviceOption = "auto",
+    batch_size: BatchSizeOption = 64,
+    weights: WeightsOption = None,
+    model_name: ModelNameOption = None,
+    size: SizeOption = None,
+    max_pairs: Annotated[
+        int, typer.Option("--max-pairs", min=1, help="exhaustive: refuse to write more pairs than this.")
+    ] = 50_000_000,
+) -> pa.Table:
+    """Choose candidate training images for every generated image (the `candidates` table); prints the pairing_id."""
+    from fbmem_data.pairing import pair_with_summary
+
+    if preset is Preset.paper and method is Method.ann:
+        raise InputError("--preset paper pairs exhaustively; drop --method ann or the preset")
+    chosen = (method or Method.exhaustive).value
+    ws = open_workspace(workspace)
+    summary = pair_with_summary(
+        ws,
+        chosen,
+        embedder,
+        k,
+        embedder_options=embedder_options(embedder, weights, model_name, size) if chosen == "ann" else None,
+        device=device,
+        batch_size=batch_size,
+        exact=exact,
+        max_pairs=max_pairs,
+        progress=True,
+    )
+    return pa.Table.from_pylist([summary.as_row()])
 
 
 def register(app: typer.Typer) -> None:
-    del app
+    app.command("embed")(embed)
+    app.command("pair")(pair)

@@ -1,0 +1,276 @@
+"""Embedding images of a workspace into the `embeddings` table, and reading vectors back.
+
+`embedding_rows` is the extractor: a batch of (image_id, path) in, a batch of table rows out, so
+a distributor can run it anywhere. `embed_images` drives it over a workspace with resume: images
+that already have a row for the same embedder and params_hash are skipped.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+
+from fbmem_data.errors import InputError
+from fbmem_data.ids import params_hash
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from fbmem_data.embed.base import Embedder
+    from fbmem_data.workspace import Workspace
+
+ROLES = ("train", "generated", "all")
+_LOAD_THREADS = 4  # decoding releases the GIL in PIL's C code; a few threads keep the model fed
+
+
+@dataclass(frozen=True)
+class EmbedSummary:
+    """What one `embed_images` call did."""
+
+    embedder: str
+    params_hash: str
+    dim: int
+    role: str
+    already_stored: int
+    embedded: int
+    failed: int
+    seconds: float
+
+    def as_row(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def embedder_params_hash(embedder: Embedder) -> str:
+    return params_hash({"embedder": embedder.name, **embedder.params()})
+
+
+def _load_rgb(path: Path | None) -> Image.Image | str:
+    """The decoded RGB image, or the reason it cannot be read (a string)."""
+    from PIL import Image
+
+    from fbmem_data.embed.base import as_rgb
+
+    if path is None:
+        return "the image bytes are not stored in the workspace (store_path is null)"
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return as_rgb([img])[0]
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+
+
+def vectors_to_arrow(vectors: np.ndarray, valid: np.ndarray | None = None) -> pa.ListArray:
+    """(n, dim) float32 -> list<float32> array without a Python loop; rows where valid is False are null."""
+    n, dim = vectors.shape
+    offsets = pa.array(np.arange(0, (n + 1) * dim, dim, dtype=np.int32))
+    values = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1))
+    mask = None if valid is None else pa.array(~np.asarray(valid, dtype=bool))
+    return pa.ListArray.from_arrays(offsets, values, mask=mask)
+
+
+def arrow_to_vectors(column: pa.ChunkedArray | pa.ListArray, dim: int) -> np.ndarray:
+    """list<float32> column (no nulls) -> (n, dim) float32."""
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    flat = array.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    if flat.size != len(array) * dim:
+        raise InputError(f"stored vectors do not all have length {dim}")
+    return flat.reshape(len(array), dim)
+
+
+def embedding_rows(
+    embedder: Embedder,
+    image_ids: Sequence[str],
+    paths: Sequence[Path | None],
+    *,
+    run_id: str | None = None,
+    embedder_hash: str | None = None,
+) -> pa.Table:
+    """Embed one batch of images and return its `embeddings` rows (one per input, in order).
+
+    Args:
+        embedder: the plug-in to run.
+        image_ids: ids of the images.
+        paths: file of each image (None when the bytes are not stored).
+        run_id: recorded in every row.
+        embedder_hash: params hash of the embedder (computed when not given).
+
+    Returns:
+        Table with the embeddings schema's columns; unreadable images get status 'error'.
+    """
+    ph = embedder_hash or embedder_params_hash(embedder)
+    with ThreadPoolExecutor(max_workers=_LOAD_THREADS) as pool:
+        loaded = list(pool.map(_load_rgb, paths))
+    ok = np.array([not isinstance(item, str) for item in loaded], dtype=bool)
+    vectors = np.zeros((len(loaded), embedder.dim), dtype=np.float32)
+    if ok.any():
+        got = embedder.embed([item for item in loaded if not isinstance(item, str)])
+        if got.shape != (int(ok.sum()), embedder.dim):
+            raise InputError(f"embedder {embedder.name} returned shape {got.shape}, expected ({int(ok.sum())}, {embedder.dim})")
+        vectors[ok] = got
+    n = len(loaded)
+    return pa.table(
+        {
+            "image_id": pa.array(list(image_ids), pa.string()),
+            "embedder": pa.array([embedder.name] * n, pa.string()),
+            "params_hash": pa.array([ph] * n, pa.string()),
+            "dim": pa.array([embedder.dim] * n, pa.int32()),
+            "vector": vectors_to_arrow(vectors, ok),
+            "status": pa.array(["ok" if good else "error" for good in ok], pa.string()),
+            "error": pa.array([item if isinstance(item, str) else None for item in loaded], pa.string()),
+            "run_id": pa.array([run_id] * n, pa.string()),
+        }
+    )
+
+
+def _pending_images(ws: Workspace, embedder_name: str, ph: str, role: str) -> tuple[pa.Table, int]:
+    """(image_id, store_path) of usable images of `role` with no row for this embedder+params,
+    and how many usable images already have one."""
+    query = """
+        WITH wanted AS (
+            SELECT image_id, min(store_path) AS store_path
+            FROM images
+            WHERE status = 'ok' AND ($role = 'all' OR role = $role)
+            GROUP BY image_id
+        ), stored AS (
+            SELECT DISTINCT image_id FROM embeddings WHERE embedder = $embedder AND params_hash = $ph
+        )
+        SELECT w.image_id, w.store_path, s.image_id IS NOT NULL AS stored
+        FROM wanted w LEFT JOIN stored s USING (image_id)
+        ORDER BY w.image_id
+    """
+    table = ws.sql(query, {"role": role, "embedder": embedder_name, "ph": ph})
+    stored = table.column("stored").to_numpy(zero_copy_only=False)
+    return table.filter(pa.array(~stored)).select(["image_id", "store_path"]), int(stored.sum())
+
+
+def embed_images(
+    ws: Workspace,
+    embedder: str | Embedder = "thumbnail",
+    *,
+    role: str = "all",
+    device: str | None = "auto",
+    batch_size: int = 64,
+    embedder_options: dict[str, Any] | None = None,
+    run_id: str | None = None,
+    rows_per_part: int = 8192,
+    progress: bool = False,
+) -> EmbedSummary:
+    """Embed every usable image of `role` that has no vector yet for this embedder and params.
+
+    Args:
+        ws: the workspace.
+        embedder: a plug-in name or an Embedder already built.
+        role: "train", "generated" or "all".
+        device: for a plug-in built here (auto, cpu, cuda, cuda:N).
+        batch_size: images per forward pass.
+        embedder_options: keyword options for a plug-in built here (weights=..., size=...).
+        run_id: record the rows under this run (a caller's run); None opens an `embed` run.
+        rows_per_part: rows per Parquet part; a killed run loses at most this many.
+        progress: show a progress bar on stderr.
+
+    Returns:
+        An EmbedSummary.
+
+    Raises:
+        InputError: unknown role or non-positive batch size.
+        PluginError, ModelNotFoundError: the embedder cannot be built.
+    """
+    from fbmem_data.embed import create_embedder
+
+    if role not in ROLES:
+        raise InputError(f"role must be one of {list(ROLES)}, got {role!r}")
+    if batch_size < 1:
+        raise InputError(f"batch size must be positive, got {batch_size}")
+    if isinstance(embedder, str):
+        embedder = create_embedder(embedder, device=device, **(embedder_options or {}))
+    if run_id is None:
+        config = {"embedder": embedder.name, "params": embedder.params(), "role": role, "batch_size": batch_size}
+        with ws.run("embed", config) as run:
+            return _embed_pending(ws, embedder, role, batch_size, run.run_id, rows_per_part, progress)
+    return _embed_pending(ws, embedder, role, batch_size, run_id, rows_per_part, progress)
+
+
+def _embed_pending(
+    ws: Workspace, embedder: Embedder, role: str, batch_size: int, run_id: str, rows_per_part: int, progress: bool
+) -> EmbedSummary:
+    from tqdm import tqdm
+
+    started = time.perf_counter()
+    ph = embedder_params_hash(embedder)
+    pending, already = _pending_images(ws, embedder.name, ph, role)
+    ids = pending.column("image_id").to_pylist()
+    paths = [None if p is None else ws.root / p for p in pending.column("store_path").to_pylist()]
+    buffered: list[pa.Table] = []
+    embedded = failed = 0
+
+    def flush() -> None:
+        if buffered:
+            ws.write("embeddings", pa.concat_tables(buffered), on_conflict="skip")
+            buffered.clear()
+
+    with tqdm(total=len(ids), desc=f"embed {embedder.name}", unit="img", disable=not progress) as bar:
+        for start in range(0, len(ids), batch_size):
+            rows = embedding_rows(
+                embedder, ids[start : start + batch_size], paths[start : start + batch_size], run_id=run_id, embedder_hash=ph
+            )
+            n_err = rows.num_rows - _count_ok(rows)
+            failed += n_err
+            embedded += rows.num_rows - n_err
+            buffered.append(rows)
+            if sum(t.num_rows for t in buffered) >= rows_per_part:
+                flush()
+            bar.update(rows.num_rows)
+    flush()
+    return EmbedSummary(
+        embedder=embedder.name,
+        params_hash=ph,
+        dim=embedder.dim,
+        role=role,
+        already_stored=already,
+        embedded=embedded,
+        failed=failed,
+        seconds=round(time.perf_counter() - started, 3),
+    )
+
+
+def _count_ok(rows: pa.Table) -> int:
+    import pyarrow.compute as pc
+
+    return int(pc.sum(pc.equal(rows.column("status"), "ok")).as_py() or 0)
+
+
+def load_vectors(
+    ws: Workspace, embedder: str, params_hash_: str, *, role: str = "all"
+) -> tuple[list[str], np.ndarray]:
+    """The stored ok vectors of usable images of `role`, sorted by image_id.
+
+    Returns:
+        (image_ids, float32 array of shape (len(image_ids), dim)); dim 0 when there are none.
+
+    Raises:
+        InputError: unknown role, or stored vectors of one configuration disagree on dim.
+    """
+    if role not in ROLES:
+        raise InputError(f"role must be one of {list(ROLES)}, got {role!r}")
+    query = """
+        SELECT DISTINCT ON (e.image_id) e.image_id, e.dim, e.vector
+        FROM embeddings e
+        WHERE e.embedder = $embedder AND e.params_hash = $ph AND e.status = 'ok'
+          AND e.image_id IN (SELECT image_id FROM images WHERE status = 'ok' AND ($role = 'all' OR role = $role))
+        ORDER BY e.image_id
+    """
+    table = ws.sql(query, {"embedder": embedder, "ph": params_hash_, "role": role})
+    if table.num_rows == 0:
+        return [], np.zeros((0, 0), dtype=np.float32)
+    dims = set(table.column("dim").to_pylist())
+    if len(dims) != 1:
+        raise InputError(f"embeddings of {embedder}/{params_hash_} have several dims {sorted(dims)}")
+    return table.column("image_id").to_pylist(), arrow_to_vectors(table.column("vector"), dims.pop())

@@ -1,0 +1,122 @@
+"""Pairing: which training images each generated image is scored against (the `candidates` table).
+
+- `exhaustive`: every generated x every training image, as the paper (small training sets).
+- `ann`: top-k training images by embedding cosine similarity (usearch HNSW, or exact search).
+
+`pair(ws, ...)` is the library equivalent of `fbmem pair`; it records a `pair` run and returns the
+pairing_id that scoring reads candidates by. See docs/pairing.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from fbmem_data.errors import InputError
+
+if TYPE_CHECKING:
+    from fbmem_data.embed.base import Embedder
+    from fbmem_data.pairing.search import HnswParams
+    from fbmem_data.workspace import Workspace
+
+METHODS = ("exhaustive", "ann")
+
+
+@dataclass(frozen=True)
+class PairingSummary:
+    """What one pairing call did."""
+
+    pairing_id: str
+    method: str
+    embedder: str | None
+    params_hash: str | None
+    k: int | None
+    n_generated: int
+    n_train: int
+    n_paired_now: int
+    rows_written: int
+    seconds: float
+    n_generated_without_vector: int = 0
+
+    def as_row(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def pair_with_summary(
+    ws: Workspace,
+    method: str = "exhaustive",
+    embedder: str | Embedder = "thumbnail",
+    k: int = 20,
+    *,
+    embedder_options: dict[str, Any] | None = None,
+    device: str | None = "auto",
+    batch_size: int = 64,
+    exact: bool = False,
+    hnsw: HnswParams | None = None,
+    chunk_rows: int = 1_000_000,
+    max_pairs: int | None = None,
+    progress: bool = False,
+) -> PairingSummary:
+    """`pair`, returning the full PairingSummary (what the CLI prints)."""
+    from fbmem_data.embed import create_embedder
+    from fbmem_data.pairing.exhaustive import DEFAULT_MAX_PAIRS, write_exhaustive
+
+    if method not in METHODS:
+        raise InputError(f"pairing method must be one of {list(METHODS)}, got {method!r}")
+    if method == "exhaustive":
+        config: dict[str, Any] = {"method": method, "chunk_rows": chunk_rows}
+        with ws.run("pair", config) as run:
+            return write_exhaustive(
+                ws, run.run_id, chunk_rows=chunk_rows, max_pairs=max_pairs or DEFAULT_MAX_PAIRS, progress=progress
+            )
+    from fbmem_data.pairing.ann import write_ann
+    from fbmem_data.pairing.search import HnswParams
+
+    if k < 1:
+        raise InputError(f"k must be at least 1, got {k}")
+    if isinstance(embedder, str):
+        embedder = create_embedder(embedder, device=device, **(embedder_options or {}))
+    hnsw = hnsw or HnswParams()
+    config = {
+        "method": method,
+        "embedder": embedder.name,
+        "embedder_params": embedder.params(),
+        "k": k,
+        "search": "exact" if exact else hnsw.as_dict(),
+        "batch_size": batch_size,
+    }
+    with ws.run("pair", config) as run:
+        return write_ann(
+            ws, embedder, run.run_id, k=k, hnsw=hnsw, exact=exact, batch_size=batch_size, progress=progress
+        )
+
+
+def pair(
+    ws: Workspace,
+    method: str = "exhaustive",
+    embedder: str | Embedder = "thumbnail",
+    k: int = 20,
+    **options: Any,
+) -> str:
+    """Write candidate pairs for every usable generated image and return the pairing_id.
+
+    Args:
+        ws: the workspace (images with role 'generated' and 'train', status 'ok').
+        method: "exhaustive" (all pairs) or "ann" (top-k by embedding).
+        embedder: ann only: plug-in name or a built Embedder.
+        k: ann only: training images kept per generated image.
+        **options: embedder_options (dict), device, batch_size, exact (ann by exact search),
+            hnsw (HnswParams), chunk_rows and max_pairs (exhaustive), progress.
+
+    Returns:
+        The pairing_id of the candidates rows (re-runs with the same images return the same id
+        and write nothing new).
+
+    Raises:
+        InputError: unknown method, k < 1, or exhaustive over more than max_pairs pairs.
+        PluginError, ModelNotFoundError: the embedder cannot be built.
+    """
+    return pair_with_summary(ws, method, embedder, k, **options).pairing_id
+
+
+__all__ = ["METHODS", "PairingSummary", "pair", "pair_with_summary"]
