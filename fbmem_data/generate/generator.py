@@ -287,15 +287,19 @@ def generate(
         "dtype": loaded.dtype,
         "scheduler": type(pipe.scheduler).__name__,
         "eta": 0.0,
-        "mitigations": {m.name: m.params() for m in built},
+        "mitigations": {m.name: m.params() for m in built},  # rewritten after prepare()
     }
     summary: list[dict[str, Any]] = []
     with ws.run("generate", config) as run:
         run.models[loaded.model_id] = loaded.revision or ""
         stored = _stored_generation_ids(ws, loaded.model_id)
+        all_prompt_ids = list(dict.fromkeys(pid for pid, _ in prompts))
         plans = []
         for mitigation in built:
+            # prepare() may resolve defaults (e.g. which localization); params() is read after it.
+            mitigation.prepare(ws, loaded.model_id, all_prompt_ids)
             params = mitigation.params()
+            run.config["mitigations"][mitigation.name] = params
             jobs = plan_jobs(
                 prompts, seed_list, model_id=loaded.model_id, steps=settings.steps, guidance=settings.guidance,
                 height=settings.height, width=settings.width, mitigation=mitigation.name, mitigation_params=params,
@@ -305,8 +309,6 @@ def generate(
         bar = _progress_bar(sum(len(p[3]) for p in plans), progress)
         try:
             for mitigation, params, jobs, pending in plans:
-                if pending:
-                    mitigation.prepare(ws, loaded.model_id, list(dict.fromkeys(j.prompt_id for j in pending)))
                 params_json = canonical_json(params)
                 for chunk in batches(pending, batch_size):
                     images, applied = generate_batch(pipe, mitigation, chunk, settings)

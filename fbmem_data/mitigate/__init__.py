@@ -23,6 +23,7 @@ __all__ = [
     "Mitigation",
     "create_mitigation",
     "load_mitigation_plugins",
+    "mitigation_class",
     "mitigation_names",
     "split_mitigation_params",
 ]
@@ -59,13 +60,22 @@ def create_mitigation(name: str, **params: Any) -> Mitigation:
         raise PluginError(f"mitigation {name!r} rejected its parameters {params}: {exc}") from exc
 
 
-def accepted_params(name: str) -> set[str] | None:
-    """Parameter names the mitigation's factory takes (None: it takes any keyword)."""
+def mitigation_class(name: str) -> type[Mitigation]:
+    """The registered class (factory) of mitigation `name`: its flags, contract_params, contract_setup.
+
+    Raises:
+        PluginError: no mitigation of that name is registered.
+    """
     load_mitigation_plugins()
     factory = plugins._REGISTRY.get(MITIGATION_FAMILY, {}).get(name)
     if factory is None:
         raise PluginError(f"unknown mitigation {name!r}", hint=f"available: {', '.join(mitigation_names())}")
-    sig = inspect.signature(factory)
+    return factory  # type: ignore[return-value]
+
+
+def accepted_params(name: str) -> set[str] | None:
+    """Parameter names the mitigation's constructor takes (None: it takes any keyword)."""
+    sig = inspect.signature(mitigation_class(name))
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values()):
         return None
     return {p.name for p in sig.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD}

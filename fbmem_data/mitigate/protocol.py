@@ -130,7 +130,9 @@ class Mitigation(ABC):
     def prepare(self, ws: Workspace | None, model_id: str, prompt_ids: Sequence[str]) -> None:  # noqa: B027
         """Load what `apply` needs for these prompts (e.g. neuron sets from workspace tables).
 
-        Called once per run before the first batch, with every prompt id the run will generate.
+        Called once per run, before any generation id is computed, with every prompt id of the run
+        (also those already generated). `params()` is read after `prepare`, so a mitigation may resolve
+        a default here (e.g. pick the stored localization) and report the choice in `params()`.
         The default does nothing.
 
         Args:
