@@ -209,3 +209,27 @@ def test_doctor_does_not_import_torch_at_import() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
     assert "HEAVY []" in out.stdout, out.stdout + out.stderr
+
+
+def test_cuda_devices_are_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    # No GPU in CI: stand in for one to check what doctor reads and prints about it.
+    import types
+
+    import torch
+
+    from fbmem_data.cli.doctor_cmds import _system_lines
+    from fbmem_data.doctor.report import DoctorReport
+    from fbmem_data.doctor.system import system_info
+
+    props = types.SimpleNamespace(name="Fake H100", major=9, minor=0, total_memory=80 * 2**30)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: props)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda index: (60 * 2**30, 80 * 2**30))
+    monkeypatch.setattr(torch.backends.cudnn, "version", lambda: 90100)
+    info = system_info()
+    assert info["torch"]["devices"] == [
+        {"index": 0, "name": "Fake H100", "capability": "9.0", "total_gib": 80.0, "free_gib": 60.0}
+    ]
+    lines = _system_lines(DoctorReport(system=info, packages={"torch": torch.__version__}, models=[]))
+    assert "  cuda:0  Fake H100 (sm 9.0), 80.0 GiB total, 60.0 GiB free" in lines

@@ -42,9 +42,7 @@ class Download:
     elapsed_s: float = 0.0
     retry_after: str | None = None  # the server's Retry-After, used for the back-off only
 
-    @property
-    def sha256(self) -> str | None:
-        return hashlib.sha256(self.body).hexdigest() if self.body is not None else None
+    sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -118,6 +116,7 @@ def _attempt(client: httpx.Client, url: str, settings: FetchSettings) -> Downloa
                 chunks.append(chunk)
             result.body = b"".join(chunks)
             result.n_bytes = len(result.body)
+            result.sha256 = hashlib.sha256(result.body).hexdigest()
             return result
     except httpx.TimeoutException as exc:
         return Download(url, TIMEOUT, retryable=True, error=f"{type(exc).__name__}: {exc}")

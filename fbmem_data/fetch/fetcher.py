@@ -114,6 +114,7 @@ def _fetch_one(ws: Workspace, client: httpx.Client, url: str, settings: FetchSet
         outcome.image_id, outcome.store_path = image_id, str(path.relative_to(ws.root))
     else:
         result.status, result.retryable, result.error = outcome.check.status, False, outcome.check.error
+    result.body = None  # stored (or refused): keep only the digest while the batch waits to be written
     return outcome
 
 
@@ -121,7 +122,6 @@ def _rows_for(
     outcome: _Outcome, prompt_ids: list[str | None], run_id: str, now: dt.datetime
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
     d, check = outcome.download, outcome.check
-    sha = d.sha256
     fetch_rows = [
         {
             "url": d.url,
@@ -132,7 +132,7 @@ def _rows_for(
             "content_type": d.content_type,
             "final_url": d.final_url,
             "n_bytes": d.n_bytes,
-            "sha256": sha,
+            "sha256": d.sha256,
             "width": check.width if check else None,
             "height": check.height if check else None,
             "error": d.error,
