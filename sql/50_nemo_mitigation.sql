@@ -1,14 +1,8 @@
 -- Mitigation evaluation: label transitions (before -> after, same prompt and seed), the paper's
 -- mitigation score (method.md §1.7) and FB-Mem rates per method.
 --
--- Labels come from the scoring views' `fbmem_labels` (generated_image_id, train_image_id, fg_score,
--- bg_score, pair_score, label; tau via the `tau` variable). Until those views are installed, an empty
--- stand-in with the same columns keeps these views compiling (views bind at query time, so the real
--- definition replaces it whichever file defines it).
-CREATE VIEW IF NOT EXISTS fbmem_labels AS
-SELECT NULL::VARCHAR AS generated_image_id, NULL::VARCHAR AS train_image_id, NULL::DOUBLE AS fg_score,
-       NULL::DOUBLE AS bg_score, NULL::DOUBLE AS pair_score, NULL::VARCHAR AS label
-WHERE false;
+-- Labels come from the FB-Mem views' `fbmem_labels` (sql/20_fbmem_3_labels.sql: generated_image_id,
+-- label, ...; tau via the `tau` variable).
 
 -- method.md §1.7: row = label before, column = label after.
 CREATE OR REPLACE VIEW mitigation_score_weights AS

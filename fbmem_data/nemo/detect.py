@@ -157,3 +157,116 @@ def _wen_norm(pipe: Any, text: str, seeds: Sequence[int], steps: int, guidance: 
             norms.append((eps_c - eps_u).float().flatten(1).norm(dim=1))
             latents = sched.step(eps_u + guidance * (eps_c - eps_u), t, latents).prev_sample
     return float(torch.stack(norms).mean())
+
+
+def record_detection_scores(
+    ws: Any,
+    pipe: Any,
+    model_id: str,
+    prompt_set: str,
+    *,
+    method: str = "nemo_msssim",
+    settings: NoiseDiffSettings | None = None,
+    wen_seeds: Sequence[int] = (0, 1, 2, 3),
+    wen_steps: int = 50,
+    wen_guidance: float = 7.5,
+    run_id: str | None = None,
+) -> str:
+    """Score every prompt of a set not yet scored under this configuration; returns its config_hash.
+
+    A prompt whose scoring raises gets a row with a null score and the error.
+    """
+    import json
+    from dataclasses import asdict
+
+    from fbmem_data.ids import params_hash
+
+    if method == "nemo_msssim":
+        settings = settings or NoiseDiffSettings()
+        params: dict[str, Any] = {"method": method, **asdict(settings), "betas": list(settings.betas)}
+    elif method == "wen_norm":
+        params = {"method": method, "seeds": list(wen_seeds), "steps": wen_steps, "guidance": wen_guidance}
+    else:
+        raise InputError(f"unknown detection method {method!r}", hint="nemo_msssim or wen_norm")
+    config_hash = params_hash(params)
+    todo = ws.sql(
+        "SELECT prompt_id, text FROM prompts WHERE prompt_set = $set AND prompt_id NOT IN "
+        "(SELECT prompt_id FROM detection_scores WHERE model_id = $model AND method = $method AND config_hash = $hash) "
+        "ORDER BY source_index NULLS LAST, prompt_id",
+        {"set": prompt_set, "model": model_id, "method": method, "hash": config_hash},
+    ).to_pylist()
+    for row in todo:
+        score, error = None, None
+        try:
+            if method == "nemo_msssim":
+                score = nemo_detection_scores(pipe, [row["text"]], settings)[0]
+            else:
+                score = wen_norm_scores(pipe, [row["text"]], seeds=wen_seeds, steps=wen_steps, guidance=wen_guidance)[0]
+        except InputError:
+            raise
+        except Exception as exc:  # record and go on: one prompt must not end the run
+            error = f"{type(exc).__name__}: {exc}"
+        ws.write(
+            "detection_scores",
+            [{"model_id": model_id, "prompt_id": row["prompt_id"], "method": method, "config_hash": config_hash,
+              "score": score, "params": json.dumps(params), "error": error, "run_id": run_id}],
+        )
+    return config_hash
+
+
+def calibrate(
+    ws: Any, model_id: str, prompt_set: str, *, method: str = "nemo_msssim", config_hash: str | None = None,
+    n_std: float = 1.0, run_id: str | None = None,
+) -> dict[str, Any]:
+    """tau = mean + n_std * std (sample std) of the stored detection scores of a non-memorized set.
+
+    Raises:
+        InputError: fewer than 2 scores stored for that model, set and method (or several configs, none chosen).
+    """
+    import datetime as dt
+
+    from fbmem_data.ids import params_hash
+
+    configs = ws.sql(
+        "SELECT DISTINCT d.config_hash FROM detection_scores d JOIN prompts p USING (prompt_id) "
+        "WHERE d.model_id = $model AND d.method = $method AND p.prompt_set = $set ORDER BY 1",
+        {"model": model_id, "method": method, "set": prompt_set},
+    ).column("config_hash").to_pylist()
+    if config_hash is None:
+        if len(configs) != 1:
+            raise InputError(
+                f"{len(configs)} detection configurations stored for {model_id!r}/{method}/{prompt_set!r}: {configs}",
+                hint="run `fbmem nemo detect` on the set first, or pass --config HASH",
+            )
+        config_hash = configs[0]
+    stats = ws.sql(
+        "SELECT count(score) AS n, avg(score) AS mean, stddev_samp(score) AS std FROM detection_scores d "
+        "JOIN prompts p USING (prompt_id) WHERE d.model_id = $model AND d.method = $method AND d.config_hash = $hash "
+        "AND p.prompt_set = $set",
+        {"model": model_id, "method": method, "hash": config_hash, "set": prompt_set},
+    ).to_pylist()[0]
+    if (stats["n"] or 0) < 2:
+        raise InputError(f"calibration needs at least 2 scored prompts of {prompt_set!r}; found {stats['n']}")
+    row = {
+        "model_id": model_id, "method": method, "config_hash": config_hash, "prompt_set": prompt_set,
+        "n_prompts": stats["n"], "mean": stats["mean"], "std": stats["std"], "n_std": n_std,
+        "tau": stats["mean"] + n_std * stats["std"], "created_at": dt.datetime.now(dt.UTC), "run_id": run_id,
+    }
+    row["calibration_id"] = params_hash({k: v for k, v in row.items() if k not in ("created_at", "run_id")})
+    ws.write("nemo_calibration", [row])
+    return row
+
+
+def current_tau(ws: Any, model_id: str, method: str = "nemo_msssim") -> float:
+    """The newest calibrated threshold.
+
+    Raises:
+        InputError: the model has no calibration.
+    """
+    rows = ws.sql(
+        "SELECT tau FROM nemo_current_calibration WHERE model_id = $model AND method = $method",
+        {"model": model_id, "method": method},
+    ).to_pylist()
+    if not rows:
+        raise InputError(f"no {method} calibration for model {model_id!r}", hint="run `fbmem nemo calibrate` first")
+    return float(rows[0]["tau"])
