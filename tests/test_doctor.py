@@ -233,3 +233,13 @@ def test_cuda_devices_are_reported(monkeypatch: pytest.MonkeyPatch) -> None:
     ]
     lines = _system_lines(DoctorReport(system=info, packages={"torch": torch.__version__}, models=[]))
     assert "  cuda:0  Fake H100 (sm 9.0), 80.0 GiB total, 60.0 GiB free" in lines
+
+
+def test_required_files_may_be_globs(tmp_path: Path) -> None:
+    spec = ModelSpec("test-glob", "x", (), "lab", "train it", required=(("*segment*.safetensors",), ("cfg.json",)))
+    root = tmp_path / "lab"
+    _write(root / "cfg.json", b"{}")
+    assert check_model(spec, path=str(root)).status == "incomplete"
+    _write(root / "lab_segmenter.safetensors", b"weights")
+    found = check_model(spec, path=str(root))
+    assert found.status == "unverified" and {Path(f.path).name for f in found.files} == {"cfg.json", "lab_segmenter.safetensors"}

@@ -200,11 +200,18 @@ def _blob_check(path: Path, hash_files: bool) -> FileCheck:
     return FileCheck(str(path), size, "unverified", sha, detail="not a hub cache blob: no published checksum")
 
 
+def _matches(root: Path, rel: str) -> list[Path]:
+    """Files at `rel` under root; `rel` may be a glob (for files whose exact name is not fixed)."""
+    if any(ch in rel for ch in "*?["):
+        return sorted(p for p in root.glob(rel) if p.is_file())
+    return [root / rel] if (root / rel).is_file() else []
+
+
 def _check_tree(spec: ModelSpec, root: Path, looked_in: list[str], hash_files: bool, blobs: bool) -> ModelCheck:
     files: list[FileCheck] = []
     absent: list[str] = []
     for group in spec.required:
-        present = next((root / rel for rel in group if (root / rel).is_file()), None)
+        present = next((p for rel in group for p in _matches(root, rel)), None)
         if present is None:
             absent.append(" or ".join(group))
             continue

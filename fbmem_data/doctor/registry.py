@@ -46,7 +46,7 @@ class ModelSpec:
         known_files: file names fbmem recognises, with published checksums where there are any.
         hub_id: the Hugging Face repo id (hub models).
         required: for hub / lab / package models: groups of alternatives, one of each group must exist
-            (relative paths; a group like ("unet/x.safetensors", "unet/x.bin") accepts either).
+            (relative paths or globs; a group like ("unet/x.safetensors", "unet/x.bin") accepts either).
         package: the distribution whose files hold the model (package models).
         pointer_needed: the consuming plug-in takes a path, not a hub id: a copy found in the HF
             cache must still be passed to it (doctor prints the exact env var / path to use).
@@ -203,7 +203,7 @@ BUILTIN_MODELS: tuple[ModelSpec, ...] = (
         description="the shipped lab segmenter (data/lab/)",
         commands=("segment --segmenter lab",),
         kind="lab",
-        required=(("segmenter.safetensors", "lab_segmenter.safetensors"),),
+        required=(("*segment*.safetensors", "*segment*.pt", "*segment*.pth", "*segment*.onnx"),),
         how_to_get="use a checkout or wheel that ships data/lab/, or train it with `fbmem lab train`",
     ),
     ModelSpec(
