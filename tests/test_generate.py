@@ -277,3 +277,84 @@ def test_lab_model_path(workspace: Workspace, monkeypatch) -> None:
     assert row["model_id"] == lab.LAB_MODEL_ID
     size = lab.LabModelConfig().image_size
     assert (row["height"], row["width"]) == (size, size)
+
+
+def test_wen_detection_score_is_the_text_conditional_noise_norm(tiny) -> None:
+    from fbmem_data.generate import initial_latents
+    from fbmem_data.mitigate.wen import encode_prompts, first_timestep, wen_detection_score
+
+    pipe = tiny.pipe
+    prompts = TEXTS[:2]
+    scores = wen_detection_score(pipe, prompts, seeds=[0, 1], steps=1, guidance=7.5, height=64, width=64, batch_size=3)
+    # One step: the norm at x_T and t_0, computed directly, averaged over the seeds.
+    cond, uncond = encode_prompts(pipe, prompts)
+    t = first_timestep(pipe, 1)
+    expected = []
+    with torch.no_grad():
+        for i in range(len(prompts)):
+            norms = []
+            for seed in (0, 1):
+                x = initial_latents(pipe, [seed], 64, 64)
+                eps_c = pipe.unet(x, t, encoder_hidden_states=cond[i : i + 1]).sample
+                eps_u = pipe.unet(x, t, encoder_hidden_states=uncond[i : i + 1]).sample
+                norms.append(float((eps_c - eps_u).norm()))
+            expected.append(sum(norms) / 2)
+    assert scores == pytest.approx(expected, rel=1e-4)
+    several = wen_detection_score(pipe, prompts, seeds=[0, 1], steps=3, height=64, width=64, batch_size=1)
+    assert several == pytest.approx(
+        wen_detection_score(pipe, prompts, seeds=[0, 1], steps=3, height=64, width=64, batch_size=4), rel=1e-4
+    )
+    assert len(pipe.unet._forward_hooks) == 0
+    with pytest.raises(InputError, match="guidance > 1"):
+        wen_detection_score(pipe, prompts, guidance=1.0)
+
+
+def test_wen_optimisation_follows_the_reference_rules(tiny) -> None:
+    from fbmem_data.generate import GenerationJob
+    from fbmem_data.generate.generator import make_batch
+    from fbmem_data.mitigate import create_mitigation
+    from fbmem_data.mitigate.protocol import GenerationSettings
+    from fbmem_data.mitigate.wen import encode_prompts
+
+    pipe = tiny.pipe
+    jobs = [GenerationJob("g0", "p0", TEXTS[0], 0), GenerationJob("g1", "p1", TEXTS[1], 1)]
+    batch = make_batch(pipe, jobs, GenerationSettings(2, 7.0, 64, 64))
+    probe = create_mitigation("wen", target_loss=0.0, max_iters=0)
+    _, _, details = probe.optimise(pipe, batch)
+    low, high = sorted(d["initial_loss"] for d in details)
+    # A target between the two rows' losses: one row is already there (left untouched), the other optimises.
+    wen = create_mitigation("wen", target_loss=(low + high) / 2, max_iters=3)
+    embeds, negative, details = wen.optimise(pipe, batch)
+    original, empty = encode_prompts(pipe, batch.prompts)
+    assert torch.equal(negative, empty)
+    done = [d["initial_loss"] <= (low + high) / 2 for d in details]
+    for row, detail in enumerate(details):
+        if done[row]:
+            assert detail["iterations"] == 0 and detail["reached_target"]
+            assert torch.equal(embeds[row], original[row])
+        else:
+            assert 1 <= detail["iterations"] <= 3 and detail["final_loss"] < detail["initial_loss"]
+            assert not torch.equal(embeds[row], original[row])
+        # The first token's gradient is zeroed: only AdamW's decoupled weight decay (0.01) moves it, as in
+        # the reference code.
+        decay = (1 - 0.05 * 0.01) ** detail["iterations"]
+        assert torch.allclose(embeds[row, 0], original[row, 0] * decay, rtol=1e-5, atol=1e-7)
+
+
+def test_rta_inserts_seeded_vocabulary_words(tiny) -> None:
+    import random
+
+    from fbmem_data.mitigate.rta import RandomTokenAddition, add_random_tokens, random_tokens
+
+    tokenizer = tiny.pipe.tokenizer
+    tokens = random_tokens(tokenizer, random.Random(0), 50)
+    assert len(tokens) == 50
+    for token in tokens:
+        assert " " not in token and not token.startswith("##") and token not in tokenizer.all_special_tokens
+        assert tokenizer.convert_tokens_to_ids(token) != tokenizer.unk_token_id
+    new, positions = add_random_tokens("a b c", ["X", "Y"], random.Random(1))
+    assert sorted(new.split()) == ["X", "Y", "a", "b", "c"] and len(positions) == 2
+    rta = RandomTokenAddition(n_tokens=4)
+    assert rta.rng_for("p", 0).random() == rta.rng_for("p", 0).random() != rta.rng_for("p", 1).random()
+    with pytest.raises(InputError):
+        RandomTokenAddition(n_tokens=0)

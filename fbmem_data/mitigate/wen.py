@@ -5,7 +5,7 @@ embedding e to reduce the text-conditional noise norm
 
     L(e) = || eps(x_T, t_0, e) - eps(x_T, t_0, e_empty) ||_2
 
-with AdamW (lr 0.05), at most 10 iterations, stopping as soon as L <= target_loss (3 for SD v1.4), the
+with AdamW (lr 0.05, torch's default weight decay 0.01 as in the reference code), at most 10 iterations, stopping as soon as L <= target_loss (3 for SD v1.4), the
 first token's gradient zeroed (the BOS position carries no prompt content); then generate with the
 optimised embedding. Departure from the reference code: it optimises one embedding per prompt over the
 stacked noise of its images; here each image has its own embedding and loss, so an image does not depend
