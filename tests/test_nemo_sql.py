@@ -1,0 +1,56 @@
+"""Mitigation evaluation SQL: transitions before -> after for the same prompt and seed, and the score."""
+
+from __future__ import annotations
+
+import itertools
+
+import pyarrow as pa
+
+from fbmem_data.workspace import Workspace
+
+WEIGHTS = {
+    "VM": {"VM": 0, "BM": 1.5, "FM": 0.5, "NM": 2},
+    "BM": {"VM": -1.5, "BM": 0, "FM": -0.5, "NM": 0.5},
+    "FM": {"VM": -0.5, "BM": 1, "FM": 0, "NM": 1.5},
+    "NM": {"VM": -2, "BM": -0.5, "FM": -1.5, "NM": 0},
+}
+
+
+def test_weight_table_is_the_papers(workspace: Workspace) -> None:
+    rows = workspace.sql("SELECT * FROM mitigation_score_weights").to_pylist()
+    assert len(rows) == 16
+    assert {(r["label_before"], r["label_after"]): r["weight"] for r in rows} == {
+        (b, a): float(w) for b, row in WEIGHTS.items() for a, w in row.items()
+    }
+
+
+def test_transitions_and_score(workspace: Workspace) -> None:
+    """Labels injected through a stand-in fbmem_labels (the real one needs segmentations)."""
+    gens = []
+    expected = {"nemo": 0.0, "rta": 0.0}
+    for i, (before, after) in enumerate(itertools.product(WEIGHTS, WEIGHTS)):
+        for method in ("nemo", "rta"):
+            after_label = after if method == "nemo" else before
+            gens.append((f"n{i}", f"p{i % 5}", i, "none", before))
+            gens.append((f"{method}{i}", f"p{i % 5}", i, method, after_label))
+            expected[method] += WEIGHTS[before][after_label]
+    gens = list(dict.fromkeys(gens))
+    # An unmatched 'after' (different seed) must not pair.
+    gens.append(("x", "p0", 999, "nemo", "NM"))
+    workspace.write("generations", [
+        {"generation_id": g, "image_id": f"img-{g}", "prompt_id": p, "model_id": "m", "seed": s, "steps": 50,
+         "guidance": 7.0, "height": 64, "width": 64, "mitigation": m}
+        for g, p, s, m, _ in gens
+    ])
+    labels = {f"img-{g}": lab for g, _, _, _, lab in gens}
+    con = workspace.connection()
+    con.register("label_rows", pa.table({"generated_image_id": list(labels), "label": list(labels.values())}))
+    con.execute("CREATE OR REPLACE VIEW fbmem_labels AS SELECT generated_image_id, label FROM label_rows")
+    score = {r["method"]: r for r in workspace.sql("SELECT * FROM mitigation_score").to_pylist()}
+    assert score["nemo"]["score"] == expected["nemo"] and score["nemo"]["n_pairs"] == 16
+    assert score["rta"]["score"] == 0.0
+    counts = workspace.sql("SELECT * FROM mitigation_transition_counts WHERE method = 'nemo'").to_pylist()
+    assert len(counts) == 16 and all(r["n"] == 1 for r in counts)
+    rates = {r["method"]: r for r in workspace.sql("SELECT * FROM fbmem_rates_by_method").to_pylist()}
+    assert rates["none"]["n"] == 16 and abs(rates["none"]["vm_rate"] - 0.25) < 1e-12
+    assert rates["nemo"]["n"] == 17
