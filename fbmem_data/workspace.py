@@ -50,12 +50,13 @@ _PARAM_RE = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
 OnConflict = Literal["skip", "error", "append"]
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
+def _atomic_write_bytes(path: Path, data: bytes, fsync: bool = True) -> None:
     tmp = path.with_name(f".tmp-{uuid.uuid4().hex}-{path.name}")
     with open(tmp, "wb") as fh:
         fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
+        if fsync:
+            fh.flush()
+            os.fsync(fh.fileno())
     os.replace(tmp, path)
 
 
@@ -253,14 +254,18 @@ class Workspace:
         return schema.conform(kept)
 
     # -- images --------------------------------------------------------------------------------
-    def store_image(self, data: bytes, ext: str) -> tuple[str, Path]:
-        """Store image bytes content-addressed; returns (image_id, path). Idempotent."""
+    def store_image(self, data: bytes, ext: str, *, fsync: bool = True) -> tuple[str, Path]:
+        """Store image bytes content-addressed; returns (image_id, path). Idempotent.
+
+        fsync=False skips the per-file fsync (the write is still atomic): for bulk writers that
+        flush once per batch (os.sync) before committing the batch's rows.
+        """
         image_id = image_id_from_bytes(data)
         ext = ext.lower().lstrip(".") or "bin"
         path = self.images_dir / image_id[:2] / f"{image_id}.{ext}"
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
-            _atomic_write_bytes(path, data)
+            _atomic_write_bytes(path, data, fsync=fsync)
         return image_id, path
 
     def image_path(self, image_id: str) -> Path:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from fbmem_data.errors import InputError
 from fbmem_data.ids import canonical_json, params_hash, prompt_id
-from fbmem_data.ingest.decode import ImageItem, Probe, init_worker, process_batch
+from fbmem_data.ingest.decode import BATCH_SYNC, ImageItem, Probe, init_worker, process_batch
 from fbmem_data.ingest.manifest import ManifestEntry, read_manifest
 from fbmem_data.ingest.report import IngestReport
 from fbmem_data.ingest.sources import SourceEntry, SourceListing, is_tar, list_sources
@@ -356,6 +356,8 @@ def ingest_images(
             if generations:
                 report.add_written("generations", ws.write("generations", list(generations.values())))
             if images:
+                if BATCH_SYNC:
+                    os.sync()  # the batch's stored image files reach the disk before its rows do
                 report.add_written("images", ws.write("images", images))
     return report
 
