@@ -175,7 +175,8 @@ def _check_column(table: str, col: Column, arr: pa.ChunkedArray | pa.Array) -> N
         raise SchemaError(f"table '{table}', column '{col.name}': {nulls} null value(s) in a required column")
     if col.enum is not None and len(arr) - nulls:
         valid = pc.is_in(arr, value_set=pa.array(list(col.enum), type=col.arrow_type))
-        bad = pc.filter(arr, pc.invert(pc.fill_null(valid, True)))
+        # is_in says false (not null) for a null, so nulls are excluded explicitly: they are checked above
+        bad = pc.filter(arr, pc.and_(pc.is_valid(arr), pc.invert(valid)))
         if len(bad):
             shown = sorted({str(v) for v in bad.to_pylist()})[:5]
             raise SchemaError(

@@ -29,12 +29,12 @@ def score_pairs(*args: Any, **kwargs: Any) -> Any:
 
 
 def labels(*args: Any, **kwargs: Any) -> Any:
-    from fbmem_data.fbmem.labels import labels as impl
+    from fbmem_data.fbmem.labelling import labels as impl
 
     return impl(*args, **kwargs)
 
 
 def label_rows(*args: Any, **kwargs: Any) -> Any:
-    from fbmem_data.fbmem.labels import label_rows as impl
+    from fbmem_data.fbmem.labelling import label_rows as impl
 
     return impl(*args, **kwargs)

@@ -30,7 +30,9 @@ _OBJ_PALETTES = [
 ]
 
 
-def texture(rng: np.random.Generator, size: int, palette: tuple[tuple[float, ...], ...], scale: float) -> np.ndarray:
+def texture(
+    rng: np.random.Generator, size: int, palette: tuple[tuple[float, ...], ...], scale: float, noise: float = 0.6
+) -> np.ndarray:
     """A size x size x 3 float texture: random oriented sinusoids + noise mixing two palette colours."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
     field = np.zeros((size, size), np.float32)
@@ -39,7 +41,7 @@ def texture(rng: np.random.Generator, size: int, palette: tuple[tuple[float, ...
         freq = rng.uniform(4, 14) * scale
         phase = rng.uniform(0, 2 * np.pi)
         field += np.sin(2 * np.pi * freq * (xx * np.cos(theta) + yy * np.sin(theta)) + phase)
-    field += rng.normal(0, 0.6, field.shape).astype(np.float32)
+    field += rng.normal(0, noise, field.shape).astype(np.float32)
     t = 1 / (1 + np.exp(-1.5 * field))
     c0, c1 = (np.asarray(c, np.float32) for c in palette)
     img = t[..., None] * c0 + (1 - t[..., None]) * c1
@@ -87,20 +89,23 @@ class PlantedPair:
     train_mask: np.ndarray
 
 
-def planted_pair(seed: int, truth: str, size: int = 256, area: float = 0.12, noise: float = 0.0) -> PlantedPair:
+def planted_pair(
+    seed: int, truth: str, size: int = 256, area: float = 0.12, noise: float = 0.0, object_scale: float = 0.3
+) -> PlantedPair:
     """One planted case.
 
     VM: the same scene (plus `noise`); FM: the same object (texture + shape + place) on another
     background; BM: the same background under a different object; NM: everything different.
-    `area` is the object's share of the image.
+    `area` is the object's share of the image; `object_scale` the spatial frequency of object textures
+    relative to background textures (lower = smoother objects).
     """
     rng = np.random.default_rng(seed)
     bg_a, bg_b = rng.choice(len(_BG_PALETTES), 2, replace=False)
     ob_a, ob_b = rng.choice(len(_OBJ_PALETTES), 2, replace=False)
     bg1 = texture(rng, size, _BG_PALETTES[bg_a], 1.0)
     bg2 = texture(rng, size, _BG_PALETTES[bg_b], 1.0)
-    obj1 = texture(rng, size, _OBJ_PALETTES[ob_a], 0.6)
-    obj2 = texture(rng, size, _OBJ_PALETTES[ob_b], 0.6)
+    obj1 = texture(rng, size, _OBJ_PALETTES[ob_a], object_scale, noise=0.2)
+    obj2 = texture(rng, size, _OBJ_PALETTES[ob_b], object_scale, noise=0.2)
     m1 = shape_mask(rng, size, area)
     m2 = shape_mask(rng, size, area)
     train = paste(bg1, obj1, m1)
