@@ -358,3 +358,14 @@ def test_rta_inserts_seeded_vocabulary_words(tiny) -> None:
     assert rta.rng_for("p", 0).random() == rta.rng_for("p", 0).random() != rta.rng_for("p", 1).random()
     with pytest.raises(InputError):
         RandomTokenAddition(n_tokens=0)
+
+
+def test_identical_images_in_a_batch_get_one_images_row(workspace: Workspace, tiny, monkeypatch) -> None:
+    add_prompts(workspace)
+    monkeypatch.setattr(
+        generator_module, "run_pipeline", lambda pipe, batch: np.zeros((len(batch), 64, 64, 3), dtype=np.uint8)
+    )
+    generate(workspace, tiny, prompt_set="t", n=2, batch_size=4, **FAST)
+    assert workspace.count("generations") == 6
+    assert workspace.sql("SELECT count(DISTINCT image_id) AS n FROM generations").column("n")[0].as_py() == 1
+    assert workspace.count("images") == 1

@@ -198,6 +198,8 @@ def _write_batch(
                 "run_id": run_id,
             }
         )
+    # Two images of a batch can be byte-identical (e.g. a saturated model): one images row per id.
+    image_rows = list({r["image_id"]: r for r in reversed(image_rows)}.values())[::-1]
     # Images first: a generations row is the commit mark of an image (resume keys on it).
     ws.write("images", image_rows, on_conflict="skip")
     ws.write("generations", generation_rows, on_conflict="skip")
