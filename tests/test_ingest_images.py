@@ -18,6 +18,7 @@ from PIL import Image, ImageFile
 
 from fbmem_data.errors import InputError
 from fbmem_data.ids import missing_image_id, params_hash, prompt_id
+from fbmem_data.ingest.decode import to_rgb
 from fbmem_data.ingest.images import ingest_images
 from fbmem_data.ingest.prompts import ingest_prompts
 from fbmem_data.ingest.report import IngestReport
@@ -129,6 +130,24 @@ def test_status_rules_for_odd_files(workspace: Workspace, odd_images: Path, monk
         assert row["n_bytes"] == len(data)
         assert (workspace.root / row["store_path"]).read_bytes() == data
     assert rows["png_named.jpg"]["store_path"].endswith(".png")
+    assert [n for n in report.notes if "extension" in n] == [
+        f"{odd_images / 'png_named.jpg'}: content is PNG though the extension is .jpg; stored as .png, nothing lost"
+    ]
+
+
+def test_to_rgb_keeps_16_bit_range_and_converts_every_mode() -> None:
+    sixteen = Image.fromarray((np.arange(256, dtype=np.uint16) * 257).reshape(16, 16))
+    assert sixteen.mode == "I;16"
+    gray = np.asarray(to_rgb(sixteen))[..., 0].ravel()
+    assert gray.tolist() == list(range(256))  # PIL's convert("RGB") would clip all but one value to 255
+    palette = Image.new("P", (4, 4), 1)
+    palette.putpalette([0, 0, 0, 10, 20, 30] * 128)
+    palette.info["transparency"] = 0
+    modes = [Image.new("CMYK", (4, 4)), Image.new("LA", (4, 4)), palette, Image.new("I", (4, 4), 70000)]
+    for img in modes:
+        out = to_rgb(img)
+        assert out.mode == "RGB" and out.size == (4, 4)
+    assert np.asarray(to_rgb(palette))[0, 0].tolist() == [10, 20, 30]
 
 
 def test_max_pixels_option_and_pil_limit_restored(workspace: Workspace, tmp_path: Path) -> None:

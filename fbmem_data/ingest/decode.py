@@ -19,6 +19,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".jfif", ".ppm", ".pgm", ".pbm", ".ico"}
@@ -127,6 +128,20 @@ def probe_bytes(data: bytes, name: str, max_pixels: int) -> dict[str, object]:
     return {**info, "status": "ok", "error": None}
 
 
+_SUFFIX_ALIASES = {"jpeg": "jpg", "jfif": "jpg", "jpe": "jpg", "tiff": "tif"}
+
+
+def extension_mismatch(name: str, fmt: object) -> str | None:
+    """A note when a decodable file's extension names another format (e.g. a PNG called .jpg)."""
+    suffix = PurePosixPath(name).suffix.lower().lstrip(".")
+    if not isinstance(fmt, str) or not suffix:
+        return None
+    expected = store_extension(fmt, name)
+    if _SUFFIX_ALIASES.get(suffix, suffix) == expected:
+        return None
+    return f"{name}: content is {fmt} though the extension is .{suffix}; stored as .{expected}, nothing lost"
+
+
 def store_extension(fmt: object, name: str) -> str:
     if isinstance(fmt, str) and fmt in _STORE_EXT:
         return _STORE_EXT[fmt]
@@ -159,3 +174,25 @@ def process_item(item: ImageItem, workspace_root: str, max_pixels: int) -> Probe
 
 def process_batch(items: list[ImageItem], workspace_root: str, max_pixels: int) -> list[Probe]:
     return [process_item(item, workspace_root, max_pixels) for item in items]
+
+
+def to_rgb(img: Any) -> Any:
+    """A PIL image of any recorded mode as 8-bit RGB, keeping its tonal range.
+
+    PIL's own `convert("RGB")` clips 16/32-bit grayscale (I;16, I) at 255, which turns a 16-bit
+    photo almost white; here those are scaled to 0..255 first. Palette images with transparency
+    go through RGBA (PIL warns otherwise); CMYK, LA, L and friends use PIL's conversion.
+    """
+    import numpy as np
+    from PIL import Image
+
+    if img.mode.startswith("I;16") or img.mode in ("I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        if img.mode != "F":
+            top = 65535.0 if img.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
+            arr = arr * (255.0 / top)
+        gray = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+        return Image.fromarray(gray, mode="L").convert("RGB")
+    if img.mode == "P" and "transparency" in img.info:
+        return img.convert("RGBA").convert("RGB")
+    return img.convert("RGB")

@@ -23,7 +23,14 @@ from typing import TYPE_CHECKING, Any
 
 from fbmem_data.errors import InputError
 from fbmem_data.ids import canonical_json, params_hash, prompt_id
-from fbmem_data.ingest.decode import BATCH_SYNC, ImageItem, Probe, init_worker, process_batch
+from fbmem_data.ingest.decode import (
+    BATCH_SYNC,
+    ImageItem,
+    Probe,
+    extension_mismatch,
+    init_worker,
+    process_batch,
+)
 from fbmem_data.ingest.manifest import ManifestEntry, read_manifest
 from fbmem_data.ingest.report import IngestReport
 from fbmem_data.ingest.sources import SourceEntry, SourceListing, is_tar, list_sources
@@ -339,6 +346,9 @@ def ingest_images(
                 else:
                     report.by_status[probe.status] += 1
                     images.append(_image_row(probe, role, run.run_id, now))
+                    mismatch = extension_mismatch(probe.uri, probe.format) if probe.status == "ok" else None
+                    if mismatch:
+                        report.note(mismatch)
                 first_uri.setdefault(image_id, probe.uri)
                 if probe.status == "missing":
                     if idx in plan.generations or idx in plan.links:
