@@ -1,0 +1,200 @@
+"""The report's HTML: the shipped template filled with server-rendered summary parts and one JSON blob
+that the page's script renders lazily (a page of cards and a page of table rows at a time)."""
+
+from __future__ import annotations
+
+import html
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fbmem_data.report.gather import ReportData
+
+TEMPLATE = Path(__file__).with_name("template.html")
+#: Columns of every row in the JSON blob (the page's script indexes rows by these names).
+ROW_COLUMNS = ("gi", "ti", "fg", "bg", "pair", "label", "prompt", "set", "model", "mit", "seed", "params", "degenerate", "topk", "pm")
+SCORE_DIGITS = 4
+
+
+@dataclass
+class PlotImage:
+    """A summary figure: where its PNG for papers was written and the smaller copy embedded in the page."""
+
+    name: str
+    title: str
+    path: Path
+    embedded_png: bytes
+
+
+def _round(x: float | None) -> float | None:
+    if x is None or x != x:  # NaN: JSON has no NaN; shown as a missing score
+        return None
+    return round(float(x), SCORE_DIGITS)
+
+
+def _escape_json(blob: str) -> str:
+    # '<' only occurs inside JSON strings, where \u003c is the same character: no '</script>' can end the block.
+    return blob.replace("<", "\\u003c")
+
+
+def data_blob(data: ReportData, image_src: dict[str, str], meta: dict[str, Any]) -> dict[str, Any]:
+    """The page's data: rows worst first, images and prompts stored once and referenced by index."""
+    image_index: dict[str, int] = {}
+    images: list[str | None] = []
+    image_ids: list[str] = []
+
+    def img(image_id: str | None) -> int | None:
+        if image_id is None:
+            return None
+        if image_id not in image_index:
+            image_index[image_id] = len(images)
+            images.append(image_src.get(image_id))
+            image_ids.append(image_id[:16])
+        return image_index[image_id]
+
+    prompt_index: dict[str, int] = {}
+    prompts: list[list[str | None]] = []
+    gens = data.generations.to_pylist()
+    for g in gens:
+        pid = g["prompt_id"]
+        if pid is not None and pid not in prompt_index:
+            prompt_index[pid] = len(prompts)
+            prompts.append([g["prompt"], pid])
+
+    top_k: dict[str, list[list[Any]]] = {}
+    for m in data.top_k.to_pylist():
+        top_k.setdefault(m["generated_image_id"], []).append(
+            [m["train_image_id"], _round(m["fg_score"]), _round(m["bg_score"]), _round(m["pair_score"])]
+        )
+    pm_index: dict[tuple[Any, ...], int] = {}
+    pm_lists: list[list[list[Any]]] = []
+    for m in data.prompt_matches.to_pylist():
+        key = (m["prompt_id"], m["model_id"], m["mitigation"])
+        if key not in pm_index:
+            pm_index[key] = len(pm_lists)
+            pm_lists.append([])
+        pm_lists[pm_index[key]].append([m["train_image_id"], int(m["generations"])])
+
+    rows = []
+    for g in gens:
+        rows.append([
+            img(g["generated_image_id"]),
+            img(g["train_image_id"]),
+            _round(g["fg_score"]),
+            _round(g["bg_score"]),
+            _round(g["pair_score"]),
+            g["label"],
+            prompt_index.get(g["prompt_id"]),
+            g["prompt_set"],
+            g["model_id"],
+            g["mitigation"],
+            g["seed"],
+            g["mitigation_params"],
+            g["degenerate_rule"],
+            [[img(t), fg, bg, pair] for t, fg, bg, pair in top_k.get(g["generated_image_id"], [])],
+            pm_index.get((g["prompt_id"], g["model_id"], g["mitigation"])),
+        ])
+    prompt_matches = [[[img(t), n] for t, n in lst] for lst in pm_lists]
+    return {
+        "meta": meta,
+        "cols": list(ROW_COLUMNS),
+        "rows": rows,
+        "prompts": prompts,
+        "prompt_matches": prompt_matches,
+        "images": images,
+        "image_ids": image_ids,
+    }
+
+
+def needed_images(data: ReportData) -> list[str]:
+    """Every image a card can show: generated, best match, other top-k, a prompt's distinct matches."""
+    ids: list[str] = []
+    ids += data.generations.column("generated_image_id").to_pylist()
+    ids += data.generations.column("train_image_id").to_pylist()
+    shown = set(ids)
+    ids += [t for g, t in zip(data.top_k.column("generated_image_id").to_pylist(),
+                              data.top_k.column("train_image_id").to_pylist(), strict=True) if g in shown]
+    ids += data.prompt_matches.column("train_image_id").to_pylist()
+    return [i for i in dict.fromkeys(ids) if i is not None]
+
+
+def provenance_html(data: ReportData, extra: dict[str, Any]) -> str:
+    p = data.provenance
+    e = html.escape
+    parts = [
+        f"Labels from segmenter <b>{e(str(p['segmenter']))}</b>",
+        f"metric <b>{e(str(p['metric']))}</b>",
+        f"tau <b>{p['tau']:g}</b>",
+        f"preset <b>{e(str(p['preset']))}</b>",
+        f"compared at <b>{p['size']}</b> px",
+        f"scoring_id <code>{e(str(p['scoring_id']))}</code>",
+    ]
+    line2 = [
+        f"{extra['n_generations']} generations shown" + (f" (the {extra['limit']} worst)" if extra.get("limit") else ""),
+        f"{p['generated_images']} generated and {p['train_images']} training images scored, {p['scored_pairs']} pairs, top-{p['k']} kept",
+        f"scored {e(str(p['scored_at'] or 'at an unrecorded time'))}",
+        f"workspace <code>{e(extra['workspace'])}</code>",
+        f"report built {e(extra['created_at'])} by fbmem {e(extra['fbmem_version'])}",
+        f"PNG plots{' and thumbnails' if extra['images_mode'] == 'folder' else ''} in <code>{e(extra['files_dir'])}/</code>",
+    ]
+    return " · ".join(parts) + "<br>" + " · ".join(line2)
+
+
+def rates_table_html(data: ReportData) -> str:
+    rows = data.rates.to_pylist()
+    if not rows:
+        return ""
+    head = "<tr><th>model</th><th>prompt set</th><th>mitigation</th><th>n</th>" + "".join(
+        f'<th><span class="badge {x}">{x}</span></th>' for x in ("VM", "BM", "FM", "NM")
+    ) + "</tr>"
+    body = []
+    for r in rows:
+        cells = [html.escape(str(r[k]) if r[k] is not None else "—") for k in ("model_id", "prompt_set", "mitigation")]
+        shares = [f"{r[x]} ({float(r[x + '_share'] or 0):.1%})" for x in ("vm", "bm", "fm", "nm")]
+        body.append("<tr>" + "".join(f"<td>{c}</td>" for c in [*cells, str(r["n"]), *shares]) + "</tr>")
+    return f'<h3>FB-Mem rates</h3><table class="rates" id="rates-table">{head}{"".join(body)}</table>'
+
+
+def mitigation_table_html(data: ReportData) -> str:
+    rows = data.mitigation
+    if not rows:
+        return ""
+    metric = data.utility_metric
+    head = "<tr><th>method</th><th>parameters</th><th>model</th><th>pairs</th><th>mitigation score</th>"
+    head += f"<th>{html.escape(metric)}</th></tr>" if metric else "</tr>"
+    body = []
+    for r in rows:
+        cells = [r["method"], r.get("mitigation_params"), r.get("model_id"), r.get("n_pairs"), r.get("score")]
+        if metric:
+            cells.append(r.get("utility"))
+        body.append("<tr>" + "".join(f"<td>{html.escape('—' if c is None else str(c))}</td>" for c in cells) + "</tr>")
+    note = "" if metric else (
+        '<p class="note">No utility is recorded in this workspace (a <code>mitigation_utility</code> view with '
+        "columns method and utility), so the comparison shows the mitigation score alone.</p>"
+    )
+    return f'<h3>Mitigation comparison</h3><table class="rates" id="mitigation-table">{head}{"".join(body)}</table>{note}'
+
+
+def plots_html(plots: list[PlotImage], data_uri: Any) -> str:
+    if not plots:
+        return '<p class="note">Nothing to plot.</p>'
+    return "".join(
+        f'<figure><img class="plot" id="plot-{p.name}" alt="{html.escape(p.title)}" src="{data_uri(p.embedded_png, "image/png")}">'
+        f"<figcaption>{html.escape(p.title)} — <code>{html.escape(p.path.name)}</code></figcaption></figure>"
+        for p in plots
+    )
+
+
+def render_html(title: str, provenance: str, plots: str, summary_tables: str, blob: dict[str, Any]) -> str:
+    page = TEMPLATE.read_text(encoding="utf-8")
+    data_json = _escape_json(json.dumps(blob, separators=(",", ":"), allow_nan=False))
+    for marker, value in (
+        ("TITLE", html.escape(title)),
+        ("PROVENANCE", provenance),
+        ("PLOTS", plots),
+        ("RATES", summary_tables),
+        ("DATA", data_json),
+    ):
+        page = page.replace(f"<!--FBMEM:{marker}-->", value)
+    return page

@@ -1,0 +1,203 @@
+"""`fbmem report` without a browser: what the HTML holds, the plots, the options and the errors."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from fbmem_data.cli.app import build_app
+from fbmem_data.errors import InputError
+from fbmem_data.report import build_report, build_report_summary
+from fbmem_data.report.synthetic import SampleSpec, write_sample_workspace
+from fbmem_data.workspace import Workspace
+
+SPEC = SampleSpec(n_prompts=16, seeds=2, k=3)
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def page_blob(path: Path) -> dict[str, Any]:
+    text = path.read_text(encoding="utf-8")
+    found = re.search(r'<script type="application/json" id="fbmem-data">(.*?)</script>', text, re.S)
+    assert found, "the page has no data block"
+    return json.loads(found.group(1))
+
+
+def rows_of(blob: dict[str, Any]) -> list[dict[str, Any]]:
+    return [dict(zip(blob["cols"], r, strict=True)) for r in blob["rows"]]
+
+
+@pytest.fixture(scope="module")
+def sample_ws(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
+    ws = Workspace.init(tmp_path_factory.mktemp("report") / "ws")
+    write_sample_workspace(ws, SPEC)
+    yield ws
+    ws.close()
+
+
+@pytest.fixture(scope="module")
+def embedded_report(sample_ws: Workspace, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    return build_report_summary(sample_ws, tmp_path_factory.mktemp("out") / "report.html", k=SPEC.k)
+
+
+def test_report_rows_match_the_label_view_worst_first(sample_ws: Workspace, embedded_report: Any) -> None:
+    blob = page_blob(embedded_report.path)
+    rows = rows_of(blob)
+    labels = sample_ws.sql("SELECT label, count(*) AS n FROM fbmem_labels GROUP BY label", {"tau": 0.8}).to_pylist()
+    n_gens = SPEC.n_prompts * SPEC.seeds * len(SPEC.mitigations)
+    assert len(rows) == n_gens == embedded_report.generations
+    assert {x["label"]: x["n"] for x in labels} == dict(Counter(r["label"] for r in rows))
+    pairs = [r["pair"] for r in rows]
+    assert pairs == sorted(pairs, reverse=True), "cards must be worst (highest pair score) first"
+    assert {r["mit"] for r in rows} == set(SPEC.mitigations)
+    # Every row's prompt text resolves, and the seeds are those written.
+    assert all(blob["prompts"][r["prompt"]][0].startswith("sample ") for r in rows)
+    assert {r["seed"] for r in rows} == set(range(SPEC.seeds))
+
+
+def test_report_is_self_contained_with_thumbnails_and_top_k(embedded_report: Any) -> None:
+    text = embedded_report.path.read_text(encoding="utf-8")
+    blob = page_blob(embedded_report.path)
+    assert embedded_report.images_mode == "embed"
+    assert all(src.startswith("data:image/jpeg;base64,") for src in blob["images"])
+    srcs = re.findall(r'src="([^"]*)"', text)
+    assert srcs and all(s.startswith("data:") for s in srcs), "nothing may load from outside the file"
+    rows = rows_of(blob)
+    assert all(len(r["topk"]) == SPEC.k - 1 for r in rows)
+    for r in rows:  # other matches rank below the best one
+        assert all(m[3] <= r["pair"] + 1e-9 for m in r["topk"])
+    # Template prompts map to several training images, the others to one (one-to-many evidence).
+    distinct = {r["set"]: len(blob["prompt_matches"][r["pm"]]) for r in rows if r["mit"] == "none"}
+    assert distinct["template"] > 1 and distinct["memorized"] == 1
+
+
+def test_report_states_what_produced_the_labels(embedded_report: Any) -> None:
+    header = re.search(r'<div class="prov" id="provenance">(.*?)</div>', embedded_report.path.read_text(), re.S)
+    assert header
+    for fragment in ("segmenter <b>exact</b>", "metric <b>msssim</b>", "tau <b>0.8</b>", "preset <b>custom</b>"):
+        assert fragment in header.group(1)
+    meta = page_blob(embedded_report.path)["meta"]
+    assert (meta["segmenter"], meta["metric"], meta["tau"], meta["preset"]) == ("exact", "msssim", 0.8, "custom")
+
+
+def test_plots_are_written_beside_the_report_and_embedded(embedded_report: Any) -> None:
+    assert set(embedded_report.plots) == {"rates", "one_to_many", "mitigation"}
+    for path in embedded_report.plots.values():
+        assert path.parent == embedded_report.path.parent / "report_files" / "plots"
+        assert path.read_bytes().startswith(PNG_MAGIC)
+    text = embedded_report.path.read_text()
+    for name in embedded_report.plots:
+        assert f'id="plot-{name}"' in text
+
+
+def test_tau_changes_the_labels(sample_ws: Workspace, tmp_path: Path) -> None:
+    blob = page_blob(build_report(sample_ws, tmp_path / "strict.html", tau=0.999))
+    assert {r["label"] for r in rows_of(blob)} == {"NM"}
+    assert blob["meta"]["tau"] == 0.999
+
+
+def test_folder_mode_and_limit(sample_ws: Workspace, tmp_path: Path) -> None:
+    summary = build_report_summary(sample_ws, tmp_path / "big.html", images="folder", limit=5)
+    blob = page_blob(summary.path)
+    assert summary.images_mode == "folder" and len(blob["rows"]) == 5
+    for src in blob["images"]:
+        assert src.startswith("big_files/thumbs/")
+        assert (tmp_path / src).read_bytes()[:2] == b"\xff\xd8"  # JPEG
+    # The summary still covers every generation, not only the 5 shown.
+    rates = re.search(r'id="rates-table">(.*?)</table>', summary.path.read_text(), re.S)
+    assert rates
+    counts = [int(n) for n in re.findall(r"<td>(\d+)</td><td>\d+ \(", rates.group(1))]
+    assert sum(counts) == SPEC.n_prompts * SPEC.seeds * len(SPEC.mitigations)
+
+
+def test_missing_image_file_is_shown_as_not_stored(tmp_path: Path) -> None:
+    ws = Workspace.init(tmp_path / "ws")
+    write_sample_workspace(ws, SampleSpec(n_prompts=4, seeds=1, mitigations=("none",), k=2))
+    victim = ws.sql("SELECT generated_image_id FROM report_generations LIMIT 1").column(0)[0].as_py()
+    ws.image_path(victim).unlink()
+    summary = build_report_summary(ws, tmp_path / "r.html")
+    assert victim in summary.thumbnail_errors
+    blob = page_blob(summary.path)
+    first = rows_of(blob)[0]
+    assert blob["images"][first["gi"]] is None
+
+
+def test_prompt_text_cannot_break_out_of_the_page(tmp_path: Path) -> None:
+    ws = Workspace.init(tmp_path / "ws")
+    write_sample_workspace(ws, SampleSpec(n_prompts=4, seeds=1, mitigations=("none",), k=2))
+    evil = "</script><script>alert(1)</script><!--"
+    pid = ws.sql("SELECT prompt_id FROM prompts LIMIT 1").column(0)[0].as_py()
+    # A second prompts row cannot replace the first (same key), so write the evil text into a fresh prompt
+    # and point one generation at it.
+    ws.write("prompts", [{"prompt_id": "evil0000evil0000", "prompt_set": "memorized", "text": evil, "source_key": "x"}])
+    gen = ws.sql("SELECT * FROM generations WHERE prompt_id = $p LIMIT 1", {"p": pid}).to_pylist()[0]
+    gen.update(generation_id="evil-generation", prompt_id="evil0000evil0000", seed=99)
+    ws.write("generations", [gen])
+    out = build_report(ws, tmp_path / "r.html")
+    text = out.read_text()
+    assert evil not in text
+    assert text.count("</script>") == 2  # the data block's and the script's own
+    assert any(p[0] == evil for p in page_blob(out)["prompts"])
+
+
+def test_utility_view_gives_the_mitigation_scatter(tmp_path: Path) -> None:
+    ws = Workspace.init(tmp_path / "ws")
+    write_sample_workspace(ws, SampleSpec(n_prompts=8, seeds=2, k=2))
+    # A stand-in for the utility view the mitigation evaluation defines (fbmem_data.report.gather.UTILITY_RELATION).
+    ws.connection().execute(
+        "CREATE VIEW mitigation_utility AS SELECT * FROM (VALUES ('none', 0.91, 'object shown'), "
+        "('nemo', 0.84, 'object shown')) AS u(method, utility, utility_metric)"
+    )
+    summary = build_report_summary(ws, tmp_path / "r.html")
+    text = summary.path.read_text()
+    table = re.search(r'<table class="rates" id="mitigation-table">(.*?)</table>', text, re.S)
+    assert table and "<th>object shown</th>" in table.group(1) and "<td>0.84</td>" in table.group(1)
+    assert "no utility" not in text.lower().split("mitigation-table")[1][:400]
+
+
+def test_report_without_scores_is_a_clear_error(workspace: Workspace, tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="no FB-Mem scores"):
+        build_report(workspace, tmp_path / "r.html")
+
+
+def test_bad_options_are_clear_errors(sample_ws: Workspace, tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="HTML"):
+        build_report(sample_ws, tmp_path / "r.pdf")
+    with pytest.raises(InputError, match="images"):
+        build_report(sample_ws, tmp_path / "r.html", images="zip")
+
+
+def test_thumbnail_draws_the_mask_outline(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from fbmem_data.fbmem.images import encode_mask
+    from fbmem_data.report.thumbnails import make_thumbnail
+
+    path = tmp_path / "grey.png"
+    Image.fromarray(np.full((64, 64, 3), 60, np.uint8)).save(path)
+    mask = np.zeros((64, 64), np.float32)
+    mask[16:48, 16:48] = 1.0
+    import io
+
+    plain = np.asarray(Image.open(io.BytesIO(make_thumbnail(path, None, size=128))))
+    outlined = np.asarray(Image.open(io.BytesIO(make_thumbnail(path, encode_mask(mask), size=128))))
+    assert plain.shape == outlined.shape == (128, 128, 3)
+    yellow = (outlined[..., 0] > 180) & (outlined[..., 1] > 160) & (outlined[..., 2] < 100)
+    assert not ((plain[..., 0] > 180) & (plain[..., 2] < 100)).any()
+    assert yellow.sum() > 100  # the square's outline, 4 x ~64 px at 2x
+    assert not yellow[40:88, 40:88].any(), "the inside of the object is not painted"
+
+
+def test_cli_report(sample_ws: Workspace, tmp_path: Path) -> None:
+    out = tmp_path / "cli.html"
+    result = CliRunner().invoke(build_app(), ["report", "-w", str(sample_ws.root), "-o", str(out), "--k", "2"])
+    assert result.exit_code == 0, result.output
+    assert f"report: {out}" in result.output
+    assert "plot rates:" in result.output
+    assert all(len(r["topk"]) == 1 for r in rows_of(page_blob(out)))
