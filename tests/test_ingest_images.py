@@ -3,6 +3,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import struct
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image, ImageFile
 
-from fbmem_data.errors import InputError
+from fbmem_data.errors import FbmemError, InputError
 from fbmem_data.ids import missing_image_id, params_hash, prompt_id
 from fbmem_data.ingest.decode import to_rgb
 from fbmem_data.ingest.images import ingest_images
@@ -315,6 +316,21 @@ def test_manifest_errors(workspace: Workspace, tmp_path: Path, manifest_text: st
     (tmp_path / "m.csv").write_text(manifest_text, encoding="utf-8")
     with pytest.raises(InputError, match=expected):
         ingest_images(workspace, tmp_path / "gen", "generated", manifest=tmp_path / "m.csv", workers=1, progress=False)
+    assert workspace.count("images") == 0
+
+
+def _worker_dies(*args: object) -> None:
+    os._exit(3)  # as a worker killed by the OOM killer, or a decoder crash, would
+
+
+def test_dead_worker_is_a_clear_error(workspace: Workspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import fbmem_data.ingest.images as images_module
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.png").write_bytes(encode(noise(8)))
+    monkeypatch.setattr(images_module, "process_batch", _worker_dies)
+    with pytest.raises(FbmemError, match="a decoding worker process died"):
+        ingest_images(workspace, tmp_path / "in", "train", workers=2, progress=False)
     assert workspace.count("images") == 0
 
 

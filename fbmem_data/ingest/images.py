@@ -17,11 +17,12 @@ import os
 import sys
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fbmem_data.errors import InputError
+from fbmem_data.errors import FbmemError, InputError
 from fbmem_data.ids import canonical_json, params_hash, prompt_id
 from fbmem_data.ingest.decode import (
     BATCH_SYNC,
@@ -243,7 +244,14 @@ def _start_method() -> str:
 def _collect(futures: list[tuple[int, Future[list[Probe]]]], progress: Any) -> list[Probe]:
     out: list[Probe] = []
     for n, fut in futures:
-        out.extend(fut.result())
+        try:
+            out.extend(fut.result())
+        except BrokenProcessPool as exc:
+            raise FbmemError(
+                "a decoding worker process died (killed for memory, or a crash inside an image decoder); "
+                "every batch written before is kept",
+                hint="run the same command again with --workers 1 and a lower --max-pixels to find the file",
+            ) from exc
         progress.update(n)
     return out
 

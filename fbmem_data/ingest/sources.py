@@ -107,7 +107,7 @@ def list_tar(path: Path, rel_prefix: str, listing: SourceListing) -> None:
                     inputs.append(m)
                 caption, url = _side_info(side)
                 for m in inputs:
-                    uri = f"{path}::{m.name}"
+                    uri = f"{path.resolve()}::{m.name}"
                     if compressed:
                         fh = tar.extractfile(m)
                         item = ImageItem(uri=uri, name=m.name, data=fh.read() if fh else b"")
