@@ -245,6 +245,27 @@ def test_img2dataset_folder_and_gz_shard(workspace: Workspace, tmp_path: Path) -
     assert workspace.count("train_links") == 2
 
 
+def test_img2dataset_files_layout(workspace: Workspace, tmp_path: Path) -> None:
+    out = tmp_path / "files_out"
+    (out / "00000").mkdir(parents=True)
+    (out / "00000" / "000000000.jpg").write_bytes(encode(noise(8, 7), "JPEG"))
+    (out / "00000" / "000000000.txt").write_text("caption from the side file")
+    (out / "00000" / "000000000.json").write_text(json.dumps({"url": "http://b/0.jpg", "caption": "ignored"}))
+    (out / "00000" / "000000001.png").write_bytes(encode(noise(8, 8)))
+    pq.write_table(pa.table({"key": ["000000001"], "caption": ["caption from parquet"], "url": ["http://b/1.png"]}),
+                   out / "00000.parquet")
+    (out / "00000_stats.json").write_text("{}")
+    report = ingest_images(workspace, out, "train", workers=1, progress=False)
+    assert report.inputs == 2 and report.side_files == 2 and report.metadata_files == 2
+    assert report.prompt_set == "files_out"
+    got = workspace.sql("SELECT source_key, text, url FROM prompts ORDER BY 1").to_pylist()
+    assert got == [
+        {"source_key": "000000000", "text": "caption from the side file", "url": "http://b/0.jpg"},
+        {"source_key": "000000001", "text": "caption from parquet", "url": "http://b/1.png"},
+    ]
+    assert workspace.count("train_links") == 2
+
+
 def test_manifest_fills_generations(workspace: Workspace, tmp_path: Path, reference_dir: Path) -> None:
     ingest_prompts(workspace, reference_dir / "memorized_laion_prompts.csv", prompt_set="memorized")
     pid0 = workspace.sql("SELECT prompt_id FROM prompts WHERE source_key = '0'").column(0)[0].as_py()
