@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -233,33 +232,39 @@ def test_local_directory_and_cached_hub_id_load(tmp_path: Path, monkeypatch) -> 
 
 
 @pytest.mark.slow
-def test_cli_generate_from_a_directory(tmp_path: Path) -> None:
+def test_cli_generate_from_a_directory(tmp_path: Path, monkeypatch, capsys) -> None:
     saved = tmp_path / "tiny-dir"
     tiny_sd_pipeline(seed=2).save_pretrained(saved)
     ws = Workspace.init(tmp_path / "ws")
     add_prompts(ws, TEXTS[:2])
     args = [
-        sys.executable, "-m", "fbmem_data", "generate", "-w", str(ws.root), "--model", str(saved), "--prompts", "t",
+        "generate", "-w", str(ws.root), "--model", str(saved), "--prompts", "t",
         "--seeds", "0..1", "--steps", "2", "--batch-size", "3", "--mitigation", "none", "--mitigation", "rta",
         "--mitigation-param", "rta.n_tokens=3", "--no-progress", "-f", "json", "--model-id", "tiny-dir",
     ]
-    out = subprocess.run(args, capture_output=True, text=True, env={**_env(), "OMP_NUM_THREADS": "1"})
+    out = run_cli(args, capsys)
     assert out.returncode == 0, out.stderr
     summary = json.loads(out.stdout)
     assert [(s["mitigation"], s["generated"]) for s in summary] == [("none", 4), ("rta", 4)]
     assert json.loads(summary[1]["mitigation_params"]) == {"n_tokens": 3}
     assert ws.sql("SELECT DISTINCT model_id FROM generations").column("model_id").to_pylist() == ["tiny-dir"]
-    bad = subprocess.run(
-        [*args[:6], "--model", "CompVis/stable-diffusion-v1-4", "--prompts", "t"],
-        capture_output=True, text=True, env={**_env(), "HF_HUB_CACHE": str(tmp_path / "empty-cache")},
-    )
+    monkeypatch.setattr(loading_module, "hf_cache_dir", lambda: tmp_path / "empty-cache")
+    bad = run_cli([*args[:3], "--model", "CompVis/stable-diffusion-v1-4", "--prompts", "t"], capsys)
     assert bad.returncode == 1 and "huggingface-cli download CompVis/stable-diffusion-v1-4" in bad.stderr
 
 
-def _env() -> dict[str, str]:
-    import os
+def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> subprocess.CompletedProcess[str]:
+    """`fbmem ARGS` in this process (the tiny model is already imported; a subprocess costs ~10 s here)."""
+    from fbmem_data.cli.app import main
 
-    return {**os.environ, "HF_HUB_OFFLINE": "1"}
+    capsys.readouterr()
+    try:
+        main(args)
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, captured.out, captured.err)
 
 
 def test_lab_model_path(workspace: Workspace, monkeypatch) -> None:
