@@ -243,9 +243,13 @@ def _greedy_speculative(
 ) -> tuple[Neurons, float | None]:
     last_score = None
     pos = 0
+    decided = failed = 0
     while pos < len(candidates):
+        # Adaptive speculation: about two expected runs of successes per batch, at most `width`
+        # (the decisions stay exact whatever the width; only the waste after a failure changes).
+        span = width if failed == 0 else max(2, min(width, round(2 * decided / failed)))
         prefixes, state = [], current
-        for layer, neuron in candidates[pos : pos + width]:
+        for layer, neuron in candidates[pos : pos + span]:
             state = _without(state, layer, neuron)
             prefixes.append(state)
         scores = succeeds(prefixes)
@@ -257,7 +261,10 @@ def _greedy_speculative(
         if accepted:
             current, last_score = prefixes[accepted - 1], scores[accepted - 1]
         # The first failing candidate stays; everything before it is dropped.
-        pos += accepted + (1 if accepted < len(prefixes) else 0)
+        rejected = 1 if accepted < len(prefixes) else 0
+        pos += accepted + rejected
+        decided += accepted + rejected
+        failed += rejected
     return current, last_score
 
 
