@@ -113,12 +113,17 @@ def write_sample_workspace(ws: Workspace, spec: SampleSpec = SampleSpec()) -> di
             train_ids.append(add_image(pair.train, pair.train_mask, "train", run.run_id))
             planted.append((truth, spec.seed * 100_003 + i))
         for i, prompt in enumerate(prompts):
-            truth, planted_seed = planted[i]
+            truth = planted[i][0]
             group = list(range(i - i % spec.template_group, min(i - i % spec.template_group + spec.template_group, len(prompts))))
             for m_index, mitigation in enumerate(spec.mitigations):
                 for s in range(spec.seeds):
                     label = _mitigated_truth(truth, mitigation, rng)
-                    pair = planted_pair(planted_seed, label, size=spec.size, noise=0.02 + 0.01 * s + 0.003 * m_index)
+                    # A template prompt's generations copy different training images of its group, by seed.
+                    source = group[s % len(group)] if prompt["prompt_set"] == "template" else i
+                    pair = planted_pair(planted[source][1], label, size=spec.size, noise=0.02 + 0.01 * s)
+                    # Identical scenes would be identical bytes (one image_id): mark the corner pixel.
+                    pixel = (i % 256, (i // 256) % 256, (m_index * 16 + s) % 256)
+                    pair.generated[0, 0] = np.asarray(pixel, np.float32) / 255
                     gen_id = add_image(pair.generated, pair.generated_mask, "generated", run.run_id)
                     settings = {"prompt_id": prompt["prompt_id"], "model_id": "sample-model", "seed": s, "mitigation": mitigation}
                     generations.append(
@@ -127,7 +132,7 @@ def write_sample_workspace(ws: Workspace, spec: SampleSpec = SampleSpec()) -> di
                          "width": spec.size, "mitigation": mitigation,
                          "mitigation_params": None if mitigation == "none" else '{"sample": true}', "run_id": run.run_id}
                     )
-                    best = train_ids[group[s % len(group)]] if prompt["prompt_set"] == "template" else train_ids[i]
+                    best = train_ids[source]
                     others = [t for t in train_ids if t != best]
                     picks = rng.choice(len(others), size=min(spec.k - 1, len(others)), replace=False)
                     fg, bg = _scores_for(label, rng)
