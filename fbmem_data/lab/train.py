@@ -1,0 +1,327 @@
+"""Train the lab model: first the autoencoder, then the UNet on cached latents and text embeddings.
+
+The text encoder is frozen, so every caption's 77x384 embedding is computed once; the autoencoder is
+trained first and frozen, so every training image's latent is computed once too. A UNet step then
+costs only the UNet. Both phases checkpoint to one safetensors file plus a JSON state, and a run
+resumes from the last checkpoint: batches are drawn from a generator seeded by (seed, step), so a
+resumed run sees the same batches as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fbmem_data.lab.dataset import LabConfig, LabDataset, make_lab_dataset
+from fbmem_data.lab.pipeline import (
+    LabModelConfig,
+    LabWeightsInfo,
+    build_text_encoder,
+    build_unet,
+    build_vae,
+    save_lab_weights,
+)
+
+CHECKPOINT_STATE = "state.json"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    seed: int = 0
+    dataset_seed: int = 0
+    ae_steps: int = 600
+    ae_batch: int = 16
+    ae_crop: int = 32  # the autoencoder is convolutional: train on crops (4x cheaper), use on 64x64
+    ae_lr: float = 2e-3
+    ae_kl_weight: float = 1e-6
+    unet_steps: int = 2000
+    unet_batch: int = 16
+    unet_lr: float = 6e-4
+    warmup_steps: int = 100
+    caption_dropout: float = 0.1  # classifier-free guidance: train the empty caption too
+    ema_decay: float = 0.995
+    checkpoint_every: int = 100
+    log_every: int = 10
+    threads: int = 1  # on a shared 2-core CPU one thread is faster than two
+
+
+def _log(log: Callable[[str], None] | None, message: str) -> None:
+    if log is not None:
+        log(message)
+
+
+def encode_captions(texts: list[str], tokenizer: Any = None, encoder: Any = None) -> Any:
+    """77x384 MiniLM states per text, exactly as StableDiffusionPipeline.encode_prompt computes them."""
+    import torch
+
+    if tokenizer is None or encoder is None:
+        tokenizer, encoder = build_text_encoder()
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(texts), 64):
+            ids = tokenizer(
+                texts[start : start + 64], padding="max_length", max_length=tokenizer.model_max_length,
+                truncation=True, return_tensors="pt",
+            ).input_ids
+            out.append(encoder(ids)[0])
+    return torch.cat(out)
+
+
+def image_tensor(dataset: LabDataset, keys: list[str]) -> Any:
+    import torch
+
+    arr = np.stack([dataset.images[k].pixels for k in keys]).astype(np.float32) / 127.5 - 1.0
+    return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
+
+
+def _batch_rng(seed: int, phase: int, step: int) -> np.random.Generator:
+    return np.random.default_rng([seed, phase, step])
+
+
+def _lr_at(step: int, base: float, warmup: int, total: int) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def _save_checkpoint(ckpt_dir: Path, name: str, tensors: dict[str, Any], state: dict[str, Any]) -> None:
+    from safetensors.torch import save_file
+
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    tmp = ckpt_dir / f".{name}.tmp"
+    save_file({k: v.detach().contiguous() for k, v in tensors.items()}, tmp)
+    os.replace(tmp, ckpt_dir / name)
+    tmp_state = ckpt_dir / f".{CHECKPOINT_STATE}.tmp"
+    tmp_state.write_text(json.dumps(state, indent=2, sort_keys=True), encoding="utf-8")
+    os.replace(tmp_state, ckpt_dir / CHECKPOINT_STATE)
+
+
+def _flatten(prefix: str, state: dict[str, Any]) -> dict[str, Any]:
+    return {f"{prefix}.{k}": v for k, v in state.items()}
+
+
+def _unflatten(prefix: str, tensors: dict[str, Any]) -> dict[str, Any]:
+    cut = len(prefix) + 1
+    return {k[cut:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+
+
+def _optimizer_tensors(opt: Any) -> dict[str, Any]:
+    out = {}
+    for idx, st in opt.state_dict()["state"].items():
+        for key, value in st.items():
+            out[f"opt.{idx}.{key}"] = value if hasattr(value, "dim") else __import__("torch").tensor(value)
+    return out
+
+
+def _load_optimizer(opt: Any, tensors: dict[str, Any]) -> None:
+    sd = opt.state_dict()
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in tensors.items():
+        if not name.startswith("opt."):
+            continue
+        _, idx, key = name.split(".", 2)
+        state.setdefault(int(idx), {})[key] = value
+    sd["state"] = state
+    opt.load_state_dict(sd)
+
+
+def train_autoencoder(dataset: LabDataset, model_cfg: LabModelConfig, cfg: TrainConfig, ckpt_dir: Path,
+                      log: Callable[[str], None] | None = None, progress: bool = False) -> tuple[Any, LabModelConfig]:
+    """Phase 1. Returns the trained (frozen) autoencoder and the model config with its latent scaling."""
+    import torch
+    from safetensors.torch import load_file
+
+    keys = sorted(dataset.images)
+    images = image_tensor(dataset, keys)
+    torch.manual_seed(cfg.seed)
+    vae = build_vae(model_cfg)
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.ae_lr, weight_decay=0.0)
+    start = 0
+    state_path = ckpt_dir / CHECKPOINT_STATE
+    if state_path.is_file():
+        state = json.loads(state_path.read_text(encoding="utf-8"))
+        tensors = load_file(ckpt_dir / "ae.safetensors") if (ckpt_dir / "ae.safetensors").is_file() else {}
+        if tensors:
+            vae.load_state_dict(_unflatten("vae", tensors))
+            _load_optimizer(opt, tensors)
+            start = int(state.get("ae_step", 0))
+            _log(log, f"autoencoder: resumed at step {start}")
+    bar = _progress(progress, cfg.ae_steps, start, "autoencoder")
+    t0 = time.time()
+    for step in range(start, cfg.ae_steps):
+        rng = _batch_rng(cfg.seed, 1, step)
+        idx = rng.integers(0, len(keys), size=cfg.ae_batch)
+        crop = cfg.ae_crop
+        ys = rng.integers(0, model_cfg.image_size - crop + 1, size=cfg.ae_batch)
+        xs = rng.integers(0, model_cfg.image_size - crop + 1, size=cfg.ae_batch)
+        batch = torch.stack([images[i, :, y : y + crop, x : x + crop] for i, y, x in zip(idx, ys, xs, strict=True)])
+        for group in opt.param_groups:
+            group["lr"] = _lr_at(step, cfg.ae_lr, cfg.warmup_steps, cfg.ae_steps)
+        posterior = vae.encode(batch).latent_dist
+        recon = vae.decode(posterior.sample(generator=torch.Generator().manual_seed(step))).sample
+        loss = (recon - batch).abs().mean() + (recon - batch).pow(2).mean() + cfg.ae_kl_weight * posterior.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        bar.update(1)
+        if (step + 1) % cfg.log_every == 0:
+            _log(log, f"autoencoder step {step + 1}/{cfg.ae_steps} loss {loss.item():.4f} {time.time() - t0:.0f}s")
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.ae_steps:
+            tensors = {**_flatten("vae", vae.state_dict()), **_optimizer_tensors(opt)}
+            _save_checkpoint(ckpt_dir, "ae.safetensors", tensors, {"phase": "ae", "ae_step": step + 1, "config": asdict(cfg)})
+    bar.close()
+    vae.eval().requires_grad_(False)
+    with torch.no_grad():
+        latents = torch.cat([vae.encode(images[s : s + 64]).latent_dist.mode() for s in range(0, len(keys), 64)])
+    scaling = float(1.0 / latents.std())
+    return vae, replace(model_cfg, vae_scaling_factor=round(scaling, 6))
+
+
+def autoencoder_msssim(vae: Any, dataset: LabDataset, size: int = 256) -> float:
+    """Mean MS-SSIM of autoencoder reconstructions of the training images, both upsampled to `size`.
+
+    MS-SSIM's five scales need images larger than 160 px; the scorer upsamples 64x64 lab images too.
+    """
+    import torch
+    import torch.nn.functional as F
+    from torchmetrics.functional.image import multiscale_structural_similarity_index_measure as msssim
+
+    keys = sorted(dataset.images)
+    scores = []
+    with torch.no_grad():
+        for s in range(0, len(keys), 32):
+            x = image_tensor(dataset, keys[s : s + 32])
+            r = vae.decode(vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1)
+            up = [F.interpolate((t + 1) / 2, size=size, mode="bilinear", align_corners=False) for t in (x, r)]
+            scores.append(msssim(up[1], up[0], data_range=1.0, reduction="none"))
+    return float(torch.cat(scores).mean())
+
+
+def _progress(enabled: bool, total: int, initial: int, desc: str) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, disable=not enabled, dynamic_ncols=True)
+
+
+def train_unet(dataset: LabDataset, vae: Any, model_cfg: LabModelConfig, cfg: TrainConfig, ckpt_dir: Path,
+               log: Callable[[str], None] | None = None, progress: bool = False) -> tuple[Any, Any, list[float]]:
+    """Phase 2: the UNet on cached latents. Returns (unet, ema_unet, per-step losses of this call)."""
+    import copy
+
+    import torch
+    from safetensors.torch import load_file
+
+    from fbmem_data.lab.pipeline import build_scheduler
+
+    examples = dataset.training_examples()
+    keys = sorted({k for k, _ in examples})
+    key_index = {k: i for i, k in enumerate(keys)}
+    texts = sorted({t for _, t in examples})
+    text_index = {t: i for i, t in enumerate(texts)}
+    with torch.no_grad():
+        images = image_tensor(dataset, keys)
+        latents = torch.cat([vae.encode(images[s : s + 64]).latent_dist.mode() for s in range(0, len(keys), 64)])
+        latents = latents * model_cfg.vae_scaling_factor
+        embeds = encode_captions([*texts, ""])
+    empty = len(texts)
+    ex_image = np.array([key_index[k] for k, _ in examples])
+    ex_text = np.array([text_index[t] for _, t in examples])
+
+    torch.manual_seed(cfg.seed + 1)
+    unet = build_unet(model_cfg)
+    ema = copy.deepcopy(unet).requires_grad_(False)
+    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.unet_lr, weight_decay=0.0)
+    sched = build_scheduler(model_cfg)
+    alphas = sched.alphas_cumprod.float()
+    start = 0
+    state_path = ckpt_dir / CHECKPOINT_STATE
+    if state_path.is_file() and (ckpt_dir / "unet.safetensors").is_file():
+        state = json.loads(state_path.read_text(encoding="utf-8"))
+        tensors = load_file(ckpt_dir / "unet.safetensors")
+        unet.load_state_dict(_unflatten("unet", tensors))
+        ema.load_state_dict(_unflatten("ema", tensors))
+        _load_optimizer(opt, tensors)
+        start = int(state.get("unet_step", 0))
+        _log(log, f"unet: resumed at step {start}")
+    losses: list[float] = []
+    bar = _progress(progress, cfg.unet_steps, start, "unet")
+    t0 = time.time()
+    for step in range(start, cfg.unet_steps):
+        rng = _batch_rng(cfg.seed, 2, step)
+        pick = rng.integers(0, len(examples), size=cfg.unet_batch)
+        x0 = latents[ex_image[pick]]
+        text_ids = np.where(rng.random(cfg.unet_batch) < cfg.caption_dropout, empty, ex_text[pick])
+        cond = embeds[text_ids]
+        t = torch.from_numpy(rng.integers(0, model_cfg.train_timesteps, size=cfg.unet_batch))
+        noise = torch.from_numpy(rng.standard_normal(x0.shape).astype(np.float32))
+        a = alphas[t].view(-1, 1, 1, 1)
+        noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        for group in opt.param_groups:
+            group["lr"] = _lr_at(step, cfg.unet_lr, cfg.warmup_steps, cfg.unet_steps)
+        pred = unet(noisy, t, cond).sample
+        loss = (pred - noise).pow(2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        opt.step()
+        decay = min(cfg.ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for pe, p in zip(ema.parameters(), unet.parameters(), strict=True):
+                pe.mul_(decay).add_(p.detach(), alpha=1 - decay)
+        losses.append(float(loss.item()))
+        bar.update(1)
+        if (step + 1) % cfg.log_every == 0:
+            recent = float(np.mean(losses[-cfg.log_every :]))
+            rate = (time.time() - t0) / len(losses)
+            _log(log, f"unet step {step + 1}/{cfg.unet_steps} loss {recent:.4f} {rate:.2f}s/step "
+                      f"eta {rate * (cfg.unet_steps - step - 1) / 60:.0f}min")
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.unet_steps:
+            tensors = {**_flatten("unet", unet.state_dict()), **_flatten("ema", ema.state_dict()), **_optimizer_tensors(opt)}
+            _save_checkpoint(ckpt_dir, "unet.safetensors", tensors, {
+                "phase": "unet", "ae_step": cfg.ae_steps, "unet_step": step + 1, "config": asdict(cfg),
+                "model": model_cfg.to_dict(), "loss": losses[-1],
+            })
+    bar.close()
+    return unet, ema, losses
+
+
+def train_lab(out_dir: Path, ckpt_dir: Path, cfg: TrainConfig | None = None, model_cfg: LabModelConfig | None = None,
+              lab_cfg: LabConfig | None = None, log: Callable[[str], None] | None = print,
+              progress: bool = False) -> dict[str, Any]:
+    """Both phases, then write the EMA weights and their config to `out_dir` (e.g. data/lab/)."""
+    import torch
+
+    cfg = cfg or TrainConfig()
+    model_cfg = model_cfg or LabModelConfig()
+    torch.set_num_threads(cfg.threads)
+    dataset = make_lab_dataset(cfg.dataset_seed, lab_cfg)
+    started = time.time()
+    vae, model_cfg = train_autoencoder(dataset, model_cfg, cfg, ckpt_dir, log, progress)
+    ae_seconds = time.time() - started
+    recon_msssim = autoencoder_msssim(vae, dataset)
+    _log(log, f"autoencoder done in {ae_seconds:.0f}s, latent scaling {model_cfg.vae_scaling_factor}, "
+              f"reconstruction MS-SSIM {recon_msssim:.4f}")
+    _, ema, losses = train_unet(dataset, vae, model_cfg, cfg, ckpt_dir, log, progress)
+    seconds = time.time() - started
+    summary = {
+        "train_config": asdict(cfg),
+        "lab_config": asdict(dataset.config),
+        "seconds_this_call": round(seconds, 1),
+        "final_loss_mean_last_50": float(np.mean(losses[-50:])) if losses else None,
+        "torch_threads": cfg.threads,
+        "autoencoder_seconds": round(ae_seconds, 1),
+        "autoencoder_msssim_train_images": round(recon_msssim, 4),
+    }
+    save_lab_weights(out_dir, ema, vae, LabWeightsInfo(model=model_cfg, dataset_seed=cfg.dataset_seed, training=summary))
+    _log(log, f"wrote {out_dir} in {seconds:.0f}s")
+    return summary
