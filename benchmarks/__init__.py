@@ -1,0 +1,1 @@
+"""fbmem benchmarks: one module per stage (bench_*.py) and one entry point (`python -m benchmarks`)."""
