@@ -53,3 +53,24 @@ def test_masks_are_exact_and_nonempty(key: str) -> None:
     im = ds.images[key]
     assert im.pixels.shape == (64, 64, 3) and im.pixels.dtype == np.uint8
     assert im.mask.dtype == bool and 0 < im.mask.sum() < 64 * 64
+
+
+def test_writing_to_a_workspace_is_complete_and_idempotent(workspace) -> None:
+    from fbmem_data.lab.ingest import write_lab_dataset
+
+    ds = make_lab_dataset(0, SMALL)
+    first = write_lab_dataset(workspace, ds)
+    n_images = len({im.png_bytes() for im in ds.images.values()})
+    assert first["images"] == n_images and first["lab_truth"] == len(ds.prompts)
+    assert write_lab_dataset(workspace, ds) == dict.fromkeys(first, 0)
+    groups = workspace.sql(
+        "SELECT t.planted_group, count(DISTINCT l.image_id) AS n FROM lab_truth t "
+        "JOIN train_links l USING (prompt_id) WHERE l.relation = 'lab' GROUP BY 1", output="polars"
+    )
+    counts = dict(zip(groups["planted_group"], groups["n"], strict=True))
+    assert counts["FM"] == SMALL.fm_images and counts["VM"] == SMALL.vm_groups
+    assert workspace.count("lab_masks") == n_images
+    assert workspace.sql("SELECT count(*) AS n FROM images WHERE role = 'train' AND status = 'ok'").column("n")[0].as_py() == n_images
+    # the stored bytes are the data set's bytes (image_id = sha256 of the file)
+    vm_id = workspace.sql("SELECT train_image_ids[1] AS i FROM lab_truth WHERE group_key = 'vm0'").column("i")[0].as_py()
+    assert workspace.image_path(vm_id).read_bytes() == ds.images["vm0"].png_bytes()
