@@ -1,13 +1,15 @@
 """Images per second of `fbmem generate` against the bare diffusers pipeline, and per-mitigation cost.
 
 Usage: nice -n 10 .venv/bin/python benchmarks/bench_generate.py [--images 16] [--steps 10] [--batch 1 8]
-       [--width 32] [--mitigations none rta wen] [--threads 1]
+       [--width 32] [--mitigations none rta wen] [--threads 1] [--model tiny|lab]
 
 Runs in one process on the tiny random SD-v1.4-shaped pipeline (fbmem_data.testing; `--width 320` gives
 SD v1.4's UNet widths at the same 64x64 size), same prompts and seeds everywhere:
 - baseline: the bare pipeline called on batches of `max(--batch)` images (no recording, no PNG);
 - `generate()` into a fresh workspace for each --batch value (x_T per image, PNG, Parquet rows per batch);
 - `generate()` with each mitigation at the largest batch, as a ratio to `none`.
+`--model lab` measures the lab model instead (fbmem_data.lab: the shipped weights when installed, else the
+same architecture random-initialised: the speed does not depend on the weights).
 Prints images/s and ratios; writes benchmarks/results/generate.json.
 """
 
@@ -36,6 +38,17 @@ def prompt_rows(n: int) -> list[dict[str, str]]:
     return [{"prompt_id": prompt_id("bench", str(i), t), "prompt_set": "bench", "text": t, "source_key": str(i)} for i, t in enumerate(texts)]
 
 
+def lab_pipeline() -> tuple[object, str]:
+    """(pipeline, weights) of the lab model: shipped weights if installed, else random-initialised."""
+    from fbmem_data.errors import ModelNotFoundError
+    from fbmem_data.lab.pipeline import build_lab_pipeline, load_lab_pipeline
+
+    try:
+        return load_lab_pipeline(), "shipped"
+    except ModelNotFoundError:
+        return build_lab_pipeline(seed=0), "random-init"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--images", type=int, default=16)
@@ -44,17 +57,23 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=32, help="UNet base width (SD v1.4: 320)")
     parser.add_argument("--mitigations", nargs="+", default=["none", "rta", "wen"])
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--model", choices=["tiny", "lab"], default="tiny")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    pipe = tiny_sd_pipeline(seed=0, width=args.width)
-    loaded = wrap_pipeline(pipe, f"bench-tiny-w{args.width}")
+    if args.model == "lab":
+        pipe, weights = lab_pipeline()
+        loaded = wrap_pipeline(pipe, f"bench-lab-{weights}")
+    else:
+        pipe, weights = tiny_sd_pipeline(seed=0, width=args.width), "random-init"
+        loaded = wrap_pipeline(pipe, f"bench-tiny-w{args.width}")
     settings = {"steps": args.steps, "guidance": 7.0, "height": 64, "width": 64}
     rows = prompt_rows(args.images)
     big = max(args.batch)
     results: dict[str, object] = {
         "machine": platform.machine(), "threads": args.threads, "images": args.images, "steps": args.steps,
-        "unet_width": args.width, "unet_params": sum(p.numel() for p in pipe.unet.parameters()),
+        "model": args.model, "weights": weights,
+        "unet_width": args.width if args.model == "tiny" else None, "unet_params": sum(p.numel() for p in pipe.unet.parameters()),
     }
 
     # Baseline: the bare pipeline, same seeds (x_T from per-image CPU generators), no recording.
