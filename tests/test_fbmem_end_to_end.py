@@ -111,12 +111,26 @@ def test_cli_segment_score_labels(tmp_path: Path) -> None:
     out = runner.invoke(app, ["segment", "-w", str(ws.root), "--role", "train", "--device", "cpu", "--batch-size", "2"])
     assert out.exit_code == 0, out.output
     assert "ok=1" in out.output
-    out = runner.invoke(app, ["score", "-w", str(ws.root), "--size", str(SIZE), "--metric", "msssim", "--device", "cpu"])
+    out = runner.invoke(app, ["score", "-w", str(ws.root), "--size", str(SIZE), "--metric", "msssim", "-M", "data_range=1.0", "--device", "cpu"])
     assert out.exit_code == 0, out.output
     assert "ok=1" in out.output
+    stored = ws.sql("SELECT DISTINCT s.preset, r.config FROM region_scores s JOIN runs r USING (run_id)").to_pylist()
+    assert stored[0]["preset"] == "custom" and json.loads(stored[0]["config"])["metric"]["data_range"] == 1.0
     out = runner.invoke(app, ["labels", "-w", str(ws.root), "--tau", "0.8", "-f", "json"])
     assert out.exit_code == 0, out.output
     rates = json.loads(out.output[out.output.index("[") :])
     assert rates[0]["n"] == 1 and rates[0]["vm"] == 1 and rates[0]["tau"] == 0.8
     out = runner.invoke(app, ["labels", "-w", str(ws.root), "--per-image", "-f", "jsonl"])
     assert json.loads(out.output.strip().splitlines()[-1])["label"] == "VM"
+
+
+def test_score_can_create_exhaustive_candidates(workspace: Workspace) -> None:
+    pairing = pytest.importorskip("fbmem_data.pairing")
+    if not hasattr(pairing, "pair"):
+        pytest.skip("the pairing module has no pair() API")
+    p = planted_pair(41, "VM", SIZE, 0.12)
+    g, t = _put(workspace, p.generated, "generated"), _put(workspace, p.train, "train")
+    summary = score_pairs(workspace, size=SIZE, metric="ssim", device="cpu", create_exhaustive=True)
+    assert summary["ok"] == 1
+    cands = workspace.sql("SELECT generated_image_id, train_image_id, method FROM candidates").to_pylist()
+    assert cands == [{"generated_image_id": g, "train_image_id": t, "method": "exhaustive"}]

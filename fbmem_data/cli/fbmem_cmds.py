@@ -23,15 +23,20 @@ OptionOption = Annotated[
 ]
 
 
-def _segmenter_options(segmenter: str, weights: Path | None, option: list[str] | None) -> dict[str, Any]:
+def _key_values(items: list[str] | None, flag: str, example: str) -> dict[str, Any]:
     from fbmem_data.workspace import coerce_param
 
     opts: dict[str, Any] = {}
-    for item in option or []:
+    for item in items or []:
         key, sep, value = item.partition("=")
         if not sep or not key.isidentifier():
-            raise InputError(f"--option needs KEY=VALUE, got {item!r}", hint="-O model_type=vit_b")
-        opts[key] = coerce_param(value)
+            raise InputError(f"{flag} needs KEY=VALUE, got {item!r}", hint=f"{flag} {example}")
+        opts[key] = None if value.lower() in ("none", "null") else coerce_param(value)
+    return opts
+
+
+def _segmenter_options(segmenter: str, weights: Path | None, option: list[str] | None) -> dict[str, Any]:
+    opts = _key_values(option, "--option", "model_type=vit_b")
     if weights is not None:
         opts["checkpoint" if segmenter == "sam" else "model_path"] = str(weights)
     return opts
@@ -73,6 +78,10 @@ def score(
     segmenter: SegmenterOption = None,
     weights: WeightsOption = None,
     option: OptionOption = None,
+    metric_option: Annotated[
+        list[str] | None,
+        typer.Option("--metric-option", "-M", help="KEY=VALUE metric setting, e.g. data_range=1.0, normalize=none (repeatable).", metavar="KEY=VALUE"),
+    ] = None,
     device: DeviceOption = "auto",
     batch_size: BatchSizeOption = 8,
 ) -> None:
@@ -91,6 +100,7 @@ def score(
         size=size,
         segmenter=segmenter,
         segmenter_options=_segmenter_options(seg_name, weights, option),
+        metric_options=_key_values(metric_option, "--metric-option", "data_range=1.0") if metric_option else None,
         create_exhaustive=create,
         device=device,
         batch_size=batch_size,

@@ -12,6 +12,19 @@ from fbmem_data.segment.base import Segmenter, as_rgb_float, check_batch
 __all__ = ["Segmenter", "as_rgb_float", "check_batch", "register_builtin_segmenters"]
 
 
+#: Modules outside this package that register segmenters when imported (absent ones are skipped).
+EXTRA_SEGMENTER_MODULES: tuple[str, ...] = ("fbmem_data.lab.segmenter",)
+
+
 def register_builtin_segmenters() -> None:
-    """Register the built-in segmenters (importing their modules registers them; cheap, no torch)."""
+    """Register the built-in segmenters and those of EXTRA_SEGMENTER_MODULES (imports only; no torch)."""
+    import importlib
+
     from fbmem_data.segment import birefnet, saliency, sam  # noqa: F401
+
+    for module in EXTRA_SEGMENTER_MODULES:
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name is None or not module.startswith(exc.name):
+                raise  # the module exists but one of its own imports is missing: say so
