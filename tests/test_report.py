@@ -201,3 +201,12 @@ def test_cli_report(sample_ws: Workspace, tmp_path: Path) -> None:
     assert f"report: {out}" in result.output
     assert "plot rates:" in result.output
     assert all(len(r["topk"]) == 1 for r in rows_of(page_blob(out)))
+
+
+def test_browser_driver_names_a_missing_chromium(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from fbmem_data.report.browser import BrowserError, HeadlessChromium
+
+    monkeypatch.setenv("FBMEM_CHROMIUM", str(tmp_path / "no-such-chromium"))
+    with pytest.raises(BrowserError, match="does not exist") as info:
+        HeadlessChromium()
+    assert "apt-get install chromium" in str(info.value)

@@ -67,11 +67,11 @@ class HeadlessChromium:
 
     def __init__(self, executable: str | None = None, width: int = 1280, height: int = 1000, timeout: float = 30.0) -> None:
         exe = executable or find_chromium()
+        hint = "apt-get install chromium chromium-driver (Debian), or set FBMEM_CHROMIUM to a Chrome/Chromium binary"
         if exe is None:
-            raise BrowserError(
-                "Chromium is not installed",
-                hint="apt-get install chromium chromium-driver (Debian), or set FBMEM_CHROMIUM to a Chrome/Chromium binary",
-            )
+            raise BrowserError("Chromium is not installed", hint=hint)
+        if shutil.which(exe) is None:
+            raise BrowserError(f"Chromium executable {exe!r} does not exist or is not executable", hint=hint)
         self.timeout = timeout
         self.errors: list[str] = []
         self.console: list[str] = []

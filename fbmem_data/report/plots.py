@@ -63,7 +63,7 @@ def one_to_many_figure(histogram: list[dict[str, Any]]) -> Figure | None:
     if not histogram:
         return None
     mitigations = {r["mitigation"] for r in histogram}
-    chosen = "none" if "none" in mitigations else sorted(m for m in mitigations if m is not None)[0]
+    chosen = "none" if "none" in mitigations else sorted(mitigations, key=str)[0]
     rows = [r for r in histogram if r["mitigation"] == chosen]
     models = sorted({r["model_id"] for r in rows}, key=str)
     fig = _figure(7.5, 2.8 * len(models))
