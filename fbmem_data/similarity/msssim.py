@@ -235,23 +235,38 @@ def masked_ms_ssim(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, cfg: SSIMC
     c1, c2 = (cfg.k1 * dr) ** 2, (cfg.k2 * dr) ** 2
     values = []
     empty = w.flatten(1).sum(1) <= eps * w[0].numel()
+    c = int(x.shape[1])
     with torch.inference_mode():
         for s in range(cfg.n_scales):
             xp, yp, wp = _pad(x, p), _pad(y, p), _pad(w, p)
-            wsum = blur_valid(wp, k1d).clamp_min(eps)
-            stacked = torch.cat([wp * xp, wp * yp, wp * xp * xp, wp * yp * yp, wp * xp * yp], dim=1)
-            m = blur_valid(stacked, k1d) / wsum
-            mx, my, exx, eyy, exy = m.chunk(5, dim=1)
-            sx2 = torch.clamp(exx - mx * mx, min=0.0)
-            sy2 = torch.clamp(eyy - my * my, min=0.0)
-            upper = 2 * (exy - mx * my) + c2
-            lower = sx2 + sy2 + c2
+            # one buffer, one blur: w·x, w·y, w·x², w·y², w·x·y, w (no concatenation copies)
+            buf = torch.empty((xp.shape[0], 5 * c + 1, *xp.shape[-2:]), dtype=xp.dtype, device=xp.device)
+            wx, wy, wxx, wyy, wxy = (buf[:, i * c : (i + 1) * c] for i in range(5))
+            torch.mul(wp, xp, out=wx)
+            torch.mul(wp, yp, out=wy)
+            torch.mul(wx, xp, out=wxx)
+            torch.mul(wy, yp, out=wyy)
+            torch.mul(wx, yp, out=wxy)
+            buf[:, 5 * c :] = wp
+            del xp, yp, wp
+            m = blur_valid(buf, k1d)
+            del buf
+            wsum = m[:, 5 * c :].clamp_min_(eps)
+            m[:, : 5 * c].div_(wsum)
+            mx, my, exx, eyy, exy = (m[:, i * c : (i + 1) * c] for i in range(5))
+            mxy = mx * my
+            sxy2 = exy.sub_(mxy).mul_(2).add_(c2)  # 2 sigma_xy + c2
+            sx2 = exx.addcmul_(mx, mx, value=-1).clamp_(min=0.0)
+            sy2 = eyy.addcmul_(my, my, value=-1).clamp_(min=0.0)
+            lower = sx2.add_(sy2).add_(c2)
             if s == cfg.n_scales - 1:
-                smap = ((2 * mx * my + c1) * upper) / ((mx * mx + my * my + c1) * lower)
+                den = torch.mul(mx, mx).addcmul_(my, my).add_(c1)
+                smap = sxy2.mul_(mxy.mul_(2).add_(c1)).div_(lower.mul_(den))
             else:
-                smap = upper / lower
-            weight = w.expand_as(smap)
-            values.append((smap * weight).flatten(1).sum(1) / weight.flatten(1).sum(1).clamp_min(eps))
+                smap = sxy2.div_(lower)
+            # weighted mean over channels and pixels: sum_hw w * sum_c map / (C * sum_hw w)
+            w2 = w[:, 0]
+            values.append((smap.sum(1) * w2).flatten(1).sum(1) / (c * w2.flatten(1).sum(1)).clamp_min(eps))
             if s < cfg.n_scales - 1:
                 pw = F.avg_pool2d(w, (2, 2))
                 x = F.avg_pool2d(w * x, (2, 2)) / pw.clamp_min(eps)
