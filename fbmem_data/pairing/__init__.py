@@ -69,6 +69,7 @@ def pair_with_summary(
             return write_exhaustive(
                 ws, run.run_id, chunk_rows=chunk_rows, max_pairs=max_pairs or DEFAULT_MAX_PAIRS, progress=progress
             )
+    from fbmem_data.embed.base import resolve_device
     from fbmem_data.pairing.ann import write_ann
     from fbmem_data.pairing.search import HnswParams
 
@@ -87,7 +88,8 @@ def pair_with_summary(
     }
     with ws.run("pair", config) as run:
         return write_ann(
-            ws, embedder, run.run_id, k=k, hnsw=hnsw, exact=exact, batch_size=batch_size, progress=progress
+            ws, embedder, run.run_id, k=k, hnsw=hnsw, exact=exact, batch_size=batch_size,
+            search_device=resolve_device(device), progress=progress,
         )
 
 

@@ -75,9 +75,13 @@ def write_ann(
     exact: bool = False,
     batch_size: int = 64,
     query_chunk: int = 4096,
+    search_device: str = "cpu",
     progress: bool = False,
 ) -> PairingSummary:
-    """Embed what is missing, then write the top-k candidates of every generated image not yet paired."""
+    """Embed what is missing, then write the top-k candidates of every generated image not yet paired.
+
+    search_device: where exact search runs (a CUDA device makes it fast at any size); HNSW is CPU.
+    """
     from tqdm import tqdm
 
     from fbmem_data.pairing import PairingSummary
@@ -112,7 +116,7 @@ def write_ann(
                 rows_idx = pending[start : start + query_chunk]
                 queries = gen_vecs[rows_idx]
                 if index is None:
-                    idx, sims = brute_force_top_k(queries, train_vecs, k)
+                    idx, sims = brute_force_top_k(queries, train_vecs, k, device=search_device)
                 else:
                     idx, sims = hnsw_top_k(index, queries, k)
                 chunk_ids = [gen_list[i] for i in rows_idx]
