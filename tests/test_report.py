@@ -210,3 +210,55 @@ def test_browser_driver_names_a_missing_chromium(monkeypatch: pytest.MonkeyPatch
     with pytest.raises(BrowserError, match="does not exist") as info:
         HeadlessChromium()
     assert "apt-get install chromium" in str(info.value)
+
+
+@pytest.mark.slow
+def test_report_over_real_segmenter_and_scorer(tmp_path: Path) -> None:
+    """The views join what `fbmem segment` and `fbmem score` really write (masks by segmenter settings)."""
+    import datetime as dt
+    import io
+
+    import torch
+    from PIL import Image
+
+    from fbmem_data.fbmem import score_pairs, segment_images
+    from fbmem_data.fbmem.synthetic import planted_pair, to_uint8
+    from fbmem_data.ids import prompt_id
+
+    torch.set_num_threads(1)
+    ws = Workspace.init(tmp_path / "ws")
+    now = dt.datetime.now(dt.timezone.utc)
+    images, prompts, generations, train_ids, gen_ids = [], [], [], [], []
+
+    def add(arr: np.ndarray, role: str) -> str:
+        buf = io.BytesIO()
+        Image.fromarray(to_uint8(arr)).save(buf, "PNG")
+        image_id, path = ws.store_image(buf.getvalue(), "png")
+        images.append({"image_id": image_id, "role": role, "store_path": str(path.relative_to(ws.root)), "width": 64,
+                       "height": 64, "status": "ok", "ingested_at": now})
+        return image_id
+
+    for i, truth in enumerate(("FM", "NM")):
+        pair = planted_pair(i, truth, size=64)
+        train_ids.append(add(pair.train, "train"))
+        gen_ids.append(add(pair.generated, "generated"))
+        pid = prompt_id("lab", str(i), f"prompt {i}")
+        prompts.append({"prompt_id": pid, "prompt_set": "lab", "text": f"prompt {i}", "source_key": str(i)})
+        generations.append({"generation_id": f"g{i}", "image_id": gen_ids[-1], "prompt_id": pid, "model_id": "m",
+                            "seed": 0, "mitigation": "none"})
+    ws.write("images", images)
+    ws.write("prompts", prompts)
+    ws.write("generations", generations)
+    ws.write("candidates", [{"pairing_id": "p", "generated_image_id": g, "train_image_id": t, "method": "exhaustive"}
+                            for g in gen_ids for t in train_ids])
+    segment_images(ws, "saliency", device="cpu")
+    score_pairs(ws, "p", size=176, segmenter="saliency", device="cpu")
+
+    summary = build_report_summary(ws, tmp_path / "r.html")
+    assert summary.thumbnail_errors == {} and summary.images == 4
+    assert ws.sql("SELECT count(*) FROM report_masks").column(0)[0].as_py() == 4
+    meta = page_blob(summary.path)["meta"]
+    assert (meta["segmenter"], meta["metric"], meta["size"]) == ("saliency", "msssim-masked", 176)
+    rows = rows_of(page_blob(summary.path))
+    assert {r["label"] for r in rows} <= {"VM", "BM", "FM", "NM"} and len(rows) == 2
+    assert all(len(r["topk"]) == 1 for r in rows)
