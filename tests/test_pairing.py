@@ -180,7 +180,8 @@ def test_ann_agrees_with_exhaustive_by_embedding_and_keeps_the_true_source(
     ws = Workspace.init(tmp_path_factory.mktemp("ann") / "ws")
     train_ids = add_images(ws, near_duplicates.train, "train")
     gen_ids = add_images(ws, near_duplicates.generated, "generated")
-    summary = pair_with_summary(ws, "ann", "thumbnail", k=20, device="cpu", batch_size=256)
+    summary = pair_with_summary(ws, "ann", "thumbnail", k=20, device="cpu", batch_size=256, search="hnsw")
+    assert summary.search == "hnsw"
     assert (summary.n_generated, summary.n_train, summary.rows_written) == (350, 2000, 350 * 20)
 
     rows = ws.sql(
@@ -209,10 +210,10 @@ def test_ann_agrees_with_exhaustive_by_embedding_and_keeps_the_true_source(
     assert recall >= 0.99, f"true source inside the top-20 for {recall:.1%} of copies"
 
     # Same images: the same pairing, nothing new. One more training image: a new, complete pairing.
-    assert pair(ws, "ann", "thumbnail", k=20) == summary.pairing_id
+    assert pair(ws, "ann", "thumbnail", k=20, search="hnsw") == summary.pairing_id
     assert ws.count("candidates") == 350 * 20
     add_images(ws, [textured_image(np.random.default_rng(99), 32)], "train")
-    grown = pair_with_summary(ws, "ann", "thumbnail", k=5, exact=True)
+    grown = pair_with_summary(ws, "ann", "thumbnail", k=5, search="exact")
     assert grown.pairing_id != summary.pairing_id and grown.n_train == 2001 and grown.rows_written == 350 * 5
     ws.close()
 
@@ -227,9 +228,13 @@ def test_ann_exact_search_matches_brute_force_and_handles_k_above_train_size(wor
     data = near_duplicate_set(6, 3, 2, size=24, seed=11)
     add_images(workspace, data.train, "train")
     add_images(workspace, data.generated, "generated")
-    exact = pair_with_summary(workspace, "ann", "thumbnail", k=10, exact=True)
-    hnsw = pair_with_summary(workspace, "ann", "thumbnail", k=10)
-    assert exact.pairing_id != hnsw.pairing_id
+    exact = pair_with_summary(workspace, "ann", "thumbnail", k=10, search="exact")
+    hnsw = pair_with_summary(workspace, "ann", "thumbnail", k=10, search="hnsw")
+    assert exact.pairing_id != hnsw.pairing_id and (exact.search, hnsw.search) == ("exact", "hnsw")
+    auto = pair_with_summary(workspace, "ann", "thumbnail", k=10, device="cpu")  # small set: exact
+    assert (auto.search, auto.pairing_id, auto.rows_written) == ("exact", exact.pairing_id, 0)
+    with pytest.raises(InputError, match="search"):
+        pair(workspace, "ann", search="fast")
     for summary in (exact, hnsw):
         rows = _candidates(workspace, summary.pairing_id)
         assert len(rows) == 5 * 6  # k clamps to the 6 training images

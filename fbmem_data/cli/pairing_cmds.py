@@ -12,7 +12,18 @@ from typing import Annotated, Any
 import pyarrow as pa
 import typer
 
-from fbmem_data.cli.common import BatchSizeOption, DeviceOption, WorkspaceOption, open_workspace
+from fbmem_data.cli.common import (
+    BatchSizeOption,
+    ConcurrencyOption,
+    DeviceOption,
+    Engine,
+    EngineOption,
+    NumGpusOption,
+    RayAddressOption,
+    WorkspaceOption,
+    engine_options,
+    open_workspace,
+)
 from fbmem_data.cli.output import output_options
 from fbmem_data.errors import InputError
 
@@ -26,6 +37,12 @@ class Role(str, Enum):
 class Method(str, Enum):
     exhaustive = "exhaustive"
     ann = "ann"
+
+
+class Search(str, Enum):
+    auto = "auto"
+    exact = "exact"
+    hnsw = "hnsw"
 
 
 class Preset(str, Enum):
@@ -71,11 +88,24 @@ def embed(
     weights: WeightsOption = None,
     model_name: ModelNameOption = None,
     size: SizeOption = None,
+    engine: EngineOption = Engine.local,
+    ray_address: RayAddressOption = None,
+    num_gpus: NumGpusOption = 0.0,
+    concurrency: ConcurrencyOption = 1,
 ) -> pa.Table:
     """Embed images into the `embeddings` table (skips images already embedded with the same settings)."""
     from fbmem_data.embed import embed_images
 
     ws = open_workspace(workspace)
+    if engine is Engine.ray:
+        from fbmem_data.distribute.extractors import embed_distributed
+
+        row = embed_distributed(
+            ws, embedder, engine=engine.value, engine_options=engine_options(ray_address, num_gpus, concurrency),
+            role=role.value, device=device, batch_size=batch_size,
+            embedder_options=embedder_options(embedder, weights, model_name, size),
+        )
+        return pa.Table.from_pylist([row])
     summary = embed_images(
         ws,
         embedder,
@@ -96,7 +126,9 @@ def pair(
     ] = None,
     embedder: EmbedderOption = "thumbnail",
     k: Annotated[int, typer.Option("--k", min=1, help="ann: training images kept per generated image.")] = 20,
-    exact: Annotated[bool, typer.Option("--exact", help="ann: exact top-k search instead of the HNSW index.")] = False,
+    search: Annotated[
+        Search, typer.Option("--search", help="ann: exact top-k, usearch HNSW, or auto (exact up to 250,000 training images or on a GPU).")
+    ] = Search.auto,
     preset: Annotated[Preset | None, typer.Option("--preset", help="paper: exhaustive pairing, as the reference.")] = None,
     device: DeviceOption = "auto",
     batch_size: BatchSizeOption = 64,
@@ -106,6 +138,10 @@ def pair(
     max_pairs: Annotated[
         int, typer.Option("--max-pairs", min=1, help="exhaustive: refuse to write more pairs than this.")
     ] = 50_000_000,
+    engine: EngineOption = Engine.local,
+    ray_address: RayAddressOption = None,
+    num_gpus: NumGpusOption = 0.0,
+    concurrency: ConcurrencyOption = 1,
 ) -> pa.Table:
     """Choose candidate training images for every generated image (the `candidates` table); prints the pairing_id."""
     from fbmem_data.pairing import pair_with_summary
@@ -114,6 +150,13 @@ def pair(
         raise InputError("--preset paper pairs exhaustively; drop --method ann or the preset")
     chosen = (method or Method.exhaustive).value
     ws = open_workspace(workspace)
+    if engine is Engine.ray and chosen == "ann":  # the embedding stage runs on the engine, the search here
+        from fbmem_data.distribute.extractors import embed_distributed
+
+        embed_distributed(
+            ws, embedder, engine=engine.value, engine_options=engine_options(ray_address, num_gpus, concurrency),
+            device=device, batch_size=batch_size, embedder_options=embedder_options(embedder, weights, model_name, size),
+        )
     summary = pair_with_summary(
         ws,
         chosen,
@@ -122,7 +165,7 @@ def pair(
         embedder_options=embedder_options(embedder, weights, model_name, size) if chosen == "ann" else None,
         device=device,
         batch_size=batch_size,
-        exact=exact,
+        search=search.value,
         max_pairs=max_pairs,
         progress=True,
     )

@@ -1,7 +1,8 @@
 """Pairing: which training images each generated image is scored against (the `candidates` table).
 
 - `exhaustive`: every generated x every training image, as the paper (small training sets).
-- `ann`: top-k training images by embedding cosine similarity (usearch HNSW, or exact search).
+- `ann`: top-k training images by embedding cosine similarity (exact search, or usearch HNSW for
+  large training sets).
 
 `pair(ws, ...)` is the library equivalent of `fbmem pair`; it records a `pair` run and returns the
 pairing_id that scoring reads candidates by. See docs/pairing.md.
@@ -37,6 +38,7 @@ class PairingSummary:
     rows_written: int
     seconds: float
     n_generated_without_vector: int = 0
+    search: str | None = None  # ann: the search that ran, "exact" or "hnsw"
 
     def as_row(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -51,7 +53,7 @@ def pair_with_summary(
     embedder_options: dict[str, Any] | None = None,
     device: str | None = "auto",
     batch_size: int = 64,
-    exact: bool = False,
+    search: str = "auto",
     hnsw: HnswParams | None = None,
     chunk_rows: int = 1_000_000,
     max_pairs: int | None = None,
@@ -71,10 +73,12 @@ def pair_with_summary(
             )
     from fbmem_data.embed.base import resolve_device
     from fbmem_data.pairing.ann import write_ann
-    from fbmem_data.pairing.search import HnswParams
+    from fbmem_data.pairing.search import SEARCHES, HnswParams
 
     if k < 1:
         raise InputError(f"k must be at least 1, got {k}")
+    if search not in SEARCHES:
+        raise InputError(f"search must be one of {list(SEARCHES)}, got {search!r}")
     if isinstance(embedder, str):
         embedder = create_embedder(embedder, device=device, **(embedder_options or {}))
     hnsw = hnsw or HnswParams()
@@ -83,12 +87,13 @@ def pair_with_summary(
         "embedder": embedder.name,
         "embedder_params": embedder.params(),
         "k": k,
-        "search": "exact" if exact else hnsw.as_dict(),
+        "search": search,
+        "hnsw": hnsw.as_dict(),
         "batch_size": batch_size,
     }
     with ws.run("pair", config) as run:
         return write_ann(
-            ws, embedder, run.run_id, k=k, hnsw=hnsw, exact=exact, batch_size=batch_size,
+            ws, embedder, run.run_id, k=k, hnsw=hnsw, search=search, batch_size=batch_size,
             search_device=resolve_device(device), progress=progress,
         )
 
@@ -107,15 +112,15 @@ def pair(
         method: "exhaustive" (all pairs) or "ann" (top-k by embedding).
         embedder: ann only: plug-in name or a built Embedder.
         k: ann only: training images kept per generated image.
-        **options: embedder_options (dict), device, batch_size, exact (ann by exact search),
-            hnsw (HnswParams), chunk_rows and max_pairs (exhaustive), progress.
+        **options: embedder_options (dict), device, batch_size, search ("auto", "exact" or
+            "hnsw", ann), hnsw (HnswParams), chunk_rows and max_pairs (exhaustive), progress.
 
     Returns:
         The pairing_id of the candidates rows (re-runs with the same images return the same id
         and write nothing new).
 
     Raises:
-        InputError: unknown method, k < 1, or exhaustive over more than max_pairs pairs.
+        InputError: unknown method or search, k < 1, or exhaustive over more than max_pairs pairs.
         PluginError, ModelNotFoundError: the embedder cannot be built.
     """
     return pair_with_summary(ws, method, embedder, k, **options).pairing_id

@@ -19,7 +19,13 @@ import pyarrow as pa
 
 from fbmem_data.embed.store import embed_images, embedder_params_hash, load_vectors
 from fbmem_data.ids import params_hash
-from fbmem_data.pairing.search import HnswParams, brute_force_top_k, hnsw_top_k, load_or_build_hnsw
+from fbmem_data.pairing.search import (
+    HnswParams,
+    brute_force_top_k,
+    hnsw_top_k,
+    load_or_build_hnsw,
+    resolve_search,
+)
 
 if TYPE_CHECKING:
     from fbmem_data.embed.base import Embedder
@@ -72,7 +78,7 @@ def write_ann(
     *,
     k: int = 20,
     hnsw: HnswParams | None = None,
-    exact: bool = False,
+    search: str = "auto",
     batch_size: int = 64,
     query_chunk: int = 4096,
     search_device: str = "cpu",
@@ -80,6 +86,7 @@ def write_ann(
 ) -> PairingSummary:
     """Embed what is missing, then write the top-k candidates of every generated image not yet paired.
 
+    search: "exact", "hnsw", or "auto" (exact on a GPU or up to AUTO_EXACT_MAX_TRAIN training vectors).
     search_device: where exact search runs (a CUDA device makes it fast at any size); HNSW is CPU.
     """
     from tqdm import tqdm
@@ -87,7 +94,6 @@ def write_ann(
     from fbmem_data.pairing import PairingSummary
 
     started = time.perf_counter()
-    hnsw = None if exact else (hnsw or HnswParams())
     for role in ("train", "generated"):
         embed_images(ws, embedder, role=role, batch_size=batch_size, run_id=run_id, progress=progress)
     ph = embedder_params_hash(embedder)
@@ -96,6 +102,8 @@ def write_ann(
     n_gen_usable = len(
         ws.sql("SELECT DISTINCT image_id FROM images WHERE role = 'generated' AND status = 'ok'").column("image_id")
     )
+    resolved = resolve_search(search, len(train_list), search_device)
+    hnsw = (hnsw or HnswParams()) if resolved == "hnsw" else None
     fp = train_set_fingerprint(train_list)
     pid = params_hash(ann_config(embedder.name, ph, k, hnsw, fp))
     done = set(
@@ -135,4 +143,5 @@ def write_ann(
         rows_written=written,
         seconds=round(time.perf_counter() - started, 3),
         n_generated_without_vector=n_gen_usable - len(gen_list),
+        search=resolved,
     )
