@@ -168,16 +168,18 @@ class PairScorer:
                 raw_fg, raw_bg = self.metric.score(gen_state, gi, train_state, ti)
                 pair_rules = [rules[gen_pos[g]] for g, _ in sub]
                 fg, bg = apply_rules(raw_fg, raw_bg, pair_rules)
+                # one device-to-host copy per chunk, not one per pair
+                fg_l, bg_l, raw_fg_l, raw_bg_l = (v.double().cpu().tolist() for v in (fg, bg, raw_fg, raw_bg))
                 for k, (g, t) in enumerate(sub):
-                    f, b = float(fg[k]), float(bg[k])
+                    f, b = fg_l[k], bg_l[k]
                     rows[(g, t)] = {
                         "generated_image_id": g,
                         "train_image_id": t,
                         "fg_score": f,
                         "bg_score": b,
                         "pair_score": 0.5 * f + 0.5 * b,
-                        "raw_fg_score": float(raw_fg[k]),
-                        "raw_bg_score": float(raw_bg[k]),
+                        "raw_fg_score": raw_fg_l[k],
+                        "raw_bg_score": raw_bg_l[k],
                         "degenerate_rule": pair_rules[k],
                         "status": "ok",
                         "error": None,

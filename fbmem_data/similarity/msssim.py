@@ -188,9 +188,9 @@ def pair_scores(a: list[ScaleStats], b: list[ScaleStats], cfg: SSIMConfig) -> to
             if last:
                 num = upper.mul_(mu_xy.mul_(2).add_(c1))
                 den = lower.mul_(torch.addcmul(mu_x * mu_x, mu_y, mu_y).add_(c1))
-                values.append(num.div_(den).flatten(1).mean(1))
+                values.append(num.div_(den).mean(dim=(1, 2, 3)))
             else:
-                values.append(upper.div_(lower).flatten(1).mean(1))
+                values.append(upper.div_(lower).mean(dim=(1, 2, 3)))
         return combine_scales(torch.stack(values), cfg)
 
 
@@ -312,6 +312,8 @@ class MSSSIMMetric(RegionMetric):
         # one generated image at a time, broadcast against its training images: no per-pair copies
         for g in torch.unique(gen_index).tolist():
             positions = torch.nonzero(gen_index == g).flatten()
+            # training images in index order, so that runs of them are slices (views), not copies
+            positions = positions[torch.argsort(train_index[positions], stable=True)]
             for sl in _chunks(len(positions), step):
                 pos = positions[sl]
                 ti = train_index[pos]
