@@ -14,7 +14,7 @@ Threshold: on random weights no prompt is memorized, so tau is set per prompt ha
 8th and 9th of the 16 initial-selection scores (both stages then do real work). With the trained lab,
 tau = mean + 1 std of NeMo's detection score over the lab's control prompts (the paper's calibration).
 
-Run: nice -n 10 .venv/bin/python benchmarks/bench_nemo.py [--prompts 4] [--out benchmarks/results/nemo.json]
+Run: nice -n 10 .venv/bin/python benchmarks/bench_nemo.py [--prompts 4] [--models tiny-sd,lab] [--out FILE]
 """
 
 from __future__ import annotations
@@ -64,6 +64,20 @@ def midpoint_tau(pipe: Any, embeds: torch.Tensor, acts: list[torch.Tensor], mean
     return (scores[7] + scores[8]) / 2
 
 
+def summarise(name: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "model": name,
+        "prompts": rows,
+        "median_batch_ratio": statistics.median(r["batch_ratio"] for r in rows),
+        "median_wall_ratio": statistics.median(r["wall_ratio"] for r in rows),
+        "all_same_neurons": all(r["same_neurons"] for r in rows),
+        "per_prompt_mean": {
+            alg: {k: statistics.mean(r[alg][k] for r in rows) for k in ("unet_batches", "unet_samples", "hypotheses", "wall_s")}
+            for alg in ("sequential", "batched")
+        },
+    }
+
+
 def bench_model(name: str, pipe: Any, prompts: list[str], calibrated_tau: float | None, width: int, max_batch: int) -> dict[str, Any]:
     layers = discover_nemo_layers(pipe.unet)
     means, stds = reference_stats(pipe)
@@ -91,17 +105,17 @@ def bench_model(name: str, pipe: Any, prompts: list[str], calibrated_tau: float 
         result["wall_ratio"] = result["sequential"]["wall_s"] / result["batched"]["wall_s"]
         print(name, json.dumps(result), flush=True)
         rows.append(result)
-    return {
-        "model": name,
-        "prompts": rows,
-        "median_batch_ratio": statistics.median(r["batch_ratio"] for r in rows),
-        "median_wall_ratio": statistics.median(r["wall_ratio"] for r in rows),
-        "all_same_neurons": all(r["same_neurons"] for r in rows),
-        "per_prompt_mean": {
-            alg: {k: statistics.mean(r[alg][k] for r in rows) for k in ("unet_batches", "unet_samples", "hypotheses", "wall_s")}
-            for alg in ("sequential", "batched")
-        },
-    }
+    return summarise(name, rows)
+
+
+def rows_from_log(path: Path) -> dict[str, list[dict[str, Any]]]:
+    """Per model, the per-prompt lines an earlier (interrupted) run printed: `MODEL {json}`."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for line in path.read_text().splitlines():
+        name, _, payload = line.partition(" ")
+        if payload.startswith("{"):
+            out.setdefault(name, []).append(json.loads(payload))
+    return out
 
 
 def lab_pipeline() -> tuple[str, Any, float | None]:
@@ -125,29 +139,38 @@ def lab_pipeline() -> tuple[str, Any, float | None]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--prompts", type=int, default=4)
+    parser.add_argument("--prompts", type=int, default=4, help="prompts per model")
+    parser.add_argument("--models", default="tiny-sd,lab", help="comma-separated: tiny-sd, lab")
     parser.add_argument("--width", type=int, default=16)
     parser.add_argument("--max-batch", type=int, default=160)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--skip-lab", action="store_true")
+    parser.add_argument("--from-log", type=Path, help="also keep the per-prompt lines an earlier run printed")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/nemo.json"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     from fbmem_data.testing.pipelines import tiny_sd_pipeline
 
     prompts = TARGETS[: args.prompts]
-    tiny = tiny_sd_pipeline(seed=0, sample_size=16)
-    amplify(tiny)
-    results = [bench_model("tiny-sd", tiny, prompts, None, args.width, args.max_batch)]
-    if not args.skip_lab:
-        name, pipe, tau = lab_pipeline()
-        results.append(bench_model(name, pipe, prompts, tau, args.width, args.max_batch))
+    results = [summarise(name, rows) for name, rows in (rows_from_log(args.from_log) if args.from_log else {}).items()]
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
     report = {
         "benchmark": "nemo localization: batched vs sequential reference",
         "settings": {"n_seeds": 10, "width": args.width, "max_batch": args.max_batch, "threads": args.threads,
-                     "device": "cpu", "torch": torch.__version__, "machine": platform.machine()},
+                     "device": "cpu (2 cores shared with other jobs)", "torch": torch.__version__, "machine": platform.machine()},
         "results": results,
     }
+    for model in models:
+        if model == "tiny-sd":
+            pipe = tiny_sd_pipeline(seed=0, sample_size=16)
+            amplify(pipe)
+            name, tau = "tiny-sd", None
+        elif model == "lab":
+            name, pipe, tau = lab_pipeline()
+        else:
+            raise SystemExit(f"unknown model {model!r}")
+        results.append(bench_model(name, pipe, prompts, tau, args.width, args.max_batch))
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2) + "\n")  # after each model: partial runs keep results
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.out}")

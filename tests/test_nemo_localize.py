@@ -183,3 +183,46 @@ def test_localize_end_to_end_in_workspace(workspace: Workspace, pipe) -> None:  
     loc2 = localize_prompts(workspace, pipe, MODEL, ["c1"], config=strict)
     status = workspace.sql("SELECT status, n_refined FROM nemo_summary WHERE localization_id = $l", {"l": loc2}).to_pylist()
     assert status == [{"status": "not_memorized", "n_refined": 0}]
+
+
+def _synthetic_scorer(weights: dict[tuple[int, int], float], monotone: bool):  # type: ignore[no-untyped-def]
+    """Score = 1 - blocked weight share (monotone) or a hash of the set (arbitrary); counts calls."""
+    import hashlib
+
+    calls = {"batches": 0, "hypotheses": 0}
+
+    def score(hypotheses):  # type: ignore[no-untyped-def]
+        calls["batches"] += 1
+        calls["hypotheses"] += len(hypotheses)
+        out = []
+        for h in hypotheses:
+            keys = sorted((layer, n) for layer, ns in h.items() for n in ns)
+            if monotone:
+                out.append(1.0 - sum(weights[k] for k in keys) / sum(weights.values()))
+            else:
+                out.append(int(hashlib.sha256(repr(keys).encode()).hexdigest()[:8], 16) / 0xFFFFFFFF)
+        return out
+
+    return score, calls
+
+
+@pytest.mark.parametrize("monotone", [True, False])
+@pytest.mark.parametrize("seed", range(6))
+def test_speculative_greedy_equals_sequential(monotone: bool, seed: int) -> None:
+    import random
+
+    from fbmem_data.nemo.localize import _greedy_sequential, _greedy_speculative
+
+    rng = random.Random(seed)
+    neurons = {layer: sorted(rng.sample(range(100), rng.randrange(1, 15))) for layer in range(7) if rng.random() < 0.8}
+    weights = {(layer, n): rng.expovariate(1.0) for layer, ns in neurons.items() for n in ns}
+    candidates = [(layer, n) for layer in sorted(neurons, reverse=True) for n in neurons[layer]]
+    threshold = 0.6 if monotone else 0.5
+    seq_score, seq_calls = _synthetic_scorer(weights, monotone)
+    spec_score, spec_calls = _synthetic_scorer(weights, monotone)
+    expected = _greedy_sequential(neurons, candidates, seq_score, threshold)
+    got = _greedy_speculative(neurons, candidates, spec_score, threshold, width=8)
+    assert got == expected
+    assert seq_calls["batches"] == len(candidates)
+    if monotone and len(candidates) >= 16:
+        assert spec_calls["batches"] * 2 <= seq_calls["batches"]

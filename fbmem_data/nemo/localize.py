@@ -11,12 +11,14 @@ Two algorithms reach the same decisions:
 - `batched`: several hypotheses in one UNet call (a batch of hypotheses x seeds, each batch row with
   its own channel mask). The initial selection evaluates the next `width` (theta, k) steps together
   and takes the first success. The refinement is a greedy sequence of "drop this layer / neuron if it
-  stays mitigated" decisions, each depending on the previous ones; the batched refinement evaluates
-  the speculative prefixes "drop c1", "drop c1, c2", ..., "drop c1..cw" together: all prefixes up to the
-  first failure are exactly the sets the sequential algorithm would test (and accept), the first
-  failing candidate is kept, and the next batch starts after it. Decisions, and so neuron sets, equal
-  the sequential ones whenever the UNet returns the same values for a sample whatever batch it is in
-  (true up to float rounding; a score within rounding of the threshold could flip).
+  stays mitigated" decisions, each depending on the previous ones; the batched refinement tests the
+  next `width` candidates in one call along a *predicted* path (candidate j against the state that the
+  predicted outcomes of the candidates before it give). Every hypothesis up to and including the first
+  misprediction was built on exactly the state the sequential algorithm would test, so those decisions
+  are the sequential ones; the next call starts after it. Predictions start as "drop" and are updated
+  from the outcomes seen in each call's discarded tail. Neuron sets equal the sequential ones whenever
+  the UNet returns the same values for a sample whatever batch it is in (true up to float rounding; a
+  score within rounding of the threshold could flip).
 
 Interpretations (where method.md leaves a detail open; all are LocalizationConfig fields):
 - candidates per layer are {z > theta} union the top-k neurons by raw activation |a| (`topk_by`);
@@ -241,30 +243,40 @@ def _greedy_sequential(
 def _greedy_speculative(
     current: Neurons, candidates: list[Removal], succeeds: Callable[[list[Neurons]], list[float]], threshold: float, width: int
 ) -> tuple[Neurons, float | None]:
+    """The sequential greedy decisions, `width` speculative hypotheses per UNet call.
+
+    Each call follows a *predicted* path through the next `width` candidates: candidate j is tested
+    against the state the predicted outcomes of the candidates before it lead to, and the state moves
+    on only where j is predicted to be dropped. Walking the results, every hypothesis up to and
+    including the first misprediction was built on the state the sequential algorithm would have, so
+    those decisions are exact; the next call starts after it. Predictions start as "drop" and are
+    updated from the outcomes observed in the discarded tail of each call (tested against a state one
+    decision away from the true one), which predicts well because blocking is close to monotone.
+    """
     last_score = None
+    predicted_drop = [True] * len(candidates)
     pos = 0
-    decided = failed = 0
     while pos < len(candidates):
-        # Adaptive speculation: about two expected runs of successes per batch, at most `width`
-        # (the decisions stay exact whatever the width; only the waste after a failure changes).
-        span = width if failed == 0 else max(2, min(width, round(2 * decided / failed)))
-        prefixes, state = [], current
-        for layer, neuron in candidates[pos : pos + span]:
-            state = _without(state, layer, neuron)
-            prefixes.append(state)
-        scores = succeeds(prefixes)
-        accepted = 0
-        for score in scores:
-            if score > threshold:
+        window = range(pos, min(len(candidates), pos + width))
+        hypotheses, state = [], current
+        for j in window:
+            layer, neuron = candidates[j]
+            hypothesis = _without(state, layer, neuron)
+            hypotheses.append(hypothesis)
+            if predicted_drop[j]:
+                state = hypothesis
+        scores = succeeds(hypotheses)
+        decided = 0
+        for j, hypothesis, score in zip(window, hypotheses, scores, strict=True):
+            drop = score <= threshold
+            decided += 1
+            if drop:
+                current, last_score = hypothesis, score  # built on the true state (all earlier predictions held)
+            if drop != predicted_drop[j]:
                 break
-            accepted += 1
-        if accepted:
-            current, last_score = prefixes[accepted - 1], scores[accepted - 1]
-        # The first failing candidate stays; everything before it is dropped.
-        rejected = 1 if accepted < len(prefixes) else 0
-        pos += accepted + rejected
-        decided += accepted + rejected
-        failed += rejected
+        for j, score in zip(window[decided:], scores[decided:], strict=True):
+            predicted_drop[j] = score <= threshold
+        pos += decided
     return current, last_score
 
 
@@ -394,7 +406,6 @@ def localize_prompts(
     """
     import json
 
-    from fbmem_data.nemo.activations import encode_prompts, layer_activations
     from fbmem_data.nemo.stats import load_stats
 
     config = config or LocalizationConfig()
@@ -416,46 +427,69 @@ def localize_prompts(
         if pid in done:
             continue
         base = {"localization_id": loc_id, "prompt_id": pid, "model_id": model_id, "algorithm": algorithm, "params": params, "run_id": run_id}
-        try:
-            embeds = encode_prompts(pipe, [texts[pid]])
-            acts = [a[0] for a in layer_activations(layers, embeds)]
-            res = localize_prompt(
-                pipe.unet, pipe.scheduler, embeds, acts, means, stds, config, algorithm=algorithm, width=width, max_batch=max_batch
-            )
-        except InputError:
-            raise
-        except Exception as exc:  # one bad prompt must not end the run: record it
-            ws.write("nemo_summary", [{**base, "status": "failed", "error": f"{type(exc).__name__}: {exc}"}])
-            continue
-        rows = [
-            {"localization_id": loc_id, "prompt_id": pid, "model_id": model_id, "stage": stage, "layer": layer, "neuron": n, "run_id": run_id}
-            for stage, neurons in (("initial", res.initial), ("refined", res.refined))
-            for layer, ns in neurons.items()
-            for n in ns
-        ]
-        ws.write("nemo_neurons", rows)
-        ws.write(
-            "nemo_summary",
-            [
-                {
-                    **base,
-                    "status": res.status,
-                    "detection_score": res.detection_score,
-                    "threshold": res.threshold,
-                    "refinement_threshold": res.refinement_threshold,
-                    "initial_score": res.initial_score,
-                    "refined_score": res.refined_score,
-                    "theta": res.theta,
-                    "top_k": res.top_k,
-                    "n_initial": LocalizationResult.count(res.initial),
-                    "n_refined": LocalizationResult.count(res.refined),
-                    "hypotheses": res.counter.hypotheses,
-                    "unet_samples": res.counter.samples,
-                    "unet_batches": res.counter.batches,
-                    "wall_s": res.wall_s,
-                }
-            ],
+        neuron_rows, summary_row, res = prompt_localization_rows(
+            pipe, layers, texts[pid], base, means, stds, config, algorithm=algorithm, width=width, max_batch=max_batch
         )
-        if progress:
+        ws.write("nemo_neurons", neuron_rows)
+        ws.write("nemo_summary", [summary_row])
+        if progress and res is not None:
             progress(pid, res)
     return loc_id
+
+
+def prompt_localization_rows(
+    pipe: Any,
+    layers: Sequence[NemoLayer],
+    text: str,
+    base: dict[str, Any],
+    means: Sequence[torch.Tensor],
+    stds: Sequence[torch.Tensor],
+    config: LocalizationConfig,
+    *,
+    algorithm: Algorithm = "batched",
+    width: int = 16,
+    max_batch: int = 160,
+) -> tuple[list[dict[str, Any]], dict[str, Any], LocalizationResult | None]:
+    """The batch function of localization, for one prompt: (nemo_neurons rows, nemo_summary row, result).
+
+    `base` holds the summary's identifying fields (localization_id, prompt_id, model_id, algorithm,
+    params, run_id). A prompt that raises (other than InputError) gets a 'failed' summary row and
+    no result. Write the neurons before the summary: the summary row is the resume marker.
+    """
+    from fbmem_data.nemo.activations import encode_prompts, layer_activations
+
+    try:
+        embeds = encode_prompts(pipe, [text])
+        acts = [a[0] for a in layer_activations(layers, embeds)]
+        res = localize_prompt(
+            pipe.unet, pipe.scheduler, embeds, acts, means, stds, config, algorithm=algorithm, width=width, max_batch=max_batch
+        )
+    except InputError:
+        raise
+    except Exception as exc:  # one bad prompt must not end the run: record it
+        return [], {**base, "status": "failed", "error": f"{type(exc).__name__}: {exc}"}, None
+    rows = [
+        {"localization_id": base["localization_id"], "prompt_id": base["prompt_id"], "model_id": base["model_id"],
+         "stage": stage, "layer": layer, "neuron": n, "run_id": base["run_id"]}
+        for stage, neurons in (("initial", res.initial), ("refined", res.refined))
+        for layer, ns in neurons.items()
+        for n in ns
+    ]
+    summary = {
+        **base,
+        "status": res.status,
+        "detection_score": res.detection_score,
+        "threshold": res.threshold,
+        "refinement_threshold": res.refinement_threshold,
+        "initial_score": res.initial_score,
+        "refined_score": res.refined_score,
+        "theta": res.theta,
+        "top_k": res.top_k,
+        "n_initial": LocalizationResult.count(res.initial),
+        "n_refined": LocalizationResult.count(res.refined),
+        "hypotheses": res.counter.hypotheses,
+        "unet_samples": res.counter.samples,
+        "unet_batches": res.counter.batches,
+        "wall_s": res.wall_s,
+    }
+    return rows, summary, res
