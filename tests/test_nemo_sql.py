@@ -54,3 +54,13 @@ def test_transitions_and_score(workspace: Workspace) -> None:
     rates = {r["method"]: r for r in workspace.sql("SELECT * FROM fbmem_rates_by_method").to_pylist()}
     assert rates["none"]["n"] == 16 and abs(rates["none"]["vm_rate"] - 0.25) < 1e-12
     assert rates["nemo"]["n"] == 17
+    # Per planted group (lab_truth): p0..p4 alternate between two groups.
+    workspace.write("lab_truth", [
+        {"prompt_id": f"p{i}", "planted_group": "VM" if i % 2 == 0 else "control", "group_key": f"k{i}",
+         "prompt_set": "lab-train", "dataset_seed": 0, "train_image_ids": [], "repeats": 1}
+        for i in range(5)
+    ])
+    by_group = workspace.sql("SELECT * FROM fbmem_rates_by_group WHERE method = 'nemo'").to_pylist()
+    assert {r["planted_group"] for r in by_group} == {"VM", "control"}
+    assert sum(r["mitigation_score"] for r in by_group) == expected["nemo"]
+    assert sum(r["n"] for r in by_group) == 17
