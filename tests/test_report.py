@@ -146,19 +146,23 @@ def test_prompt_text_cannot_break_out_of_the_page(tmp_path: Path) -> None:
     assert any(p[0] == evil for p in page_blob(out)["prompts"])
 
 
-def test_utility_view_gives_the_mitigation_scatter(tmp_path: Path) -> None:
-    ws = Workspace.init(tmp_path / "ws")
-    write_sample_workspace(ws, SampleSpec(n_prompts=8, seeds=2, k=2))
-    # A stand-in for the utility view the mitigation evaluation defines (fbmem_data.report.gather.UTILITY_RELATION).
-    ws.connection().execute(
+def test_utility_view_gives_the_mitigation_scatter(sample_ws: Workspace, tmp_path: Path) -> None:
+    # A stand-in for the utility view the mitigation evaluation defines (fbmem_data.report.gather.UTILITY_RELATION),
+    # on this process's connection only, dropped afterwards (the module's other tests share the workspace).
+    con = sample_ws.connection()
+    con.execute(
         "CREATE VIEW mitigation_utility AS SELECT * FROM (VALUES ('none', 0.91, 'object shown'), "
         "('nemo', 0.84, 'object shown')) AS u(method, utility, utility_metric)"
     )
-    summary = build_report_summary(ws, tmp_path / "r.html")
+    try:
+        summary = build_report_summary(sample_ws, tmp_path / "r.html")
+    finally:
+        con.execute("DROP VIEW mitigation_utility")
     text = summary.path.read_text()
     table = re.search(r'<table class="rates" id="mitigation-table">(.*?)</table>', text, re.S)
-    assert table and "<th>object shown</th>" in table.group(1) and "<td>0.84</td>" in table.group(1)
-    assert "no utility" not in text.lower().split("mitigation-table")[1][:400]
+    assert table, "no mitigation table"
+    assert "<th>object shown</th>" in table.group(1) and "<td>0.84</td>" in table.group(1), table.group(1)
+    assert "No utility is recorded" not in text
 
 
 def test_report_without_scores_is_a_clear_error(workspace: Workspace, tmp_path: Path) -> None:

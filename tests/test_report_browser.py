@@ -47,7 +47,7 @@ def test_report_renders_filters_and_shows_evidence(chromium: str, tmp_path: Path
     labels = Counter(ws.sql("SELECT label FROM fbmem_labels", {"tau": 0.8}).column("label").to_pylist())
     total = sum(labels.values())
     embedded = build_report_summary(ws, tmp_path / "report.html", k=SPEC.k)
-    folder = build_report_summary(ws, tmp_path / "folder.html", k=SPEC.k, images="folder")
+    folder = build_report_summary(ws, tmp_path / "folder.html", k=SPEC.k, images="folder", limit=24)  # one page
 
     with HeadlessChromium(chromium, width=1280, height=1000) as browser:
         browser.open(embedded.path)
