@@ -8,7 +8,18 @@ from typing import Annotated, Any
 import pyarrow as pa
 import typer
 
-from fbmem_data.cli.common import BatchSizeOption, DeviceOption, WorkspaceOption, open_workspace
+from fbmem_data.cli.common import (
+    BatchSizeOption,
+    ConcurrencyOption,
+    DeviceOption,
+    Engine,
+    EngineOption,
+    NumGpusOption,
+    RayAddressOption,
+    WorkspaceOption,
+    engine_options,
+    open_workspace,
+)
 from fbmem_data.cli.output import output_options
 from fbmem_data.errors import InputError
 
@@ -54,15 +65,26 @@ def segment(
     option: OptionOption = None,
     device: DeviceOption = "auto",
     batch_size: BatchSizeOption = 8,
+    engine: EngineOption = Engine.local,
+    ray_address: RayAddressOption = None,
+    num_gpus: NumGpusOption = 0.0,
+    concurrency: ConcurrencyOption = 1,
 ) -> None:
     """Segment every ok image that has no mask yet for this segmenter and settings (resumes)."""
     from fbmem_data.fbmem import segment_images
 
     ws = open_workspace(workspace)
     name = segmenter or "saliency"
-    summary = segment_images(
-        ws, name, roles=role, device=device, batch_size=batch_size, options=_segmenter_options(name, weights, option), progress=True
-    )
+    options = _segmenter_options(name, weights, option)
+    if engine is Engine.ray:
+        from fbmem_data.distribute.extractors import segment_distributed
+
+        summary = segment_distributed(
+            ws, name, engine=engine.value, engine_options=engine_options(ray_address, num_gpus, concurrency),
+            roles=role, device=device, batch_size=batch_size, options=options,
+        )
+    else:
+        summary = segment_images(ws, name, roles=role, device=device, batch_size=batch_size, options=options, progress=True)
     _print_summary(summary)
 
 
@@ -84,6 +106,10 @@ def score(
     ] = None,
     device: DeviceOption = "auto",
     batch_size: BatchSizeOption = 8,
+    engine: EngineOption = Engine.local,
+    ray_address: RayAddressOption = None,
+    num_gpus: NumGpusOption = 0.0,
+    concurrency: ConcurrencyOption = 1,
 ) -> None:
     """Score candidate pairs into region_scores: fg, bg and pair score per pair (resumes)."""
     from fbmem_data.fbmem import score_pairs
@@ -92,9 +118,7 @@ def score(
     ws = open_workspace(workspace)
     create = pairing == "exhaustive"
     seg_name = segmenter or PRESETS.get(preset or "default", PRESETS["default"])["segmenter"]
-    summary = score_pairs(
-        ws,
-        None if create else pairing,
+    common: dict[str, Any] = dict(
         preset=preset,
         metric=metric,
         size=size,
@@ -104,8 +128,14 @@ def score(
         create_exhaustive=create,
         device=device,
         batch_size=batch_size,
-        progress=True,
     )
+    if engine is Engine.ray:
+        from fbmem_data.distribute.extractors import score_distributed
+
+        options = engine_options(ray_address, num_gpus, concurrency)
+        summary = score_distributed(ws, None if create else pairing, engine=engine.value, engine_options=options, **common)
+    else:
+        summary = score_pairs(ws, None if create else pairing, progress=True, **common)
     _print_summary(summary)
 
 

@@ -7,7 +7,18 @@ from typing import Annotated, Any
 import pyarrow as pa
 import typer
 
-from fbmem_data.cli.common import BatchSizeOption, DeviceOption, WorkspaceOption, open_workspace
+from fbmem_data.cli.common import (
+    BatchSizeOption,
+    ConcurrencyOption,
+    DeviceOption,
+    Engine,
+    EngineOption,
+    NumGpusOption,
+    RayAddressOption,
+    WorkspaceOption,
+    engine_options,
+    open_workspace,
+)
 from fbmem_data.cli.output import output_options
 from fbmem_data.errors import InputError
 
@@ -61,11 +72,25 @@ def generate(
     ] = None,
     model_id: Annotated[str | None, typer.Option("--model-id", help="Record this model id instead of the default.")] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar on stderr.")] = True,
+    engine: EngineOption = Engine.local,
+    ray_address: RayAddressOption = None,
+    num_gpus: NumGpusOption = 0.0,
+    concurrency: ConcurrencyOption = 1,
 ) -> pa.Table:
     """Generate N seeded images per prompt (under mitigations) into generations/images; resumes."""
     from fbmem_data.generate import generate as run_generate
 
     ws = open_workspace(workspace)
+    if engine is Engine.ray:
+        from fbmem_data.distribute.generation import generate_distributed
+
+        return generate_distributed(
+            ws, model, engine=engine.value, engine_options=engine_options(ray_address, num_gpus, concurrency),
+            prompt_set=prompts, prompt_ids=_split_ids(prompt_ids), n=n, seeds=seeds, seed_start=seed_start, steps=steps,
+            guidance=guidance, height=height, width=width, batch_size=batch_size, device=device, dtype=dtype,
+            scheduler=scheduler, mitigations=mitigation or ["none"],
+            mitigation_params=parse_key_values(mitigation_param, "--mitigation-param"), model_id=model_id,
+        )
     return run_generate(
         ws,
         model,

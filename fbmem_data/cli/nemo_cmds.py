@@ -10,7 +10,18 @@ from typing import TYPE_CHECKING, Annotated, Any
 import pyarrow as pa
 import typer
 
-from fbmem_data.cli.common import BatchSizeOption, DeviceOption, WorkspaceOption, open_workspace
+from fbmem_data.cli.common import (
+    BatchSizeOption,
+    ConcurrencyOption,
+    DeviceOption,
+    Engine,
+    EngineOption,
+    NumGpusOption,
+    RayAddressOption,
+    WorkspaceOption,
+    engine_options,
+    open_workspace,
+)
 from fbmem_data.cli.output import output_options
 from fbmem_data.errors import FbmemError, InputError
 
@@ -170,6 +181,10 @@ def localize(
     force: Annotated[bool, typer.Option("--force", help="Localize prompts whose detection score is below tau too.")] = False,
     limit: Annotated[int | None, typer.Option("--limit", min=1)] = None,
     device: DeviceOption = "auto",
+    engine: EngineOption = Engine.local,
+    ray_address: RayAddressOption = None,
+    num_gpus: NumGpusOption = 0.0,
+    concurrency: ConcurrencyOption = 1,
 ) -> pa.Table:
     """Localize memorization neurons (NeMo initial selection + refinement) into nemo_neurons / nemo_summary."""
     import dataclasses
@@ -184,7 +199,8 @@ def localize(
     if (prompts is None) == (not prompt_id):
         raise InputError("give exactly one of --prompts SET or --prompt-id ID")
     ws = open_workspace(workspace)
-    pipe, mid = _load(model, model_id, device)
+    # the ray engine loads the pipeline in its actors; the driver only needs the model id
+    pipe, mid = (None, _model_id(model, model_id)) if engine is Engine.ray else _load(model, model_id, device)
     config = PRESETS[preset]
     changes: dict[str, Any] = {}
     if tau is not None:
@@ -206,6 +222,15 @@ def localize(
     run_config = _config(ws, mid, prompts=prompts, n=len(ids), preset=preset, algorithm=algorithm, width=width,
                          max_batch=max_batch, localization=config.as_params())
     with ws.run("nemo localize", run_config) as run:
+        if engine is Engine.ray:
+            from fbmem_data.distribute.generation import localize_distributed
+
+            loc_id = localize_distributed(
+                ws, model, mid, ids, engine=engine.value, engine_options=engine_options(ray_address, num_gpus, concurrency),
+                config=config, stats_reference=stats, algorithm=algorithm,  # type: ignore[arg-type]
+                width=width, max_batch=max_batch, device=device, run_id=run.run_id,
+            )
+            return ws.sql("SELECT * FROM nemo_localization_cost WHERE localization_id = $id", {"id": loc_id})
         loc_id = localize_prompts(
             ws, pipe, mid, ids, config=config, stats_reference=stats, algorithm=algorithm,  # type: ignore[arg-type]
             width=width, max_batch=max_batch, run_id=run.run_id,

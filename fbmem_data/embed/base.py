@@ -69,6 +69,8 @@ def resolve_device(device: str | None) -> str:
     Raises:
         PluginError: the device string is malformed, or names CUDA while none is available.
     """
+    if device == "cpu":  # no torch import for the CPU-only embedders (a worker process starts faster)
+        return device
     import torch
 
     if device in (None, "", "auto"):

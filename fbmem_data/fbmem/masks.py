@@ -76,7 +76,7 @@ def segment_images(
     """
     from tqdm import tqdm
 
-    from fbmem_data.fbmem.images import encode_mask, load_rgb
+    from fbmem_data.fbmem.images import load_rgb
 
     seg = make_segmenter(segmenter, device, options) if isinstance(segmenter, str) else segmenter
     params = seg.params()
@@ -99,31 +99,44 @@ def segment_images(
                     good.append(image_id)
                 except FbmemError as exc:
                     rows.append(_error_row(image_id, seg.name, mask_hash, params, str(exc), run.run_id))
-            masks = _segment_guarded(seg, images, good)
-            for image_id, mask in zip(good, masks, strict=True):
-                if isinstance(mask, str):
-                    rows.append(_error_row(image_id, seg.name, mask_hash, params, mask, run.run_id))
-                    continue
-                rows.append(
-                    {
-                        "image_id": image_id,
-                        "segmenter": seg.name,
-                        "params_hash": mask_hash,
-                        "params": canonical_json(params),
-                        "mask": encode_mask(mask),
-                        "height": int(mask.shape[0]),
-                        "width": int(mask.shape[1]),
-                        "fg_fraction": float(mask.mean()),
-                        "status": "ok",
-                        "error": None,
-                        "run_id": run.run_id,
-                    }
-                )
+            rows += mask_rows(seg, good, images, run.run_id)
             ws.write("masks", rows)
             summary["ok"] += sum(r["status"] == "ok" for r in rows)
             summary["error"] += sum(r["status"] == "error" for r in rows)
             bar.update(len(rows))
     return summary
+
+
+def mask_rows(seg: Segmenter, image_ids: Sequence[str], images: Sequence[np.ndarray], run_id: str | None) -> list[dict[str, Any]]:
+    """The batch function of segmenting: decoded images in, one `masks` row each out (in order).
+
+    An image the segmenter rejects gets an error row; the batch goes on.
+    """
+    from fbmem_data.fbmem.images import encode_mask
+
+    params = seg.params()
+    mask_hash = params_hash(params)
+    rows: list[dict[str, Any]] = []
+    for image_id, mask in zip(image_ids, _segment_guarded(seg, list(images), list(image_ids)), strict=True):
+        if isinstance(mask, str):
+            rows.append(_error_row(image_id, seg.name, mask_hash, params, mask, run_id))
+            continue
+        rows.append(
+            {
+                "image_id": image_id,
+                "segmenter": seg.name,
+                "params_hash": mask_hash,
+                "params": canonical_json(params),
+                "mask": encode_mask(mask),
+                "height": int(mask.shape[0]),
+                "width": int(mask.shape[1]),
+                "fg_fraction": float(mask.mean()),
+                "status": "ok",
+                "error": None,
+                "run_id": run_id,
+            }
+        )
+    return rows
 
 
 def _segment_guarded(seg: Segmenter, images: list[np.ndarray], ids: list[str]) -> list[Any]:
@@ -142,7 +155,7 @@ def _segment_guarded(seg: Segmenter, images: list[np.ndarray], ids: list[str]) -
         return out
 
 
-def _error_row(image_id: str, seg: str, mask_hash: str, params: dict[str, Any], error: str, run_id: str) -> dict[str, Any]:
+def _error_row(image_id: str, seg: str, mask_hash: str, params: dict[str, Any], error: str, run_id: str | None) -> dict[str, Any]:
     return {
         "image_id": image_id,
         "segmenter": seg,

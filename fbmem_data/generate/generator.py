@@ -155,6 +155,27 @@ def _write_batch(
     mitigation: Mitigation,
     params_json: str,
 ) -> None:
+    image_rows, generation_rows = batch_rows(ws, run_id, model_id, jobs, images, applied, settings, mitigation, params_json)
+    # Images first: a generations row is the commit mark of an image (resume keys on it).
+    ws.write("images", image_rows, on_conflict="skip")
+    ws.write("generations", generation_rows, on_conflict="skip")
+
+
+def batch_rows(
+    ws: Workspace,
+    run_id: str | None,
+    model_id: str,
+    jobs: Sequence[GenerationJob],
+    images: np.ndarray,
+    applied: GenerationBatch,
+    settings: GenerationSettings,
+    mitigation: Mitigation,
+    params_json: str,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Store a generated batch's image files and return its (images rows, generations rows).
+
+    The caller writes the images rows before the generations rows (the commit mark of an image).
+    """
     now = dt.datetime.now(dt.timezone.utc)
     image_rows: list[dict[str, Any]] = []
     generation_rows: list[dict[str, Any]] = []
@@ -200,9 +221,7 @@ def _write_batch(
         )
     # Two images of a batch can be byte-identical (e.g. a saturated model): one images row per id.
     image_rows = list({r["image_id"]: r for r in reversed(image_rows)}.values())[::-1]
-    # Images first: a generations row is the commit mark of an image (resume keys on it).
-    ws.write("images", image_rows, on_conflict="skip")
-    ws.write("generations", generation_rows, on_conflict="skip")
+    return image_rows, generation_rows
 
 
 def generate(

@@ -89,6 +89,8 @@ def resolve_device(device: str) -> str:
     Raises:
         InputError: a CUDA device was asked for and torch sees none.
     """
+    if device == "cpu":  # no torch import for the CPU-only segmenters (a worker process starts faster)
+        return device
     import torch
 
     if device == "auto":
