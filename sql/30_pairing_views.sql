@@ -1,5 +1,6 @@
 -- pairings: one row per pairing in `candidates`, newest first.
--- k is the largest rank kept (null for exhaustive); last_run_at is when its latest rows were written.
+-- k is the largest rank kept (null for exhaustive); n_generated / n_train count the distinct images
+-- among its candidates; last_run_at is when its latest rows were written.
 CREATE OR REPLACE VIEW pairings AS
 SELECT
     c.pairing_id,

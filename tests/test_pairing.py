@@ -228,9 +228,20 @@ def test_ann_exact_search_matches_brute_force_and_handles_k_above_train_size(wor
     data = near_duplicate_set(6, 3, 2, size=24, seed=11)
     add_images(workspace, data.train, "train")
     add_images(workspace, data.generated, "generated")
+
+    def best(pid: str) -> dict[str, str]:
+        return {r["generated_image_id"]: r["train_image_id"] for r in _candidates(workspace, pid) if r["rank"] == 1}
+
     exact = pair_with_summary(workspace, "ann", "thumbnail", k=10, search="exact")
     hnsw = pair_with_summary(workspace, "ann", "thumbnail", k=10, search="hnsw")
     assert exact.pairing_id != hnsw.pairing_id and (exact.search, hnsw.search) == ("exact", "hnsw")
+    cached = sorted((workspace.root / "indexes").glob("*.usearch"))
+    assert len(cached) == 1
+    stamp = cached[0].stat().st_mtime_ns
+    smaller_k = pair_with_summary(workspace, "ann", "thumbnail", k=2, search="hnsw")  # reuses the saved index
+    assert smaller_k.rows_written == 5 * 2 and sorted((workspace.root / "indexes").glob("*.usearch")) == cached
+    assert cached[0].stat().st_mtime_ns == stamp
+    assert best(smaller_k.pairing_id) == best(hnsw.pairing_id)
     auto = pair_with_summary(workspace, "ann", "thumbnail", k=10, device="cpu")  # small set: exact
     assert (auto.search, auto.pairing_id, auto.rows_written) == ("exact", exact.pairing_id, 0)
     with pytest.raises(InputError, match="search"):
@@ -239,9 +250,8 @@ def test_ann_exact_search_matches_brute_force_and_handles_k_above_train_size(wor
         rows = _candidates(workspace, summary.pairing_id)
         assert len(rows) == 5 * 6  # k clamps to the 6 training images
         assert {r["rank"] for r in rows} == set(range(1, 7)) and {r["embedder"] for r in rows} == {"thumbnail"}
-    best = lambda pid: {r["generated_image_id"]: r["train_image_id"] for r in _candidates(workspace, pid) if r["rank"] == 1}  # noqa: E731
     assert best(exact.pairing_id) == best(hnsw.pairing_id)
-    assert {v["k"] for v in workspace.sql("SELECT k FROM pairings").to_pylist()} == {6}
+    assert sorted(v["k"] for v in workspace.sql("SELECT k FROM pairings").to_pylist()) == [2, 6, 6]
 
 
 def test_ann_skips_generated_images_that_cannot_be_embedded(workspace: Workspace) -> None:
