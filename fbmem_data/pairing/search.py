@@ -23,6 +23,7 @@ SEARCHES = ("auto", "exact", "hnsw")
 # exact search (matrix product + top-k) as fast as HNSW at 99% agreement up to 100,000 vectors on a CPU,
 # with no index to build (the build took longer than a thousand exact queries).
 AUTO_EXACT_MAX_TRAIN = 250_000
+_MAX_SCORE_BLOCK = 64 * 1024 * 1024  # floats in one (queries x training) score block of exact search
 
 
 def resolve_search(search: str, n_train: int, device: str = "cpu") -> str:
@@ -57,7 +58,8 @@ class HnswParams:
 def brute_force_top_k(
     queries: np.ndarray, train: np.ndarray, k: int, *, chunk: int = 1024, device: str = "cpu"
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-k by dot product, `chunk` queries at a time (memory: chunk x n_train floats).
+    """Exact top-k by dot product, `chunk` queries at a time (fewer when the score block
+    chunk x n_train would pass 64 M floats, 256 MB).
 
     Runs through torch (matrix product + topk, several times faster than NumPy's argpartition);
     device="cuda" moves the training matrix to the GPU once.
@@ -71,6 +73,7 @@ def brute_force_top_k(
     if n == 0 or k_eff == 0:
         return indices, sims
     # np.require: vectors read from Arrow are read-only views, which torch refuses to wrap.
+    chunk = max(1, min(chunk, _MAX_SCORE_BLOCK // n_train))
     train_t = torch.from_numpy(np.require(train, np.float32, ["C", "W"])).to(device)
     with torch.inference_mode():
         for start in range(0, n, chunk):
