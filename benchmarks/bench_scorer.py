@@ -1,7 +1,7 @@
 """Pairs per second of the batched FB-Mem scorer against the reference way, and planted-truth quality.
 
 Usage: nice -n 10 .venv/bin/python benchmarks/bench_scorer.py [--sizes 256 512] [--gen 8] [--train 16]
-       [--ref-pairs 16] [--threads 1] [--planted-seeds 10] [--device cpu]
+       [--ref-pairs 16] [--repeats 2] [--threads 1] [--planted-seeds 10] [--device cpu] [--skip-planted]
 
 Speed, on the same pairs (gen x train planted images stored as PNG files with PNG masks):
 - reference: one pair per call through torchmetrics' MultiScaleStructuralSimilarityIndexMeasure module
@@ -108,25 +108,34 @@ def speed(args: argparse.Namespace) -> list[dict[str, Any]]:
             # warm-up outside the clock: imports, allocator, kernels
             reference_scores(root, pairs[:1], size)
             batched_scores(root, pairs[:1], size, MSSSIMMetric(), args.device)
-            # the reference is slow: time it on the first --ref-pairs of the same pairs (a per-pair rate)
+            # the reference is slow: time it on the first --ref-pairs of the same pairs (a per-pair rate).
+            # Runs alternate reference / batched and the best of --repeats counts (a shared, busy CPU).
             ref_pairs = pairs[: args.ref_pairs]
-            ref, t_ref = timed(reference_scores, root, ref_pairs, size)
-            ref_rate = len(ref_pairs) / t_ref
+            metrics = (MSSSIMMetric(), MaskedMSSSIMMetric())
+            best: dict[str, float] = {}
+            got: dict[str, Any] = {}
+            for _ in range(args.repeats):
+                ref, t_ref = timed(reference_scores, root, ref_pairs, size)
+                best["reference"] = min(best.get("reference", float("inf")), t_ref)
+                for metric in metrics:
+                    got[metric.name], t = timed(batched_scores, root, pairs, size, metric, args.device)
+                    best[metric.name] = min(best.get(metric.name, float("inf")), t)
+            ref_rate = len(ref_pairs) / best["reference"]
             row: dict[str, Any] = {
                 "size": size,
                 "pairs": len(pairs),
                 "reference_pairs": len(ref_pairs),
-                "reference_s": round(t_ref, 3),
+                "repeats": args.repeats,
+                "reference_s": round(best["reference"], 3),
                 "reference_pairs_per_s": round(ref_rate, 3),
             }
-            for metric in (MSSSIMMetric(), MaskedMSSSIMMetric()):
-                got, t = timed(batched_scores, root, pairs, size, metric, args.device)
+            for metric in metrics:
+                t = best[metric.name]
                 row[f"{metric.name}_s"] = round(t, 3)
                 row[f"{metric.name}_pairs_per_s"] = round(len(pairs) / t, 3)
                 row[f"{metric.name}_speedup"] = round(len(pairs) / t / ref_rate, 2)
-                if metric.name == "msssim":
-                    diff = np.abs(np.array(got[: len(ref)]) - np.array(ref))
-                    row["max_abs_diff_vs_reference"] = float(diff.max())
+            diff = np.abs(np.array(got["msssim"][: len(ref)]) - np.array(ref))
+            row["max_abs_diff_vs_reference"] = float(diff.max())
             print(json.dumps(row))
             out.append(row)
     return out
@@ -178,6 +187,7 @@ def main() -> None:
     parser.add_argument("--gen", type=int, default=8)
     parser.add_argument("--train", type=int, default=16)
     parser.add_argument("--ref-pairs", type=int, default=16, help="pairs the reference loop is timed on")
+    parser.add_argument("--repeats", type=int, default=2, help="alternating runs; the best time of each side counts")
     parser.add_argument("--src-size", type=int, default=600, help="side of the stored planted images (resized per run)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
