@@ -7,8 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from fbmem_data.workspace import Workspace
 from test_nemo_import import NEMO_CSV, STATS_FILE, write_memorized_prompts
+
+from fbmem_data.workspace import Workspace
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -30,10 +31,20 @@ def test_import_commands(workspace: Workspace, reference_dir: Path) -> None:
 
 
 def test_errors_are_clear(workspace: Workspace, tmp_path: Path) -> None:
-    ws = str(workspace.root)
-    out = run_cli("nemo", "import-stats", str(tmp_path / "none.pt"), "-w", ws)
-    assert out.returncode == 1 and "does not exist" in out.stderr
-    out = run_cli("nemo-c", "masks", "--clustering", "x", "--localization", "y", "-w", ws)
-    assert out.returncode == 1 and "localized" in out.stderr
-    out = run_cli("nemo", "calibrate", "--prompts", "control", "--model", "m", "-w", ws)
-    assert out.returncode == 1 and "detection" in out.stderr
+    """In-process (CliRunner): each error is an FbmemError whose message says what is missing."""
+    from typer.testing import CliRunner
+
+    from fbmem_data.cli.app import build_app
+    from fbmem_data.errors import FbmemError
+
+    app, ws = build_app(), str(workspace.root)
+    cases = [
+        (["nemo", "import-stats", str(tmp_path / "none.pt"), "-w", ws], "does not exist"),
+        (["nemo-c", "masks", "--clustering", "x", "--localization", "y", "-w", ws], "localized"),
+        (["nemo", "calibrate", "--prompts", "control", "--model", "m", "-w", ws], "detection"),
+        (["nemo", "localize", "--model", "m", "-w", ws, "--algorithm", "greedy", "--prompts", "s"], "batched or sequential"),
+    ]
+    for args, needle in cases:
+        result = CliRunner().invoke(app, args)
+        assert isinstance(result.exception, FbmemError), (args, result.output)
+        assert needle in str(result.exception)
