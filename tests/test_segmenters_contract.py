@@ -60,8 +60,22 @@ def build_tiny_sam() -> torch.nn.Module:
     return Sam(encoder, prompt, decoder, pixel_mean=[123.675, 116.28, 103.53], pixel_std=[58.395, 57.12, 57.375]).eval()
 
 
+def build_random_lab(tmp: Path, device: str) -> Segmenter:
+    """The lab segmenter's own network, random-initialised, saved and loaded through its weights path."""
+    from safetensors.torch import save_file
+
+    from fbmem_data.lab.segmenter import build_network
+
+    path = tmp / "segmenter.safetensors"
+    if not path.exists():
+        torch.manual_seed(0)
+        save_file({k: v.contiguous() for k, v in build_network().state_dict().items()}, str(path))
+    return plugins.create("segmenter", "lab", weights=path, device=device)
+
+
 def _builders(tmp: Path) -> dict[str, Callable[[str], Segmenter]]:
     return {
+        "lab": lambda device: build_random_lab(tmp, device),
         "saliency": lambda device: plugins.create("segmenter", "saliency", device=device, work_size=96),
         "birefnet": lambda device: plugins.create(
             "segmenter", "birefnet", model_path=export_tiny_birefnet(tmp / "birefnet.onnx"), device=device, batch_size=2
