@@ -130,6 +130,7 @@ class Distributor(abc.ABC):
     Every engine must give the same rows (order aside) for the same job; a shard whose commit part
     exists is skipped, and a shard that fails leaves no part of its commit table, so re-running a
     failed job does exactly the missing work (tests/test_distributors_contract.py checks both).
+    Engines load the model through the job's factory once per worker, and only when there is work.
     """
 
     name: str = ""
@@ -149,8 +150,9 @@ class Distributor(abc.ABC):
             A JobSummary of the shards run and skipped and the rows written.
 
         Raises:
-            FbmemError: the batch function failed on a shard (the shards finished before it are kept;
-                run the job again to do the rest); InputError for bad options.
+            FbmemError: the batch function failed on one or more shards (every other shard is run and
+                written first; run the job again to redo the failed ones), or the engine itself failed
+                (finished shards are kept); InputError for bad options.
         """
 
     def close(self) -> None:
