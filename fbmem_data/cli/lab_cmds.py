@@ -1,9 +1,101 @@
-"""Command group registration point (filled in by its issue)."""
+"""`fbmem lab dataset|train|eval` and `fbmem demo`: thin commands over fbmem_data.lab (no torch at import)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
+
+from fbmem_data.cli.common import WorkspaceOption
+
+DEFAULT_DEMO_DIR = Path("fbmem-demo")
+
+
+def lab_dataset_cmd(
+    seed: Annotated[int | None, typer.Option("--seed", help="Data set seed (default: the seed of the shipped model).")] = None,
+    workspace: WorkspaceOption = None,
+) -> None:
+    """Write the lab data set (images, exact masks, prompts, planted truth) into a workspace."""
+    from fbmem_data.lab.dataset import make_lab_dataset
+    from fbmem_data.lab.ingest import write_lab_dataset
+    from fbmem_data.lab.pipeline import shipped_dataset_seed
+    from fbmem_data.workspace import Workspace
+
+    ws = Workspace.open(workspace) if workspace is None else Workspace.open_or_init(workspace)
+    seed = shipped_dataset_seed() if seed is None else seed
+    with ws.run("lab dataset", {"seed": seed}) as run:
+        counts = write_lab_dataset(ws, make_lab_dataset(seed), run_id=run.run_id)
+    typer.echo(f"lab data set seed {seed} in {ws.root}: " + ", ".join(f"{k} +{v}" for k, v in counts.items()))
+
+
+def lab_train_cmd(
+    out: Annotated[Path, typer.Option("--out", help="Where the trained weights go (data/lab/ ships them).")] = Path("lab-model"),
+    checkpoints: Annotated[Path, typer.Option("--checkpoints", help="Checkpoint folder; an interrupted run resumes from it.")] = Path("lab-checkpoints"),
+    seed: Annotated[int, typer.Option("--seed", help="Training seed.")] = 0,
+    dataset_seed: Annotated[int, typer.Option("--dataset-seed", help="Lab data set seed.")] = 0,
+    ae_steps: Annotated[int, typer.Option("--ae-steps", min=1, help="Autoencoder steps.")] = 1000,
+    unet_steps: Annotated[int, typer.Option("--unet-steps", min=1, help="UNet steps.")] = 4000,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="UNet batch size.")] = 12,
+    segmenter_steps: Annotated[int, typer.Option("--segmenter-steps", min=0, help="Lab segmenter steps (0: skip).")] = 1000,
+    threads: Annotated[int, typer.Option("--threads", min=1, help="torch threads.")] = 1,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bars on stderr.")] = True,
+) -> None:
+    """Train the lab model (autoencoder, then UNet) and the lab segmenter; resumable."""
+    from fbmem_data.lab.train import TrainConfig, train_lab, train_lab_segmenter
+
+    cfg = TrainConfig(seed=seed, dataset_seed=dataset_seed, ae_steps=ae_steps, unet_steps=unet_steps,
+                      unet_batch=batch_size, threads=threads)
+    summary = train_lab(out, checkpoints, cfg, log=None if progress else typer.echo, progress=progress)
+    typer.echo(f"lab model written to {out} ({summary['seconds_this_call']:.0f}s this run)")
+    if segmenter_steps:
+        meta = train_lab_segmenter(out, dataset_seed=dataset_seed, steps=segmenter_steps, seed=seed)
+        typer.echo(f"lab segmenter written to {out}: held-out IoU {meta['heldout_iou_mean']:.3f}")
+
+
+def _print_demo(result: object) -> None:
+    from fbmem_data.lab.demo import format_result
+
+    typer.echo(format_result(result))  # type: ignore[arg-type]
+
+
+def lab_eval_cmd(
+    seeds: Annotated[int, typer.Option("--seeds", min=1, help="Generations per prompt.")] = 8,
+    steps: Annotated[int, typer.Option("--steps", min=1, help="DDIM steps.")] = 50,
+    size: Annotated[int, typer.Option("--size", min=161, help="Side the parts are compared at.")] = 512,
+    device: Annotated[str, typer.Option("--device", help="torch device: auto, cpu, cuda ...")] = "auto",
+    workspace: WorkspaceOption = None,
+) -> None:
+    """The full lab benchmark: every lab prompt, FB-Mem labels against the planted truth."""
+    from dataclasses import replace
+
+    from fbmem_data.lab.demo import DemoConfig, run_demo
+    from fbmem_data.workspace import Workspace
+
+    ws = Workspace.open_or_init(workspace or Path("fbmem-lab-eval"))
+    cfg = replace(DemoConfig.full(), seeds=seeds, steps=steps, size=size)
+    _print_demo(run_demo(ws, cfg, device=device, log=typer.echo, progress=True))
+
+
+def demo_cmd(
+    quick: Annotated[bool, typer.Option("--quick", help="A one-minute smoke run (fewer prompts, seeds and steps).")] = False,
+    device: Annotated[str, typer.Option("--device", help="torch device: auto, cpu, cuda ...")] = "auto",
+    workspace: WorkspaceOption = None,
+) -> None:
+    """Run FB-Mem end to end on the shipped lab and print labels against the planted truth."""
+    from fbmem_data.lab.demo import DemoConfig, run_demo
+    from fbmem_data.workspace import Workspace
+
+    ws = Workspace.open_or_init(workspace or DEFAULT_DEMO_DIR)
+    cfg = DemoConfig.quick() if quick else DemoConfig.demo()
+    _print_demo(run_demo(ws, cfg, device=device, log=typer.echo, progress=not quick))
 
 
 def register(app: typer.Typer) -> None:
-    del app
+    lab = typer.Typer(help="The memorization lab: synthetic data with planted memorization, its model, its benchmark.",
+                      no_args_is_help=True)
+    lab.command("dataset")(lab_dataset_cmd)
+    lab.command("train")(lab_train_cmd)
+    lab.command("eval")(lab_eval_cmd)
+    app.add_typer(lab, name="lab")
+    app.command("demo")(demo_cmd)

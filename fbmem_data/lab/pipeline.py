@@ -245,3 +245,9 @@ def save_lab_weights(path: Path, unet: Any, vae: Any, info: LabWeightsInfo) -> N
     tmp = path / f".{CONFIG_FILE}.tmp"
     tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     os.replace(tmp, path / CONFIG_FILE)
+
+
+def shipped_dataset_seed() -> int:
+    """The data-set seed the shipped weights were trained on (0 when no weights ship)."""
+    path = default_weights_dir()
+    return read_weights_info(path).dataset_seed if (path / CONFIG_FILE).is_file() else 0
