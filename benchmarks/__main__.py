@@ -136,7 +136,8 @@ def _fmt(value: Any, unit: str = "") -> str:
 
 def markdown(report: dict[str, Any]) -> str:
     m, lines = report["machine"], []
-    lines.append(f"# fbmem benchmarks: {report['device']}{' (quick sizes)' if report['quick'] else ''}\n")
+    partial = "" if report.get("complete", True) else " (INCOMPLETE: the run stopped or is still running)"
+    lines.append(f"# fbmem benchmarks: {report['device']}{' (quick sizes)' if report['quick'] else ''}{partial}\n")
     lines.append(f"- date: {report['date']} (total {report['total_seconds']} s); commit {report['commit']}")
     lines.append(f"- machine: {m['cpu_model']}, {m['cpus']} CPUs, {m['memory_gib']} GiB, {m['platform']}; Python {m['python']}")
     if m.get("device_name"):
@@ -194,18 +195,19 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine_info(args.device), "versions": versions(), "loadavg_before": [round(x, 2) for x in os.getloadavg()],
         "stages": [],
     }
-    with tempfile.TemporaryDirectory(prefix="fbmem-bench-") as tmp:
-        for stage in chosen:
-            report["stages"].append(run_stage(stage, mode, args.device, Path(tmp), args.stage_timeout))
-    report["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
-    report["total_seconds"] = round(time.perf_counter() - started, 1)
-    report["figures"] = [f for s in report["stages"] for f in s.get("figures", [])]
-
     args.results_dir.mkdir(parents=True, exist_ok=True)
     stem = result_stem(args.device, args.tag, args.quick)
     json_path, md_path = args.results_dir / f"{stem}.json", args.results_dir / f"{stem}.md"
-    json_path.write_text(json.dumps(report, indent=2, default=str) + "\n")
-    md_path.write_text(markdown(report))
+    with tempfile.TemporaryDirectory(prefix="fbmem-bench-") as tmp:
+        for i, stage in enumerate(chosen):
+            report["stages"].append(run_stage(stage, mode, args.device, Path(tmp), args.stage_timeout))
+            # written after every stage, so an interrupted run keeps what it measured
+            report["complete"] = i == len(chosen) - 1
+            report["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
+            report["total_seconds"] = round(time.perf_counter() - started, 1)
+            report["figures"] = [f for s in report["stages"] for f in s.get("figures", [])]
+            json_path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+            md_path.write_text(markdown(report))
     print(markdown(report))
     print(f"wrote {json_path} and {md_path} in {report['total_seconds']} s")
     failed = [s["name"] for s in report["stages"] if not s["status"].startswith(("ok", "skipped"))]

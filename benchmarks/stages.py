@@ -168,7 +168,9 @@ def sql_summary(result: dict[str, Any], device: Device) -> list[Figure]:
 def nemo_args(mode: Mode, device: Device) -> list[str]:
     if mode == "quick":
         return ["--prompts", "1", "--models", "tiny-sd", "--threads", "1"]
-    return ["--prompts", "2", "--models", "tiny-sd", "--threads", "2"]  # the lab model: results/nemo.json (minutes per prompt here)
+    # one thread: two OpenMP threads on the oversubscribed 2-core machine ran several times slower; the
+    # lab model takes minutes per prompt here, its figures are bench_nemo's own (results/nemo.json)
+    return ["--prompts", "2", "--models", "tiny-sd", "--threads", "1"]
 
 
 def nemo_summary(result: dict[str, Any], device: Device) -> list[Figure]:
