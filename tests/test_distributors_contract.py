@@ -153,7 +153,7 @@ def reference(source_ws: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
     shutil.copytree(ws.root, masked)
     score_pairs(ws, "P", device="cpu", batch_size=2)
     embed_images(ws, "thumbnail", device="cpu", batch_size=4)
-    pair_with_summary(ws, "ann", "thumbnail", 2, device="cpu", exact=True)
+    pair_with_summary(ws, "ann", "thumbnail", 2, device="cpu", search="exact")
     return {
         "masks": masks,
         "region_scores": _rows(ws, "region_scores"),
@@ -180,7 +180,7 @@ def test_segment_rows_match_reference_and_rerun_skips(engine: Any, source_ws: Pa
 
 def test_embed_and_pair_rows_match_reference(engine: Any, source_ws: Path, reference: dict[str, Any], tmp_path: Path) -> None:
     ws = _copy(source_ws, tmp_path)
-    summary = pair_distributed(ws, "ann", "thumbnail", 2, engine=engine, device="cpu", batch_size=2, exact=True)
+    summary = pair_distributed(ws, "ann", "thumbnail", 2, engine=engine, device="cpu", batch_size=2, search="exact")
     assert summary.n_generated == 3 and summary.rows_written == 6
     assert _rows(ws, "embeddings") == reference["embeddings"]
     assert _rows(ws, "candidates", "method = 'ann'") == reference["candidates"]
