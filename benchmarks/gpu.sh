@@ -5,7 +5,7 @@
 # UNet at 512x512) through `python -m benchmarks --suite gpu`.
 #
 # Here, once:   bash benchmarks/fetch_gpu_wheels.sh                 (fills .whl/, about 20 MB)
-# Device tool:  run(command="bash benchmarks/gpu.sh", carry=[".whl"], timeout_s=540)
+# Device tool:  run(command="bash benchmarks/gpu.sh", carry=[".whl"], timeout_s=600)
 # CPU dry run:  FBMEM_BENCH_DEVICE=cpu FBMEM_BENCH_QUICK=1 bash benchmarks/gpu.sh   (same code, tiny sizes)
 #
 # Writes benchmarks-<device>-<gpu>[-quick].json/.md (device named inside and in the name), the log and
@@ -43,6 +43,7 @@ if [ "$DEVICE" = cuda ]; then
 fi
 "$PY" -c "import diffusers, usearch, torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'diffusers', diffusers.__version__, 'usearch', usearch.__version__)"
 
-set -o pipefail
-"$PY" -m benchmarks --suite gpu --device "$DEVICE" --tag "$TAG" ${QUICK:+--quick} --results-dir "$RESULTS" \
-  --stage-timeout 420 2>&1 | tee "$RESULTS/gpu-log.txt"
+# Inside the device tool's 600 s per command (start-up and wheels come first): 200 s at most per stage,
+# 540 s in all; results are written after every stage, so a stopped run still returns what it measured.
+timeout 540 "$PY" -m benchmarks --suite gpu --device "$DEVICE" --tag "$TAG" ${QUICK:+--quick} --results-dir "$RESULTS" \
+  --stage-timeout 200 2>&1 | tee "$RESULTS/gpu-log.txt"
