@@ -181,6 +181,7 @@ def train_autoencoder(dataset: LabDataset, model_cfg: LabModelConfig, cfg: Train
             _save_checkpoint(ckpt_dir, "ae.safetensors", tensors, {"phase": "ae", "ae_step": step + 1, "config": asdict(cfg)})
     bar.close()
     vae.eval().requires_grad_(False)
+    center_latents(vae, images)
     with torch.no_grad():
         latents = torch.cat([vae.encode(images[s : s + 64]).latent_dist.mode() for s in range(0, len(keys), 64)])
     scaling = float(1.0 / latents.std())
@@ -205,6 +206,24 @@ def autoencoder_msssim(vae: Any, dataset: LabDataset, size: int = 256) -> float:
             up = [F.interpolate((t + 1) / 2, size=size, mode="bilinear", align_corners=False) for t in (x, r)]
             scores.append(msssim(up[1], up[0], data_range=1.0, reduction="none"))
     return float(torch.cat(scores).mean())
+
+
+def center_latents(vae: Any, images: Any) -> None:
+    """Make the training latents zero-mean per channel without changing what the decoder draws.
+
+    Stable Diffusion's pipeline only scales latents (no shift). A per-channel mean left in the latents
+    survives in x_T of the noise schedule (alpha_T > 0) during training but not at sampling, and shows as
+    a colour cast in every generated image. So the mean m is folded into the autoencoder: quant_conv's
+    mean bias loses m, post_quant_conv's bias gains W m (a 1x1 convolution), the decoder output is unchanged.
+    """
+    import torch
+
+    with torch.no_grad():
+        mean = torch.cat([vae.encode(images[s : s + 64]).latent_dist.mode() for s in range(0, len(images), 64)]).mean((0, 2, 3))
+        channels = mean.numel()
+        vae.quant_conv.bias[:channels] -= mean
+        weight = vae.post_quant_conv.weight[:, :, 0, 0]
+        vae.post_quant_conv.bias += weight @ mean
 
 
 def _progress(enabled: bool, total: int, initial: int, desc: str) -> Any:
