@@ -53,6 +53,16 @@ def lab_train_cmd(
         typer.echo(f"lab segmenter written to {out}: held-out IoU {meta['heldout_iou_mean']:.3f}")
 
 
+ThreadsOption = Annotated[int | None, typer.Option("--threads", min=1, help="torch CPU threads (default: torch's choice; 1 is fastest on a busy machine).")]
+
+
+def _set_threads(threads: int | None) -> None:
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 def _print_demo(result: object) -> None:
     from fbmem_data.lab.demo import format_result
 
@@ -64,6 +74,7 @@ def lab_eval_cmd(
     steps: Annotated[int, typer.Option("--steps", min=1, help="DDIM steps.")] = 50,
     size: Annotated[int, typer.Option("--size", min=161, help="Side the parts are compared at.")] = 512,
     device: Annotated[str, typer.Option("--device", help="torch device: auto, cpu, cuda ...")] = "auto",
+    threads: ThreadsOption = None,
     workspace: WorkspaceOption = None,
 ) -> None:
     """The full lab benchmark: every lab prompt, FB-Mem labels against the planted truth."""
@@ -74,12 +85,14 @@ def lab_eval_cmd(
 
     ws = Workspace.open_or_init(workspace or Path("fbmem-lab-eval"))
     cfg = replace(DemoConfig.full(), seeds=seeds, steps=steps, size=size)
+    _set_threads(threads)
     _print_demo(run_demo(ws, cfg, device=device, log=typer.echo, progress=True))
 
 
 def demo_cmd(
     quick: Annotated[bool, typer.Option("--quick", help="A one-minute smoke run (fewer prompts, seeds and steps).")] = False,
     device: Annotated[str, typer.Option("--device", help="torch device: auto, cpu, cuda ...")] = "auto",
+    threads: ThreadsOption = None,
     workspace: WorkspaceOption = None,
 ) -> None:
     """Run FB-Mem end to end on the shipped lab and print labels against the planted truth."""
@@ -88,6 +101,7 @@ def demo_cmd(
 
     ws = Workspace.open_or_init(workspace or DEFAULT_DEMO_DIR)
     cfg = DemoConfig.quick() if quick else DemoConfig.demo()
+    _set_threads(threads)
     _print_demo(run_demo(ws, cfg, device=device, log=typer.echo, progress=not quick))
 
 

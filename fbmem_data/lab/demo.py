@@ -67,6 +67,9 @@ def _choose_prompts(ws: Workspace, cfg: DemoConfig) -> list[str]:
     chosen: list[str] = []
     limits = {"unique": cfg.unique_prompts, "control": cfg.control_prompts}
     planted = [r for r in truth.iter_rows(named=True) if r["planted_group"] not in limits]
+    # round robin over the groups, so a limited run still covers VM, FM and BM
+    by_group = [[r for r in planted if r["planted_group"] == g] for g in ("VM", "FM", "BM", "template")]
+    planted = [g[i] for i in range(max(map(len, by_group), default=0)) for g in by_group if i < len(g)]
     chosen += [r["prompt_id"] for r in planted[: cfg.planted_prompts]]
     for group, limit in limits.items():
         rows = [r["prompt_id"] for r in truth.iter_rows(named=True) if r["planted_group"] == group]
