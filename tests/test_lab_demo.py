@@ -35,6 +35,9 @@ def test_demo_path_with_random_weights(workspace, tmp_path: Path) -> None:
     result = run_demo(workspace, cfg, model=model, segmenter_options={"weights": str(seg_path)}, log=None)
     # 4 prompts x 1 seed, each generation labelled and joined to its planted group
     assert result.counts["generations"] == 4
+    assert result.report is not None and result.report.exists()
+    assert str(result.report) in format_result(result)
+    assert "evidence" in result.report.read_text(encoding="utf-8").lower()
     rows = result.confusion.to_pylist()
     assert sum(r["n"] for r in rows) == 4
     assert {r["planted_group"] for r in rows} <= {"VM", "FM", "BM", "template", "unique", "control"}

@@ -60,6 +60,7 @@ class DemoResult:
     scoring_ids: dict[str, str]
     counts: dict[str, int]
     seconds: dict[str, float] = field(default_factory=dict)
+    report: Path | None = None  # the HTML evidence report (fbmem report) of the main scoring
 
 
 def _choose_prompts(ws: Workspace, cfg: DemoConfig) -> list[str]:
@@ -146,9 +147,14 @@ def run_demo(
         "SELECT n_distinct_best, prompts, generations, vm, bm, fm, nm FROM one_to_many_histogram "
         "WHERE mitigation = 'none' ORDER BY n_distinct_best", params,
     )
+    done = step("report")
+    from fbmem_data.report import build_report
+
+    report = build_report(ws, ws.root / "report.html", scoring_id=scored["scoring_id"])
+    done()
     counts = {**written, "prompts_generated": len(prompt_ids), "generations": ws.count("generations"),
               "region_scores": ws.count("region_scores")}
-    return DemoResult(ws.root, asdict(cfg), confusion, one_to_many, scoring_ids, counts, seconds)
+    return DemoResult(ws.root, asdict(cfg), confusion, one_to_many, scoring_ids, counts, seconds, report)
 
 
 def format_result(result: DemoResult) -> str:
@@ -171,6 +177,7 @@ def format_result(result: DemoResult) -> str:
     lines += ["", f"workspace: {result.workspace}",
               f"  tables: {result.workspace / 'tables'} (Parquet; query with `fbmem sql -w {result.workspace} ...`)",
               f"  images: {result.workspace / 'images'}",
+              f"  report: {result.report} (open in a browser: evidence cards, rates, one-to-many)",
               "  try: fbmem sql \"SELECT * FROM lab_confusion\" -w " + str(result.workspace),
               f"timings (s): {result.seconds}"]
     return "\n".join(lines)
