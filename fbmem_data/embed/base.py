@@ -99,13 +99,14 @@ def as_rgb(images: Sequence[Any]) -> list[Image.Image]:
     """
     from PIL import Image
 
+    from fbmem_data.ingest.decode import to_rgb
+
     out = []
     for i, img in enumerate(images):
         if not isinstance(img, Image.Image):
             raise InputError(f"embedder input #{i} is a {type(img).__name__}, not a PIL image")
         if img.mode != "RGB":
-            # P/LA images may carry transparency; going through RGBA keeps PIL from warning about it.
-            img = img.convert("RGBA").convert("RGB") if img.mode in ("P", "PA", "LA") else img.convert("RGB")
+            img = to_rgb(img)  # keeps 16-bit tonal range; palette transparency through RGBA
         out.append(img)
     return out
 

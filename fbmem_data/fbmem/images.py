@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 
 
 def load_rgb(ws: Workspace, image_id: str, store_path: str | None = None) -> np.ndarray:
-    """A stored image as uint8 HxWx3 RGB (alpha, palette and 16-bit modes converted by PIL).
+    """A stored image as uint8 HxWx3 RGB (16-bit scaled, not clipped; palette/alpha through RGBA).
 
     Raises:
         WorkspaceError: the image is not in the store.
@@ -21,12 +21,14 @@ def load_rgb(ws: Workspace, image_id: str, store_path: str | None = None) -> np.
     """
     from PIL import Image, UnidentifiedImageError
 
+    from fbmem_data.ingest.decode import to_rgb
+
     path = ws.root / store_path if store_path else ws.image_path(image_id)
     if not path.exists():
         path = ws.image_path(image_id)
     try:
         with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
+            return np.asarray(to_rgb(im))
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise InputError(f"image {image_id} ({path.name}) does not decode: {exc}") from exc
 
