@@ -18,6 +18,7 @@ _COMMAND_MODULES = (
     "fbmem_data.cli.lab_cmds",
     "fbmem_data.cli.generate_cmds",
     "fbmem_data.cli.nemo_cmds",
+    "fbmem_data.cli.utility_cmds",
     "fbmem_data.cli.report_cmds",
     "fbmem_data.cli.fetch_cmds",
     "fbmem_data.cli.doctor_cmds",
