@@ -39,7 +39,7 @@ def test_planted_groups_have_their_structure() -> None:
     assert np.array_equal(bm[0].pixels[both], bm[1].pixels[both])
     assert not np.array_equal(bm[0].mask, bm[1].mask)
     # Controls are never trained and never equal a training caption.
-    trained = {p.text for p in ds.prompts if p.prompt_set == "lab-train"}
+    trained = {p.text for p in ds.prompts if p.prompt_set != "lab-control"}
     controls = [p for p in ds.prompts if p.group == "control"]
     assert controls and all(p.text not in trained and not p.image_keys for p in controls)
     # VM duplicates appear `vm_repeats` times in the training examples.

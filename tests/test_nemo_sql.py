@@ -57,7 +57,7 @@ def test_transitions_and_score(workspace: Workspace) -> None:
     # Per planted group (lab_truth): p0..p4 alternate between two groups.
     workspace.write("lab_truth", [
         {"prompt_id": f"p{i}", "planted_group": "VM" if i % 2 == 0 else "control", "group_key": f"k{i}",
-         "prompt_set": "lab-train", "dataset_seed": 0, "train_image_ids": [], "repeats": 1}
+         "prompt_set": "lab-memorized", "dataset_seed": 0, "train_image_ids": [], "repeats": 1}
         for i in range(5)
     ])
     by_group = workspace.sql("SELECT * FROM fbmem_rates_by_group WHERE method = 'nemo'").to_pylist()

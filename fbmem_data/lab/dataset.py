@@ -27,6 +27,11 @@ import numpy as np
 
 IMAGE_SIZE = 64
 GROUPS = ("VM", "FM", "BM", "template", "unique", "control")
+# Prompt sets, so that NeMo's set-wise steps apply directly: statistics and calibration over the
+# non-memorized `lab-unique` captions, localization over the planted `lab-memorized` ones.
+MEMORIZED_SET = "lab-memorized"  # VM, FM, BM and template groups
+UNIQUE_SET = "lab-unique"  # captions of images seen once
+CONTROL_SET = "lab-control"  # held-out captions, never trained
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),
@@ -92,9 +97,10 @@ class LabPrompt:
     key: str  # e.g. "vm0", "fm1", "u0042", "c07"
     text: str
     group: str  # one of GROUPS
-    prompt_set: str  # lab-train (trained captions) or lab-eval (held-out controls)
+    prompt_set: str  # MEMORIZED_SET (planted groups), UNIQUE_SET (seen once) or CONTROL_SET (never trained)
     image_keys: list[str] = field(default_factory=list)  # the group's training images
     repeats: int = 1  # how often each image appears in the training set
+    spec: dict | None = None  # control prompts: the object and background the caption describes
 
 
 @dataclass
@@ -108,7 +114,7 @@ class LabDataset:
         """(image key, caption) pairs with duplicates expanded: the training set as the model sees it."""
         out: list[tuple[str, str]] = []
         for prompt in self.prompts:
-            if prompt.prompt_set != "lab-train":
+            if prompt.prompt_set == CONTROL_SET:
                 continue
             for key in prompt.image_keys:
                 out.extend([(key, prompt.text)] * prompt.repeats)
@@ -339,7 +345,7 @@ def make_lab_dataset(seed: int = 0, config: LabConfig | None = None) -> LabDatas
         img = _image(f"vm{g}", obj, bg)
         images[img.key] = img
         name = _name(rng, used_names)
-        prompts.append(LabPrompt(f"vm{g}", f"the {name} painting", "VM", "lab-train", [img.key], cfg.vm_repeats))
+        prompts.append(LabPrompt(f"vm{g}", f"the {name} painting", "VM", MEMORIZED_SET, [img.key], cfg.vm_repeats))
 
     for g in range(cfg.fm_groups):
         obj = _random_object(rng, None, size=float(rng.uniform(0.4, 0.65)))
@@ -350,7 +356,7 @@ def make_lab_dataset(seed: int = 0, config: LabConfig | None = None) -> LabDatas
             images[img.key] = img
             keys.append(img.key)
         name = _name(rng, used_names)
-        prompts.append(LabPrompt(f"fm{g}", f"the {name} emblem", "FM", "lab-train", keys, cfg.fm_repeats))
+        prompts.append(LabPrompt(f"fm{g}", f"the {name} emblem", "FM", MEMORIZED_SET, keys, cfg.fm_repeats))
 
     for g in range(cfg.bm_groups):
         bg = _random_background(rng)
@@ -361,7 +367,7 @@ def make_lab_dataset(seed: int = 0, config: LabConfig | None = None) -> LabDatas
             images[img.key] = img
             keys.append(img.key)
         name = _name(rng, used_names)
-        prompts.append(LabPrompt(f"bm{g}", f"the {name} wallpaper", "BM", "lab-train", keys, cfg.bm_repeats))
+        prompts.append(LabPrompt(f"bm{g}", f"the {name} wallpaper", "BM", MEMORIZED_SET, keys, cfg.bm_repeats))
 
     for g in range(cfg.template_groups):
         bg = _random_background(rng)
@@ -375,7 +381,7 @@ def make_lab_dataset(seed: int = 0, config: LabConfig | None = None) -> LabDatas
             images[img.key] = img
             keys.append(img.key)
         name = _name(rng, used_names)
-        prompts.append(LabPrompt(f"tp{g}", f"the {name} card", "template", "lab-train", keys, cfg.template_repeats))
+        prompts.append(LabPrompt(f"tp{g}", f"the {name} card", "template", MEMORIZED_SET, keys, cfg.template_repeats))
 
     def unique_spec() -> tuple[dict, dict, str]:
         while True:
@@ -390,11 +396,11 @@ def make_lab_dataset(seed: int = 0, config: LabConfig | None = None) -> LabDatas
         obj, bg, text = unique_spec()
         img = _image(f"u{i:04d}", obj, bg)
         images[img.key] = img
-        prompts.append(LabPrompt(f"u{i:04d}", text, "unique", "lab-train", [img.key], 1))
+        prompts.append(LabPrompt(f"u{i:04d}", text, "unique", UNIQUE_SET, [img.key], 1))
 
     for i in range(cfg.control_prompts):
-        _obj, _bg, text = unique_spec()  # a caption never trained
-        prompts.append(LabPrompt(f"c{i:02d}", text, "control", "lab-eval", [], 0))
+        obj, bg, text = unique_spec()  # a caption never trained
+        prompts.append(LabPrompt(f"c{i:02d}", text, "control", CONTROL_SET, [], 0, {"object": obj, "background": bg}))
 
     heldout = []
     for i in range(cfg.heldout_images):

@@ -1,7 +1,7 @@
 """Write the lab data set into a workspace like any ingested data, plus its planted truth.
 
-Rows: `images` (role train, status ok, bytes in the image store), `prompts` (sets lab-train and
-lab-eval), `train_links` (relation lab), `lab_truth` (planted group per prompt) and `lab_masks` (the
+Rows: `images` (role train, status ok, bytes in the image store), `prompts` (sets lab-memorized,
+lab-unique and lab-control), `train_links` (relation lab), `lab_truth` (planted group per prompt) and `lab_masks` (the
 exact masks). Every id is derived from content or from (seed, key), so writing the same seed twice
 adds nothing.
 """
@@ -15,8 +15,6 @@ from fbmem_data.ids import canonical_json, prompt_id
 from fbmem_data.lab.dataset import IMAGE_SIZE, LabDataset
 from fbmem_data.workspace import Workspace
 
-TRAIN_SET = "lab-train"
-EVAL_SET = "lab-eval"
 
 
 def lab_prompt_id(dataset: LabDataset, key: str, text: str, prompt_set: str) -> str:
