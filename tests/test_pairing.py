@@ -17,8 +17,22 @@ from fbmem_data.embed.store import embedder_params_hash
 from fbmem_data.errors import InputError
 from fbmem_data.ids import params_hash
 from fbmem_data.pairing import pair, pair_with_summary
-from fbmem_data.pairing.search import HnswParams, brute_force_top_k, build_hnsw, hnsw_top_k
-from fbmem_data.pairing.synthetic import near_duplicate_set, textured_image
+from fbmem_data.pairing.search import (
+    HnswParams,
+    brute_force_top_k,
+    build_hnsw,
+    fit_projection,
+    hnsw_top_k,
+    load_or_build_hnsw,
+    save_hnsw,
+)
+from fbmem_data.pairing.synthetic import (
+    near_duplicate_set,
+    random_texture,
+    render_texture,
+    textured_image,
+    theme_member,
+)
 from fbmem_data.workspace import Workspace
 
 
@@ -87,6 +101,66 @@ def test_hnsw_finds_the_exact_neighbours_and_pads_short_lists() -> None:
     np.testing.assert_allclose(sims[:, 0], 1.0, atol=1e-5)
     idx, _ = hnsw_top_k(build_hnsw(train[:2], HnswParams()), train[:4], 3)
     assert (idx[:, 2] == -1).all() and set(idx[:, :2].ravel()) == {0, 1}
+
+
+def _clustered(rng: np.random.Generator, n: int, dim: int, clusters: int, latent: int = 10) -> np.ndarray:
+    """Unit vectors near a `latent`-dimensional subspace of R^dim, in clusters (as real embeddings are)."""
+    basis = np.random.default_rng(0).normal(size=(latent, dim))
+    centres = rng.normal(size=(clusters, latent))
+    z = centres[rng.integers(clusters, size=n)] + 0.5 * rng.normal(size=(n, latent))
+    x = z @ basis + 0.05 * rng.normal(size=(n, dim))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_hnsw_on_pca_vectors_reranks_exactly_and_reloads_from_disk(tmp_path) -> None:
+    rng = np.random.default_rng(3)
+    train = _clustered(rng, 3000, 96, 40)
+    queries = np.concatenate([train[:100] + 0.01 * rng.normal(size=(100, 96)), _clustered(rng, 100, 96, 40)]).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    params = HnswParams(reduce_dims=16, shortlist=40)
+    index = build_hnsw(train, params, threads=1)
+    assert index.components.shape == (96, 16) and index.index.ndim == 16
+    idx, sims = hnsw_top_k(index, queries, 5, threads=1)
+    exact_idx, _ = brute_force_top_k(queries, train, 5)
+    # the shortlist is re-ranked on the full vectors: similarities are the exact dot products, best first
+    np.testing.assert_allclose(sims, np.take_along_axis(queries @ train.T, idx, axis=1), atol=1e-5)
+    assert (np.diff(sims, axis=1) <= 1e-6).all()
+    assert (idx[:100, 0] == np.arange(100)).all()
+    assert np.mean(idx[:, 0] == exact_idx[:, 0]) >= 0.98
+
+    path = tmp_path / "indexes" / "train.usearch"
+    save_hnsw(index, path)
+    assert path.is_file() and path.with_suffix(".npz").is_file()
+    again = load_or_build_hnsw(train, params, path)
+    np.testing.assert_array_equal(again.components, index.components)
+    np.testing.assert_array_equal(hnsw_top_k(again, queries, 5, threads=1)[0], idx)
+    stamp = path.stat().st_mtime_ns
+    rebuilt = load_or_build_hnsw(train[:-1], params, path)  # another training set: rebuilt and saved over
+    assert len(rebuilt) == len(train) - 1 and path.stat().st_mtime_ns != stamp
+    path.with_suffix(".npz").unlink()  # a graph without its projection is not reused
+    assert len(load_or_build_hnsw(train, params, path)) == len(train)
+
+
+def test_projection_is_skipped_when_it_cannot_reduce() -> None:
+    x = _clustered(np.random.default_rng(4), 50, 8, 3)
+    assert fit_projection(x, 8) is None and fit_projection(x, 0) is None and fit_projection(x[:1], 4) is None
+    mean, components = fit_projection(x, 4)
+    np.testing.assert_allclose(mean, x.mean(axis=0), atol=1e-6)
+    np.testing.assert_allclose(components.T @ components, np.eye(4), atol=1e-5)
+    full = build_hnsw(x, HnswParams(reduce_dims=0, dtype="f32"), threads=1)
+    assert full.components is None and full.index.ndim == 8
+
+
+def test_theme_members_are_close_but_not_copies() -> None:
+    from fbmem_data.embed.thumbnail import ThumbnailEmbedder
+
+    rng = np.random.default_rng(8)
+    theme = random_texture(rng, 32)
+    imgs = [render_texture(theme_member(theme, rng), 32) for _ in range(3)] + [textured_image(rng, 32)]
+    v = ThumbnailEmbedder().embed([Image.fromarray(a) for a in imgs])
+    sims = v @ v.T
+    assert 0.3 < sims[0, 1] < 0.95 and 0.3 < sims[1, 2] < 0.95 and sims[0, 3] < sims[0, 1]
+    assert not any((imgs[0] == imgs[i]).all() for i in (1, 2))
 
 
 # -- embeddings table ---------------------------------------------------------------------------

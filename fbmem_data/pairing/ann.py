@@ -1,11 +1,13 @@
 """`ann` pairing: the k training images nearest to each generated image by embedding.
 
-Both roles are embedded first (resumable, into `embeddings`), the training vectors are indexed
-with usearch HNSW (cosine, float32) and each generated image keeps its top k with rank and
+Both roles are embedded first (resumable, into `embeddings`), the training vectors are searched
+exactly or through a usearch HNSW graph over their PCA-reduced int8 projections whose shortlist is
+re-ranked by exact cosine (search.py), and each generated image keeps its top k with rank and
 cosine similarity. The pairing_id hashes the embedder and its params, k, the search settings and
 a fingerprint of the training set, so a re-run over the same images adds nothing, and a run after
 training images were added writes a new, consistent pairing instead of mixing two neighbour sets.
-The HNSW index is cached under WORKSPACE/indexes/ keyed the same way (without k).
+The HNSW index (graph .usearch + projection .npz) is cached under WORKSPACE/indexes/ keyed the
+same way (without k): built once per training set and embedder, reloaded by later runs.
 """
 
 from __future__ import annotations
@@ -87,7 +89,7 @@ def write_ann(
     """Embed what is missing, then write the top-k candidates of every generated image not yet paired.
 
     search: "exact", "hnsw", or "auto" (exact on a GPU or up to AUTO_EXACT_MAX_TRAIN training vectors).
-    search_device: where exact search runs (a CUDA device makes it fast at any size); HNSW is CPU.
+    search_device: where exact search and the HNSW shortlist's re-rank run (the graph search is CPU).
     """
     from tqdm import tqdm
 
@@ -126,7 +128,7 @@ def write_ann(
                 if index is None:
                     idx, sims = brute_force_top_k(queries, train_vecs, k, device=search_device)
                 else:
-                    idx, sims = hnsw_top_k(index, queries, k)
+                    idx, sims = hnsw_top_k(index, queries, k, device=search_device)
                 chunk_ids = [gen_list[i] for i in rows_idx]
                 table = _rows(pid, embedder.name, chunk_ids, train_arr, idx, sims, run_id)
                 written += ws.write("candidates", table, on_conflict="append")

@@ -19,9 +19,14 @@ if TYPE_CHECKING:
 
 
 SEARCHES = ("auto", "exact", "hnsw")
-# Below this many training vectors `auto` searches exactly: benchmarks/bench_pairing.py measured batched
-# exact search (matrix product + top-k) as fast as HNSW at 99% agreement up to 100,000 vectors on a CPU,
-# with no index to build (the build took longer than a thousand exact queries).
+# Below this many training vectors `auto` searches exactly. benchmarks/bench_pairing.py (one CPU thread):
+# exact search costs ~20 ns per (query, training vector) at 768 dimensions, the HNSW index ~0.4 ms per
+# training vector to build (once per training set, then reloaded from WORKSPACE/indexes/) and its
+# queries are ~10x cheaper than exact ones at 100,000 vectors. The build therefore pays for itself after
+# ~20,000 queries whatever the training-set size; `auto` cannot know how many generated images will be
+# paired against a training set over all runs (and must not switch search between runs: the search is
+# part of the pairing_id), so it stays exact up to here and `--search hnsw` is the choice for more
+# queries than that.
 AUTO_EXACT_MAX_TRAIN = 250_000
 _MAX_SCORE_BLOCK = 64 * 1024 * 1024  # floats in one (queries x training) score block of exact search
 
@@ -43,16 +48,56 @@ def resolve_search(search: str, n_train: int, device: str = "cpu") -> str:
 
 @dataclass(frozen=True)
 class HnswParams:
-    """usearch HNSW settings. Defaults from benchmarks/bench_pairing.py (docs/pairing.md): best-match
-    agreement with exact search 99.8% at 10,000 and 98.8% at 100,000 thumbnail vectors; the true
-    source of a perturbed copy in the top 20 for 100% and 99.8%."""
+    """usearch HNSW settings, and the reduced representation the graph is built on.
 
-    connectivity: int = 16
-    expansion_add: int = 128
-    expansion_search: int = 128
+    The graph indexes `reduce_dims`-dimensional PCA projections of the training vectors, stored as
+    `dtype` (usearch scalar kind), and each query fetches a `shortlist` of candidates that are then
+    re-ranked by exact cosine similarity on the full vectors: the graph only has to put the true
+    neighbours in the shortlist, the order and similarities written are exact. Why: at 768 dimensions
+    and float32 every graph hop reads 3 KB at random and a query evaluates ~1,000-3,000 distances, so
+    a full-vector HNSW was slower than batched exact search up to 100,000 vectors; 32 int8
+    dimensions are 32 bytes a hop (benchmarks/bench_pairing.py, docs/pairing.md).
+    reduce_dims 0 (or >= the vector dimension) indexes the full vectors.
+    """
+
+    connectivity: int = 24
+    expansion_add: int = 200
+    expansion_search: int = 64
+    reduce_dims: int = 32
+    dtype: str = "i8"
+    shortlist: int = 48
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+PCA_SAMPLE = 20_000  # training vectors the projection is fitted on (a seeded sample beyond that)
+
+
+@dataclass
+class HnswIndex:
+    """A usearch graph over reduced training vectors, with what re-ranking needs.
+
+    train: the full training vectors (row i = key i), read for the exact re-rank.
+    mean, components: the PCA projection x -> normalise((x - mean) @ components); None = identity.
+    """
+
+    index: Index
+    train: np.ndarray
+    params: HnswParams
+    mean: np.ndarray | None = None
+    components: np.ndarray | None = None
+
+    def reduce(self, vectors: np.ndarray) -> np.ndarray:
+        x = np.asarray(vectors, dtype=np.float32)
+        if self.components is None:
+            return np.ascontiguousarray(x)
+        y = (x - self.mean) @ self.components
+        norms = np.linalg.norm(y, axis=1, keepdims=True)
+        return np.ascontiguousarray(y / np.where(norms > 0, norms, 1.0), dtype=np.float32)
+
+    def __len__(self) -> int:
+        return len(self.index)
 
 
 def brute_force_top_k(
@@ -84,59 +129,149 @@ def brute_force_top_k(
     return indices, sims
 
 
-def build_hnsw(train: np.ndarray, params: HnswParams, *, threads: int = 0) -> Index:
-    """A cosine, float32 HNSW index over the rows of `train`, keyed by row number."""
+def fit_projection(train: np.ndarray, dims: int, *, sample: int = PCA_SAMPLE, seed: int = 0) -> tuple[np.ndarray, np.ndarray] | None:
+    """PCA of the training vectors: (mean (d,), components (d, dims)), or None when no reduction
+    applies (dims 0, dims >= d, or fewer than 2 vectors). Fitted on a seeded sample of `sample`
+    rows (the covariance of 20,000 rows is as good as all of them and costs ~1 s); each component's
+    sign is fixed so the projection is reproducible."""
+    n, d = train.shape
+    if dims <= 0 or dims >= d or n < 2:
+        return None
+    rows = train if n <= sample else train[np.sort(np.random.default_rng(seed).choice(n, sample, replace=False))]
+    rows = np.asarray(rows, dtype=np.float64)
+    mean = rows.mean(axis=0)
+    centred = rows - mean
+    values, vectors = np.linalg.eigh(centred.T @ centred)
+    top = vectors[:, np.argsort(values)[::-1][:dims]]
+    top *= np.where(top[np.abs(top).argmax(axis=0), np.arange(dims)] < 0, -1.0, 1.0)
+    return mean.astype(np.float32), np.ascontiguousarray(top, dtype=np.float32)
+
+
+def _usearch_index(ndim: int, params: HnswParams) -> Index:
     from usearch.index import Index
 
-    index = Index(
-        ndim=train.shape[1],
+    return Index(
+        ndim=ndim,
         metric="cos",
-        dtype="f32",
+        dtype=params.dtype,
         connectivity=params.connectivity,
         expansion_add=params.expansion_add,
         expansion_search=params.expansion_search,
     )
+
+
+def build_hnsw(train: np.ndarray, params: HnswParams, *, threads: int = 0) -> HnswIndex:
+    """An HNSW index over the (PCA-reduced, `params.dtype`) rows of `train`, keyed by row number.
+    threads 0: all cores."""
+    train = np.asarray(train, dtype=np.float32)
+    projection = fit_projection(train, params.reduce_dims)
+    mean, components = projection if projection is not None else (None, None)
+    hnsw = HnswIndex(_usearch_index(components.shape[1] if components is not None else train.shape[1], params),
+                     train, params, mean, components)
     if len(train):
-        index.add(np.arange(len(train), dtype=np.uint64), np.ascontiguousarray(train, dtype=np.float32), threads=threads)
-    return index
+        hnsw.index.add(np.arange(len(train), dtype=np.uint64), hnsw.reduce(train), threads=threads)
+    return hnsw
 
 
-def load_or_build_hnsw(train: np.ndarray, params: HnswParams, cache_path: Path | None, *, threads: int = 0) -> Index:
-    """Reuse a saved index when its size matches; otherwise build one and save it atomically."""
-    from usearch.index import Index
-
+def load_or_build_hnsw(train: np.ndarray, params: HnswParams, cache_path: Path | None, *, threads: int = 0) -> HnswIndex:
+    """Reuse a saved index (graph CACHE.usearch + projection CACHE.npz) when it matches the training
+    vectors' count and dimension; otherwise build one and save both atomically (projection first, the
+    graph last: a graph file present means a complete pair)."""
+    train = np.asarray(train, dtype=np.float32)
     if cache_path is not None and cache_path.is_file():
-        index = Index(ndim=train.shape[1], metric="cos", dtype="f32", connectivity=params.connectivity,
-                      expansion_add=params.expansion_add, expansion_search=params.expansion_search)
-        try:
-            index.load(str(cache_path))
-        except (RuntimeError, ValueError):
-            index = None
-        if index is not None and len(index) == len(train) and index.ndim == train.shape[1]:
-            index.expansion_search = params.expansion_search
-            return index
-    index = build_hnsw(train, params, threads=threads)
+        loaded = _load_hnsw(train, params, cache_path)
+        if loaded is not None:
+            return loaded
+    hnsw = build_hnsw(train, params, threads=threads)
     if cache_path is not None:
-        cache_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_path.with_name(f".tmp-{os.getpid()}-{cache_path.name}")
-        index.save(str(tmp))
-        os.replace(tmp, cache_path)
-    return index
+        save_hnsw(hnsw, cache_path)
+    return hnsw
 
 
-def hnsw_top_k(index: Index, queries: np.ndarray, k: int, *, threads: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Approximate top-k from an index built by build_hnsw."""
+def save_hnsw(hnsw: HnswIndex, cache_path: Path) -> None:
+    """Write the graph (cache_path) and the projection (cache_path with suffix .npz) atomically."""
+    cache_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache_path.with_name(f".tmp-{os.getpid()}-{cache_path.name}")
+    empty = np.zeros(0, dtype=np.float32)
+    with open(tmp.with_suffix(".npz"), "wb") as fh:
+        np.savez(fh, mean=hnsw.mean if hnsw.mean is not None else empty,
+                 components=hnsw.components if hnsw.components is not None else empty)
+    os.replace(tmp.with_suffix(".npz"), cache_path.with_suffix(".npz"))
+    hnsw.index.save(str(tmp))
+    os.replace(tmp, cache_path)
+
+
+def _load_hnsw(train: np.ndarray, params: HnswParams, cache_path: Path) -> HnswIndex | None:
+    projection_path = cache_path.with_suffix(".npz")
+    try:
+        with np.load(projection_path) as saved:
+            mean, components = saved["mean"], saved["components"]
+    except (OSError, KeyError, ValueError):
+        return None
+    if components.size:
+        if components.ndim != 2 or components.shape[0] != train.shape[1]:
+            return None
+        ndim = components.shape[1]
+    else:
+        mean, components, ndim = None, None, train.shape[1]
+    index = _usearch_index(ndim, params)
+    try:
+        index.load(str(cache_path))
+    except (RuntimeError, ValueError):
+        return None
+    if len(index) != len(train) or index.ndim != ndim:
+        return None
+    index.expansion_search = params.expansion_search
+    return HnswIndex(index, train, params, mean, components)
+
+
+def hnsw_top_k(
+    index: HnswIndex, queries: np.ndarray, k: int, *, threads: int = 0, device: str = "cpu", chunk: int = 32
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k from an index built by build_hnsw: the graph fetches max(k, shortlist) candidates per
+    query from the reduced vectors, which are re-ranked by exact cosine on the full vectors
+    (`device`: where the re-rank runs). Similarities are exact; indices -1 where fewer than k exist."""
     n = len(queries)
     indices = np.full((n, k), -1, dtype=np.int64)
     sims = np.full((n, k), np.nan, dtype=np.float32)
-    k_eff = min(k, len(index))
-    if n == 0 or k_eff == 0:
+    fetch = min(max(k, index.params.shortlist), len(index))
+    if n == 0 or fetch == 0:
         return indices, sims
-    matches = index.search(np.ascontiguousarray(queries, dtype=np.float32), k_eff, threads=threads)
+    queries = np.require(queries, np.float32, ["C"])
+    matches = index.index.search(index.reduce(queries), fetch, threads=threads)
     keys = np.asarray(matches.keys, dtype=np.int64).reshape(n, -1)
-    dist = np.asarray(matches.distances, dtype=np.float32).reshape(n, -1)
     counts = np.asarray(matches.counts).reshape(n)
     found = np.arange(keys.shape[1])[None, :] < counts[:, None]
-    indices[:, : keys.shape[1]] = np.where(found, keys, -1)
-    sims[:, : keys.shape[1]] = np.where(found, 1.0 - dist, np.nan)
+    keys = np.where(found, keys, 0)
+    scores = _shortlist_scores(index.train, queries, keys, device, chunk)
+    scores[~found] = -np.inf
+    k_eff = min(k, keys.shape[1])
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k_eff]
+    values = np.take_along_axis(scores, order, axis=1)
+    valid = np.isfinite(values)
+    indices[:, :k_eff] = np.where(valid, np.take_along_axis(keys, order, axis=1), -1)
+    sims[:, :k_eff] = np.where(valid, values, np.nan)
     return indices, sims
+
+
+def _shortlist_scores(train: np.ndarray, queries: np.ndarray, keys: np.ndarray, device: str, chunk: int) -> np.ndarray:
+    """Exact dot products of each query with its shortlisted training rows, (n, fetch) float32.
+    A chunk of queries at a time (256 x 64 rows x 768 floats is 50 MB of gathered rows)."""
+    n = len(queries)
+    scores = np.empty(keys.shape, dtype=np.float32)
+    if device == "cpu":
+        for start in range(0, n, chunk):
+            stop = min(n, start + chunk)
+            rows = np.take(train, keys[start:stop], axis=0)
+            scores[start:stop] = np.matmul(rows, queries[start:stop, :, None])[:, :, 0]
+        return scores
+    import torch
+
+    with torch.inference_mode():
+        train_t = torch.from_numpy(np.require(train, np.float32, ["C", "W"])).to(device)
+        for start in range(0, n, chunk):
+            stop = min(n, start + chunk)
+            key_t = torch.from_numpy(keys[start:stop]).to(device)
+            q_t = torch.from_numpy(np.require(queries[start:stop], np.float32, ["C", "W"])).to(device)
+            scores[start:stop] = torch.bmm(train_t[key_t], q_t[:, :, None])[:, :, 0].cpu().numpy()
+    return scores
