@@ -13,12 +13,14 @@ SELECT * FROM (VALUES
     ('NM', 'VM', -2.0), ('NM', 'BM', -0.5), ('NM', 'FM', -1.5), ('NM', 'NM', 0.0)
 ) AS w(label_before, label_after, weight);
 
--- One labelled row per generation (the generation's best match label).
+-- One labelled row per generation (the generation's best match label). fbmem_labels already has one
+-- row per generation; joining on the image instead would repeat a row whenever two methods draw the
+-- same image (a NeMo prompt without neurons, a Wen prompt already under its target).
 CREATE OR REPLACE VIEW mitigation_generation_labels AS
 SELECT g.generation_id, g.prompt_id, g.model_id, g.seed, g.steps, g.guidance, g.height, g.width,
        g.mitigation, g.mitigation_params, l.label
 FROM generations g
-JOIN fbmem_labels l ON l.generated_image_id = g.image_id;
+JOIN fbmem_labels l ON l.generation_id = g.generation_id;
 
 -- Before (mitigation 'none') -> after (each other mitigation and parameter set), same prompt, model,
 -- seed and sampling settings.

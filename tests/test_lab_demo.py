@@ -24,6 +24,19 @@ def _one_thread() -> None:
     torch.set_num_threads(1)
 
 
+def _neurons_csv(path: Path) -> Path:
+    """NeMo-format neuron lists for every planted caption, valid for the TINY UNet's widths."""
+    from fbmem_data.lab.dataset import make_lab_dataset
+
+    lines = ["Caption;URL;Initial Neurons;Initial SSIM;Refined Neurons;Refined SSIM"]
+    planted = [p for p in make_lab_dataset(0).prompts if p.group in ("VM", "FM", "BM", "template")]
+    for i, prompt in enumerate(planted):
+        refined = [[i % 16], [], [(3 * i) % 32], [], [], [], []]
+        lines.append(f"{prompt.text};;{refined};0.5;{refined};0.3")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
 def test_demo_path_with_random_weights(workspace, tmp_path: Path) -> None:
     from fbmem_data.generate.loading import wrap_pipeline
     from fbmem_data.lab.segmenter import train_segmenter
@@ -32,9 +45,20 @@ def test_demo_path_with_random_weights(workspace, tmp_path: Path) -> None:
     train_segmenter(seg_path, seed=0, n_random=8, steps=1, batch=4, widths=(8, 8, 8, 8), log=None)
     model = wrap_pipeline(build_lab_pipeline(TINY), "lab-tiny-random")
     cfg = replace(DemoConfig.quick(), planted_prompts=2, unique_prompts=1, control_prompts=1, steps=2)
-    result = run_demo(workspace, cfg, model=model, segmenter_options={"weights": str(seg_path)}, log=None)
-    # 4 prompts x 1 seed, each generation labelled and joined to its planted group
-    assert result.counts["generations"] == 4
+    neurons = _neurons_csv(tmp_path / "nemo_neurons.csv")
+    result = run_demo(workspace, cfg, model=model, segmenter_options={"weights": str(seg_path)},
+                      nemo_neurons=neurons, log=None)
+    # 4 prompts x 1 seed, plus the 2 planted prompts under each of the 4 mitigations
+    assert result.counts["generations"] == 4 + 2 * 4
+    # the comparison covers the same 2 planted generations for every method
+    comparison = {r["method"]: r for r in result.comparison.to_pylist()}
+    assert set(comparison) == {"none", "nemo", "nemo-c", "wen", "rta"}
+    assert all(r["n"] == 2 for r in comparison.values()), comparison
+    assert all(abs(r["vm_rate"] + r["fm_rate"] + r["bm_rate"] + r["nm_rate"] - 1) < 1e-9 for r in comparison.values())
+    assert comparison["none"]["mitigation_score"] == 0 and comparison["nemo"]["mean_neurons"] == 2
+    assert comparison["nemo-c"]["mean_neurons"] >= 2  # a cluster's union holds at least its prompt's neurons
+    assert all(r["utility"] is not None and 0 <= r["utility"] <= 1 for r in comparison.values())
+    assert "Mitigations on the planted prompts" in format_result(result)
     assert result.report is not None and result.report.exists()
     assert str(result.report) in format_result(result)
     assert "evidence" in result.report.read_text(encoding="utf-8").lower()
@@ -45,8 +69,9 @@ def test_demo_path_with_random_weights(workspace, tmp_path: Path) -> None:
     text = format_result(result)
     assert "planted" in text and str(workspace.root) in text
     # re-running on the same workspace adds nothing
-    again = run_demo(workspace, cfg, model=model, segmenter_options={"weights": str(seg_path)}, log=None)
-    assert again.counts["generations"] == 4 and again.counts["region_scores"] == result.counts["region_scores"]
+    again = run_demo(workspace, cfg, model=model, segmenter_options={"weights": str(seg_path)},
+                     nemo_neurons=neurons, log=None)
+    assert again.counts["generations"] == 4 + 2 * 4 and again.counts["region_scores"] == result.counts["region_scores"]
 
 
 @pytest.mark.skipif(not SHIPPED, reason="data/lab/ does not ship the trained lab model and segmenter")
@@ -89,3 +114,24 @@ def test_cli_lab_dataset_writes_the_lab(tmp_path: Path) -> None:
     ws = Workspace.open(ws_dir)
     groups = ws.sql("SELECT DISTINCT planted_group FROM lab_truth ORDER BY 1").column(0).to_pylist()
     assert groups == ["BM", "FM", "VM", "control", "template", "unique"]
+
+
+def test_segmenter_training_uses_the_roundtrip_copies_and_resumes_from_weights(tmp_path: Path) -> None:
+    from fbmem_data.lab.segmenter import autoencoder_roundtrip, train_segmenter
+
+    calls: list[int] = []
+
+    def roundtrip(pixels: np.ndarray) -> np.ndarray:
+        calls.append(len(pixels))
+        return 255 - pixels
+
+    first = tmp_path / "a.safetensors"
+    train_segmenter(first, seed=0, n_random=6, steps=1, batch=2, widths=(8, 8, 8, 8), log=None)
+    second = tmp_path / "b.safetensors"
+    meta = train_segmenter(second, seed=0, n_random=6, steps=2, batch=2, widths=(8, 8, 8, 8), roundtrip=roundtrip,
+                           init_weights=first, log=None)
+    assert calls == [6] and meta["roundtrip_share"] == 0.5 and meta["init_weights"] is True
+    # the lab autoencoder's round trip keeps shape and dtype (tiny random VAE)
+    vae = build_lab_pipeline(TINY).vae
+    out = autoencoder_roundtrip(vae, latent_noise=0.1)(np.zeros((3, 64, 64, 3), np.uint8))
+    assert out.shape == (3, 64, 64, 3) and out.dtype == np.uint8

@@ -107,3 +107,27 @@ def test_nemo_csv_without_matching_prompts_fails(workspace: Workspace, reference
     workspace.write("prompts", [{"prompt_id": "p1", "prompt_set": "memorized", "text": "nothing alike", "source_key": "0"}])
     with pytest.raises(InputError, match="matches"):
         import_nemo_csv(workspace, reference_dir / NEMO_CSV)
+
+
+def test_export_then_import_round_trips_the_reference_csv(workspace: Workspace, reference_dir: Path, tmp_path: Path) -> None:
+    from fbmem_data.nemo.export_csv import export_nemo_csv
+
+    write_memorized_prompts(workspace, reference_dir)
+    first = import_nemo_csv(workspace, reference_dir / NEMO_CSV)
+    out = tmp_path / "exported.csv"
+    assert export_nemo_csv(workspace, first.localization_id, out) == 251
+    other = Workspace.init(tmp_path / "other")
+    write_memorized_prompts(other, reference_dir)
+    second = import_nemo_csv(other, out)
+    assert second.matched == 251 and not second.unmatched
+
+    def neurons(ws: Workspace, loc: str) -> set[tuple]:
+        rows = ws.sql("SELECT prompt_id, stage, layer, neuron FROM nemo_neurons WHERE localization_id = $l", {"l": loc})
+        return {tuple(r.values()) for r in rows.to_pylist()}
+
+    assert neurons(other, second.localization_id) == neurons(workspace, first.localization_id)
+    scores = "SELECT prompt_id, initial_score, refined_score FROM nemo_summary WHERE localization_id = $l ORDER BY 1"
+    assert (other.sql(scores, {"l": second.localization_id}).to_pylist()
+            == workspace.sql(scores, {"l": first.localization_id}).to_pylist())
+    with pytest.raises(InputError, match="no prompt with neurons"):
+        export_nemo_csv(workspace, "no-such-localization", tmp_path / "none.csv")

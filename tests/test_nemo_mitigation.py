@@ -130,3 +130,22 @@ def test_nemo_c_zeroes_the_cluster_mask(workspace: Workspace, pipe) -> None:  # 
     cluster_sets = {"a": NEURONS["a"], "c": NEURONS["a"], "b": NEURONS["b"]}
     calls = _run_and_record(pipe, mitigation, _batch(prompt_ids))
     _check(pipe, calls, prompt_ids, cluster_sets)
+
+
+def test_wen_target_loss_is_the_mean_first_step_norm_of_the_given_prompts() -> None:
+    import torch
+
+    from fbmem_data.errors import InputError
+    from fbmem_data.lab.pipeline import LabModelConfig, build_lab_pipeline
+    from fbmem_data.mitigate.wen import calibrate_target_loss, first_step_norms
+
+    torch.set_num_threads(1)
+    pipe = build_lab_pipeline(LabModelConfig(vae_channels=(16, 16, 16), unet_channels=(16, 32, 32), unet_layers_per_block=1))
+    texts = ["a red circle", "a blue square on stripes", "the zorflar emblem"]
+    norms = first_step_norms(pipe, texts, seeds=(0, 1), steps=10)
+    assert len(norms) == 6 and all(n > 0 for n in norms)
+    # per (prompt, seed): the same x_T and prompt give the same norm in any company
+    assert first_step_norms(pipe, texts[1:2], seeds=(1,), steps=10)[0] == pytest.approx(norms[3], rel=1e-5)
+    assert calibrate_target_loss(pipe, texts, seeds=(0, 1), steps=10) == pytest.approx(sum(norms) / 6, rel=1e-6)
+    with pytest.raises(InputError):
+        calibrate_target_loss(pipe, [], steps=10)

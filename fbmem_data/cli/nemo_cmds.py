@@ -285,10 +285,25 @@ def masks(
     return ws.sql("SELECT * FROM nemo_cluster_mask_sizes WHERE mask_id = $m", {"m": mask_id})
 
 
+@output_options
+def export_neurons(
+    localization_id: Annotated[str, typer.Argument(help="nemo_summary.localization_id to export.")],
+    file: Annotated[Path, typer.Argument(help="Output CSV in NeMo's format (Caption;URL;Initial Neurons;...).")],
+    workspace: WorkspaceOption = None,
+) -> pa.Table:
+    """Export a localization's neuron lists in NeMo's CSV format (`fbmem nemo import` reads it back)."""
+    from fbmem_data.nemo.export_csv import export_nemo_csv
+
+    ws = open_workspace(workspace)
+    written = export_nemo_csv(ws, localization_id, file)
+    return pa.table({"localization_id": [localization_id], "file": [str(file)], "prompts": [written]})
+
+
 def register(app: typer.Typer) -> None:
     nemo_app.command("activations")(activations)
     nemo_app.command("import-stats")(import_stats)
     nemo_app.command("import")(import_neurons)
+    nemo_app.command("export")(export_neurons)
     nemo_app.command("detect")(detect)
     nemo_app.command("calibrate")(calibrate)
     nemo_app.command("localize")(localize)

@@ -4,8 +4,9 @@ Steps, each through the same library calls a user would make:
 lab data set -> workspace (`write_lab_dataset`) -> generate with the shipped lab model
 (`fbmem_data.generate.generate`, several seeds per prompt) -> segment (`lab` segmenter) -> pair
 (ann top-k over thumbnails) -> score (MS-SSIM on RGBA parts, the paper metric) -> labels
-(`fbmem_labels`) -> `lab_confusion` (planted group x label) and the one-to-many statistics.
-Every step resumes: re-running on the same workspace recomputes nothing already stored.
+(`fbmem_labels`) -> `lab_confusion` (planted group x label) and the one-to-many statistics ->
+the mitigation comparison on the planted prompts (none / NeMo / NeMo-C / Wen / RTA, see
+`fbmem_data.lab.mitigation_demo`) with the `lab-colours` utility. Every step resumes: re-running on the same workspace recomputes nothing already stored.
 """
 
 from __future__ import annotations
@@ -37,6 +38,10 @@ class DemoConfig:
     segmenter: str = "lab"
     batch_size: int = 8
     extra_presets: tuple[str, ...] = ()  # also score under these presets (e.g. "default")
+    mitigations: tuple[str, ...] = ("nemo", "nemo-c", "wen", "rta")  # compared on the planted prompts
+    mitigation_seeds: int | None = 2  # seeds per planted prompt under each mitigation (None = seeds)
+    nemo_c_k: int | str = 4  # NeMo-C clusters of the planted captions ("auto": best silhouette)
+    utility: str | None = "lab-colours"  # utility plug-in scored on every generation
 
     @classmethod
     def demo(cls) -> DemoConfig:
@@ -44,11 +49,13 @@ class DemoConfig:
 
     @classmethod
     def quick(cls) -> DemoConfig:
-        return cls(seeds=1, steps=4, unique_prompts=1, control_prompts=1, planted_prompts=3, k=2, size=176)
+        return cls(seeds=1, steps=4, unique_prompts=1, control_prompts=1, planted_prompts=3, k=2, size=176,
+                   mitigation_seeds=1, nemo_c_k=2)
 
     @classmethod
     def full(cls) -> DemoConfig:
-        return cls(seeds=8, steps=50, unique_prompts=None, control_prompts=None, size=512, extra_presets=("default",))
+        return cls(seeds=8, steps=50, unique_prompts=None, control_prompts=None, size=512, extra_presets=("default",),
+                   mitigation_seeds=None)
 
 
 @dataclass
@@ -61,6 +68,8 @@ class DemoResult:
     counts: dict[str, int]
     seconds: dict[str, float] = field(default_factory=dict)
     report: Path | None = None  # the HTML evidence report (fbmem report) of the main scoring
+    comparison: Any = None  # pyarrow Table: mitigation_comparison (None when no mitigation ran)
+    notes: list[str] = field(default_factory=list)  # mitigations left out, and why
 
 
 def _choose_prompts(ws: Workspace, cfg: DemoConfig) -> list[str]:
@@ -85,6 +94,7 @@ def run_demo(
     model: Any = "lab",
     dataset_seed: int | None = None,
     segmenter_options: dict[str, Any] | None = None,
+    nemo_neurons: Path | None = None,
     device: str = "cpu",
     log: Callable[[str], None] | None = print,
     progress: bool = False,
@@ -97,6 +107,7 @@ def run_demo(
         model: "lab" (the shipped weights) or a loaded pipeline wrapper for `generate`.
         dataset_seed: the lab data set's seed (default: the one the shipped weights were trained on).
         segmenter_options: options of the segmenter plug-in (e.g. {"weights": path} for `lab`).
+        nemo_neurons: NeMo CSV of the model's neurons (default: data/lab/nemo_neurons.csv).
         device: torch device for generation, segmentation and scoring.
 
     Raises:
@@ -141,6 +152,38 @@ def run_demo(
                             segmenter_options=segmenter_options, device=device, batch_size=cfg.batch_size)
         scoring_ids[preset] = extra["scoring_id"]
     done()
+    comparison, notes = None, []
+    planted = ws.sql(
+        "SELECT prompt_id FROM lab_truth WHERE planted_group IN ('VM', 'FM', 'BM', 'template')"
+    ).column("prompt_id").to_pylist()
+    planted_ids = [p for p in prompt_ids if p in set(planted)]
+    methods = [m for m in cfg.mitigations if m != "none"]
+    if methods and planted_ids:
+        from fbmem_data.generate.loading import load_pipeline
+        from fbmem_data.lab.mitigation_demo import comparison_table, prepare_mitigations
+
+        done = step("mitigations")
+        loaded = load_pipeline(model, device=device) if isinstance(model, str) else model
+        runnable, mit_params, notes = prepare_mitigations(ws, loaded.pipe, loaded.model_id, methods,
+                                                          k=cfg.nemo_c_k, steps=cfg.steps,
+                                                          neurons_csv=nemo_neurons, log=log)
+        if runnable:
+            generate(ws, loaded, prompt_ids=planted_ids, n=cfg.mitigation_seeds or cfg.seeds, steps=cfg.steps,
+                     guidance=cfg.guidance, batch_size=cfg.batch_size, device=device, mitigations=runnable,
+                     mitigation_params=mit_params, progress=progress)
+            pairing_id = pair(ws, method="ann", embedder=cfg.embedder, k=cfg.k, device=device)
+            score_pairs(ws, pairing_id, preset="paper", metric=cfg.metric, size=cfg.size, segmenter=cfg.segmenter,
+                        segmenter_options=segmenter_options, device=device, batch_size=cfg.batch_size)
+        done()
+        utility_id = None
+        if cfg.utility:
+            from fbmem_data.utility.runner import score_utility
+
+            done = step("utility")
+            utility_id = score_utility(ws, cfg.utility, device=device, batch_size=64)["utility_id"]
+            done()
+        if runnable:
+            comparison = comparison_table(ws, scored["scoring_id"], utility_id)
     params = {"scoring_id": scored["scoring_id"]}
     confusion = ws.sql("SELECT * FROM lab_confusion WHERE mitigation = 'none'", params)
     one_to_many = ws.sql(
@@ -154,7 +197,8 @@ def run_demo(
     done()
     counts = {**written, "prompts_generated": len(prompt_ids), "generations": ws.count("generations"),
               "region_scores": ws.count("region_scores")}
-    return DemoResult(ws.root, asdict(cfg), confusion, one_to_many, scoring_ids, counts, seconds, report)
+    return DemoResult(ws.root, asdict(cfg), confusion, one_to_many, scoring_ids, counts, seconds, report,
+                      comparison, notes)
 
 
 def format_result(result: DemoResult) -> str:
@@ -174,10 +218,15 @@ def format_result(result: DemoResult) -> str:
     for row in result.one_to_many.to_pylist():
         lines.append(f"{row['n_distinct_best']:>8}{row['prompts']:>9}{row['generations']:>6}{row['vm']:>5}"
                      f"{row['bm']:>5}{row['fm']:>5}{row['nm']:>5}")
+    if result.comparison is not None:
+        from fbmem_data.lab.mitigation_demo import format_comparison
+
+        lines.append(format_comparison(result.comparison, result.notes))
     lines += ["", f"workspace: {result.workspace}",
               f"  tables: {result.workspace / 'tables'} (Parquet; query with `fbmem sql -w {result.workspace} ...`)",
               f"  images: {result.workspace / 'images'}",
               f"  report: {result.report} (open in a browser: evidence cards, rates, one-to-many)",
               "  try: fbmem sql \"SELECT * FROM lab_confusion\" -w " + str(result.workspace),
+              "       fbmem sql \"SELECT * FROM mitigation_comparison\" -w " + str(result.workspace),
               f"timings (s): {result.seconds}"]
     return "\n".join(lines)

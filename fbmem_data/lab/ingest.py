@@ -16,7 +16,6 @@ from fbmem_data.lab.dataset import IMAGE_SIZE, LabDataset
 from fbmem_data.workspace import Workspace
 
 
-
 def lab_prompt_id(dataset: LabDataset, key: str, text: str, prompt_set: str) -> str:
     return prompt_id(prompt_set, f"lab-seed{dataset.config.seed}:{key}", text)
 

@@ -139,6 +139,49 @@ class WenMitigation(Mitigation):
         yield batch.replace(prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_embeds, details=details)
 
 
+def first_step_norms(
+    pipe: Any, prompts: Sequence[str], *, seeds: Sequence[int] = (0, 1), steps: int = 50,
+    height: int | None = None, width: int | None = None,
+) -> list[float]:
+    """The loss Wen's mitigation starts from, ||eps(x_T, t_0, e) - eps(x_T, t_0, e_empty)||_2, per
+    (prompt, seed) in prompt-major order, on the same x_T `fbmem generate` draws for those seeds."""
+    import torch
+
+    from fbmem_data.generate.generator import default_image_size, initial_latents
+
+    default_h, default_w = default_image_size(pipe)
+    height, width = int(height or default_h), int(width or default_w)
+    cond, uncond = encode_prompts(pipe, prompts)
+    t = first_timestep(pipe, steps)
+    out: list[float] = []
+    with torch.no_grad():
+        for i in range(len(prompts)):
+            x = initial_latents(pipe, [int(s) for s in seeds], height, width)
+            x = pipe.scheduler.scale_model_input(x, t)
+            rows = len(seeds)
+            text = _noise(pipe, x, t, cond[i : i + 1].expand(rows, -1, -1)).float()
+            empty = _noise(pipe, x, t, uncond[i : i + 1].expand(rows, -1, -1)).float()
+            out += (text - empty).flatten(1).norm(p=2, dim=1).cpu().tolist()
+    return out
+
+
+def calibrate_target_loss(pipe: Any, non_memorized_prompts: Sequence[str], *, seeds: Sequence[int] = (0, 1),
+                          steps: int = 50) -> float:
+    """A model's own `target_loss`: the mean first-step norm of non-memorized prompts.
+
+    Wen et al.'s 3 is a Stable Diffusion v1.4 figure at 512x512; the norm scales with the latent size
+    and the model, so another model (the lab's 16x16x8 latents) needs its own: optimise memorized
+    prompts down to where ordinary prompts already are.
+
+    Raises:
+        InputError: no prompts.
+    """
+    if not non_memorized_prompts:
+        raise InputError("calibrate_target_loss needs at least one non-memorized prompt")
+    norms = first_step_norms(pipe, non_memorized_prompts, seeds=seeds, steps=steps)
+    return float(sum(norms) / len(norms))
+
+
 def wen_detection_score(
     pipe: Any,
     prompts: Sequence[str],
