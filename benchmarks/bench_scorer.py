@@ -16,7 +16,7 @@ its training images):
 - batched `msssim` (the paper preset's metric) through `PairScorer.score_batch` on all gen x train pairs (files read once, per-image
   statistics once, only the cross term per pair), and the default `msssim-masked` the same way.
   Its per-image work is shared by the pairs of each image, so its rate grows with pairs per image:
-  gen x train / (gen + train), 6.4 for 8 x 32; the paper's 9,460 x 500 setting has ~475.
+  gen x train / (gen + train), 12.8 for 16 x 64; the paper's 9,460 x 500 setting has ~475.
 Quality, on planted cases (VM/FM/BM/NM, objects of 12% and 35%, exact masks and saliency masks) at 512:
 labels at tau 0.8 from the paper preset vs the masked variant; precision/recall per label.
 Writes benchmarks/results/scorer_cpu.json (or scorer_<device>.json).

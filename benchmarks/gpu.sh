@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # fbmem's GPU benchmarks, prepared for the `device` tool: stages 1 (FB-Mem scorer vs the reference way,
-# 256 and 512 RGBA, 8 x 32 pairs), 2 (pairing at 10k and 100k training images: bench_pairing --device cuda,
+# 256 and 512 RGBA, 16 x 64 pairs), 2 (pairing at 10k and 100k training images: bench_pairing --device cuda,
 # exact search and the ANN shortlist's re-rank on the GPU, the usearch graph on every CPU core) and
 # 4 (NeMo localization, batched vs sequential, on an SD-v1.4-shaped random-initialised 860 M-parameter
 # UNet at 512x512) through `python -m benchmarks --suite gpu`.

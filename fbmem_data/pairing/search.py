@@ -87,6 +87,7 @@ class HnswIndex:
     params: HnswParams
     mean: np.ndarray | None = None
     components: np.ndarray | None = None
+    train_on_device: tuple[str, Any] | None = None  # (device, torch tensor): the re-rank's copy on a GPU
 
     def reduce(self, vectors: np.ndarray) -> np.ndarray:
         x = np.asarray(vectors, dtype=np.float32)
@@ -243,7 +244,7 @@ def hnsw_top_k(
     counts = np.asarray(matches.counts).reshape(n)
     found = np.arange(keys.shape[1])[None, :] < counts[:, None]
     keys = np.where(found, keys, 0)
-    scores = _shortlist_scores(index.train, queries, keys, device, chunk)
+    scores = _shortlist_scores(index, queries, keys, device, chunk)
     scores[~found] = -np.inf
     k_eff = min(k, keys.shape[1])
     order = np.argsort(-scores, axis=1, kind="stable")[:, :k_eff]
@@ -254,21 +255,24 @@ def hnsw_top_k(
     return indices, sims
 
 
-def _shortlist_scores(train: np.ndarray, queries: np.ndarray, keys: np.ndarray, device: str, chunk: int) -> np.ndarray:
-    """Exact dot products of each query with its shortlisted training rows, (n, fetch) float32.
-    A chunk of queries at a time (256 x 64 rows x 768 floats is 50 MB of gathered rows)."""
+def _shortlist_scores(index: HnswIndex, queries: np.ndarray, keys: np.ndarray, device: str, chunk: int) -> np.ndarray:
+    """Exact dot products of each query with its shortlisted training rows, (n, fetch) float32, a chunk
+    of queries at a time (NumPy gathers on the CPU; on a GPU the training matrix is copied there once
+    per index and device)."""
     n = len(queries)
     scores = np.empty(keys.shape, dtype=np.float32)
     if device == "cpu":
         for start in range(0, n, chunk):
             stop = min(n, start + chunk)
-            rows = np.take(train, keys[start:stop], axis=0)
+            rows = np.take(index.train, keys[start:stop], axis=0)
             scores[start:stop] = np.matmul(rows, queries[start:stop, :, None])[:, :, 0]
         return scores
     import torch
 
     with torch.inference_mode():
-        train_t = torch.from_numpy(np.require(train, np.float32, ["C", "W"])).to(device)
+        if index.train_on_device is None or index.train_on_device[0] != device:
+            index.train_on_device = (device, torch.from_numpy(np.require(index.train, np.float32, ["C", "W"])).to(device))
+        train_t = index.train_on_device[1]
         for start in range(0, n, chunk):
             stop = min(n, start + chunk)
             key_t = torch.from_numpy(keys[start:stop]).to(device)
