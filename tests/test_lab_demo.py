@@ -78,12 +78,19 @@ def test_demo_path_with_random_weights(workspace, tmp_path: Path) -> None:
 def test_quick_demo_with_shipped_weights(workspace) -> None:
     result = run_demo(workspace, DemoConfig.quick(), log=None)
     rows = {r["planted_group"]: r for r in result.confusion.to_pylist()}
-    assert sum(r["n"] for r in rows.values()) == result.counts["generations"] > 0
+    baseline = workspace.sql("SELECT count(*) AS n FROM generations WHERE mitigation = 'none'").column("n")[0].as_py()
+    assert sum(r["n"] for r in rows.values()) == baseline > 0
     assert {"VM", "FM", "BM"} <= set(rows)
+    # the mitigation comparison runs with the shipped NeMo neurons: every method on the 3 planted prompts
+    comparison = {r["method"]: r for r in result.comparison.to_pylist()}
+    assert set(comparison) == {"none", "nemo", "nemo-c", "wen", "rta"} and not result.notes
+    assert all(r["n"] == 3 for r in comparison.values())
+    assert comparison["nemo"]["mean_neurons"] > 0
+    assert comparison["nemo-c"]["mean_neurons"] >= comparison["nemo"]["mean_neurons"]
     # the shipped model memorizes its planted prompts: each generation's best match is one of the
     # prompt's own training images (labels at tau 0.8 are the benchmark's business, docs/lab.md)
     own = workspace.sql("SELECT planted_group, bool_and(matches_own_group) AS own FROM lab_truth_match "
-                        "WHERE planted_group IN ('VM', 'FM', 'BM') GROUP BY 1", output="polars")
+                        "WHERE planted_group IN ('VM', 'FM', 'BM') AND mitigation = 'none' GROUP BY 1", output="polars")
     assert own["own"].to_list() == [True] * 3
 
 

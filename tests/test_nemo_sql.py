@@ -42,10 +42,19 @@ def test_transitions_and_score(workspace: Workspace) -> None:
          "guidance": 7.0, "height": 64, "width": 64, "mitigation": m}
         for g, p, s, m, _ in gens
     ])
-    labels = {f"img-{g}": lab for g, _, _, _, lab in gens}
+    # A method that draws exactly the baseline's image (same image_id) must not duplicate the baseline's row.
+    workspace.write("generations", [
+        {"generation_id": "same", "image_id": "img-n0", "prompt_id": "p0", "model_id": "m", "seed": 0, "steps": 50,
+         "guidance": 7.0, "height": 64, "width": 64, "mitigation": "wen"}
+    ])
+    gens.append(("same", "p0", 0, "wen", next(lab for g, _, _, _, lab in gens if g == "n0")))
+    # fbmem_labels has one row per generation (the real view joins best_match to generations)
     con = workspace.connection()
-    con.register("label_rows", pa.table({"generated_image_id": list(labels), "label": list(labels.values())}))
-    con.execute("CREATE OR REPLACE VIEW fbmem_labels AS SELECT generated_image_id, label FROM label_rows")
+    con.register("label_rows", pa.table({
+        "generation_id": [g for g, *_ in gens], "generated_image_id": ["img-n0" if g == "same" else f"img-{g}" for g, *_ in gens],
+        "label": [lab for *_, lab in gens],
+    }))
+    con.execute("CREATE OR REPLACE VIEW fbmem_labels AS SELECT generation_id, generated_image_id, label FROM label_rows")
     score = {r["method"]: r for r in workspace.sql("SELECT * FROM mitigation_score").to_pylist()}
     assert score["nemo"]["score"] == expected["nemo"] and score["nemo"]["n_pairs"] == 16
     assert score["rta"]["score"] == 0.0
@@ -53,6 +62,7 @@ def test_transitions_and_score(workspace: Workspace) -> None:
     assert len(counts) == 16 and all(r["n"] == 1 for r in counts)
     rates = {r["method"]: r for r in workspace.sql("SELECT * FROM fbmem_rates_by_method").to_pylist()}
     assert rates["none"]["n"] == 16 and abs(rates["none"]["vm_rate"] - 0.25) < 1e-12
+    assert rates["wen"]["n"] == 1
     assert rates["nemo"]["n"] == 17
     # Per planted group (lab_truth): p0..p4 alternate between two groups.
     workspace.write("lab_truth", [
