@@ -210,7 +210,8 @@ def test_params_change_with_configuration(make: Callable[..., Embedder], embedde
 # -- plug-in specific: loading local weights and saying what is missing -------------------------
 
 
-def test_sscd_needs_a_file_and_names_where_to_get_it(tmp_path: Path) -> None:
+def test_sscd_needs_a_file_and_names_where_to_get_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FBMEM_SSCD", raising=False)
     with pytest.raises(ModelNotFoundError) as missing:
         create_embedder("sscd", weights=tmp_path / "nope.pt", device="cpu")
     assert "sscd_disc_mixup.torchscript.pt" in str(missing.value)
@@ -220,9 +221,14 @@ def test_sscd_needs_a_file_and_names_where_to_get_it(tmp_path: Path) -> None:
     bad.write_bytes(b"not torchscript")
     with pytest.raises(PluginError, match="TorchScript"):
         create_embedder("sscd", weights=bad, device="cpu")
+    # $FBMEM_SSCD (what `fbmem doctor` checks) is the default weights path
+    monkeypatch.setenv("FBMEM_SSCD", str(tmp_path / "from-env.pt"))
+    with pytest.raises(ModelNotFoundError, match=r"from-env\.pt"):
+        create_embedder("sscd", device="cpu")
 
 
-def test_open_clip_needs_local_weights_and_loads_a_checkpoint_file(tmp_path: Path) -> None:
+def test_open_clip_needs_local_weights_and_loads_a_checkpoint_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FBMEM_OPENCLIP", raising=False)
     with pytest.raises(ModelNotFoundError) as none_given:
         create_embedder("open_clip", device="cpu")
     assert "hf download" in str(none_given.value)
@@ -239,6 +245,9 @@ def test_open_clip_needs_local_weights_and_loads_a_checkpoint_file(tmp_path: Pat
         images = _images(2, seed=5)
         np.testing.assert_allclose(loaded.embed(images), source.embed(images), atol=1e-6)
         assert loaded.params()["weights"] != "random-init:3"
+    monkeypatch.setenv("FBMEM_OPENCLIP", str(checkpoint))  # the default, as `fbmem doctor` checks it
+    from_env = create_embedder("open_clip", model_overrides=TINY_CLIP, device="cpu")
+    assert from_env.params()["weights"] == loaded.params()["weights"]
     wider = {**TINY_CLIP, "embed_dim": 16}
     with pytest.raises(PluginError, match="could not build"):
         create_embedder("open_clip", pretrained=checkpoint, model_overrides=wider, device="cpu")

@@ -177,7 +177,7 @@ BUILTIN_MODELS: tuple[ModelSpec, ...] = (
         pointer_needed=True,
         how_to_get=(
             "huggingface-cli download timm/vit_base_patch32_clip_224.openai open_clip_model.safetensors --local-dir clip-b32 "
-            "and export FBMEM_OPENCLIP=$PWD/clip-b32/open_clip_model.safetensors (pass it as --weights)"
+            "and export FBMEM_OPENCLIP=$PWD/clip-b32/open_clip_model.safetensors"
         ),
     ),
     ModelSpec(
@@ -188,7 +188,7 @@ BUILTIN_MODELS: tuple[ModelSpec, ...] = (
         env_var="FBMEM_SSCD",
         known_files=(KnownFile("sscd_disc_mixup.torchscript.pt", source="no published checksum"),),
         search_dirs=("~/.cache/torch/hub/checkpoints",),
-        how_to_get=f"curl -LO {_SSCD_URL} and export FBMEM_SSCD=$PWD/sscd_disc_mixup.torchscript.pt (pass it as --weights)",
+        how_to_get=f"curl -LO {_SSCD_URL} and export FBMEM_SSCD=$PWD/sscd_disc_mixup.torchscript.pt",
     ),
     ModelSpec(
         name="lab-model",

@@ -10,6 +10,7 @@ Preprocessing is OpenCLIP's own inference transform (resize shortest side, centr
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ _GET_HINT = (
     "`hf download timm/vit_base_patch32_clip_224.openai open_clip_model.safetensors --local-dir clip-b32` "
     "and pass --model-name ViT-B-32-quickgelu --weights clip-b32/open_clip_model.safetensors"
 )
+ENV_VAR = "FBMEM_OPENCLIP"
 _CHECKPOINT_NAMES = (
     "open_clip_model.safetensors",
     "open_clip_pytorch_model.safetensors",
@@ -72,7 +74,8 @@ def load_open_clip(
 
     Args:
         model_name: an OpenCLIP architecture name (open_clip.list_models()).
-        pretrained: local checkpoint file, or directory holding one (see module doc).
+        pretrained: local checkpoint file, or directory holding one (see module doc); default
+            $FBMEM_OPENCLIP (what `fbmem doctor` checks).
         random_init: build with seeded random weights instead (pretrained must be None).
         seed: the torch seed for random_init.
         model_overrides: keyword overrides for the architecture config (e.g. a tiny vision_cfg in tests).
@@ -97,8 +100,9 @@ def load_open_clip(
             raise PluginError("open_clip: pass either pretrained=PATH or random_init=True, not both")
         weights_id = f"random-init:{seed}"
     else:
+        pretrained = pretrained or os.environ.get(ENV_VAR) or None
         if pretrained is None:
-            raise ModelNotFoundError(f"{who} needs local weights (pretrained=PATH)", hint=_GET_HINT)
+            raise ModelNotFoundError(f"{who} needs local weights (pretrained=PATH or ${ENV_VAR})", hint=_GET_HINT)
         path = Path(pretrained).expanduser()
         if not path.exists():
             raise ModelNotFoundError(f"OpenCLIP weights {path} do not exist", hint=_GET_HINT)

@@ -8,6 +8,7 @@ Input: the whole image squashed to size x size ("skew" resize of the SSCD README
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from PIL import Image
 
 SSCD_URL = "https://dl.fbaipublicfiles.com/sscd-copy-detection/sscd_disc_mixup.torchscript.pt"
+ENV_VAR = "FBMEM_SSCD"  # the default weights path, as `fbmem doctor` checks it
 _GET_HINT = f"download it once with `curl -LO {SSCD_URL}` and pass --weights /path/to/sscd_disc_mixup.torchscript.pt"
 
 
@@ -41,8 +43,9 @@ class SscdEmbedder:
     def __init__(self, weights: str | Path | None = None, size: int = 320, device: str | None = "auto") -> None:
         import torch
 
+        weights = weights or os.environ.get(ENV_VAR) or None
         if weights is None:
-            raise ModelNotFoundError("the sscd embedder needs a local TorchScript file (weights=...)", hint=_GET_HINT)
+            raise ModelNotFoundError(f"the sscd embedder needs a local TorchScript file (weights=... or ${ENV_VAR})", hint=_GET_HINT)
         self.weights = Path(weights).expanduser()
         if not self.weights.is_file():
             raise ModelNotFoundError(f"SSCD TorchScript file {self.weights} does not exist", hint=_GET_HINT)
