@@ -60,6 +60,25 @@ def _atomic_write_bytes(path: Path, data: bytes, fsync: bool = True) -> None:
     os.replace(tmp, path)
 
 
+@contextlib.contextmanager
+def _table_lock(tdir: Path) -> Iterator[None]:
+    """An exclusive advisory lock on a table directory (POSIX flock; a no-op where there is none).
+
+    It orders writers on one machine; on network file systems without flock support it does not.
+    """
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock
+        yield
+        return
+    with open(tdir / ".write.lock", "a+b") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
 def _sql_quote(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
@@ -201,12 +220,19 @@ class Workspace:
         data = schema.conform(rows)
         if data.num_rows == 0:
             return 0
-        if on_conflict != "append" and schema.primary_key and not replace_part:
-            data = self._drop_stored_keys(schema, data, on_conflict)
-            if data.num_rows == 0:
-                return 0
         tdir = self.table_dir(table)
         tdir.mkdir(parents=True, exist_ok=True)
+        checks_keys = on_conflict != "append" and bool(schema.primary_key) and not replace_part
+        # The key check and the part write are one step under a per-table lock, so two processes
+        # writing the same keys (two pairing runs on one workspace) cannot both store them.
+        with _table_lock(tdir) if checks_keys else contextlib.nullcontext():
+            if checks_keys:
+                data = self._drop_stored_keys(schema, data, on_conflict)
+                if data.num_rows == 0:
+                    return 0
+            return self._write_new_part(tdir, table, part_name, replace_part, data)
+
+    def _write_new_part(self, tdir: Path, table: str, part_name: str | None, replace_part: bool, data: pa.Table) -> int:
         if part_name is None:
             part_name = f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
         else:

@@ -134,3 +134,26 @@ def test_sql_command_does_not_import_torch(tmp_path) -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "HEAVY []" in out.stdout, out.stdout + out.stderr
+
+
+def _write_prompts_repeatedly(root: str, start: int, rounds: int) -> None:
+    ws = Workspace.open(root)
+    for r in range(rounds):
+        # overlapping key ranges: every key is offered by both processes
+        ws.write("prompts", [_prompt(f"p{(start + r + i) % 40}") for i in range(10)])
+
+
+def test_concurrent_writers_never_store_a_key_twice(workspace: Workspace) -> None:
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_write_prompts_repeatedly, args=(str(workspace.root), start, 30)) for start in (0, 5)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    counts = workspace.sql("SELECT prompt_id, count(*) AS n FROM prompts GROUP BY 1").to_pylist()
+    assert counts and all(r["n"] == 1 for r in counts)
+    expected = {f"p{(start + r + i) % 40}" for start in (0, 5) for r in range(30) for i in range(10)}
+    assert {r["prompt_id"] for r in counts} == expected
