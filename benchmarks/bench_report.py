@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shutil
 import statistics
 import tempfile
 import time
@@ -92,9 +93,20 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=4)
     parser.add_argument("--workspace", type=Path, help="reuse (or create) the sample workspace here")
     parser.add_argument("--repeat", type=int, default=3, help="browser runs per report (the median is kept)")
+    parser.add_argument("--keep", action="store_true", help="keep the scratch folder (reports, sample workspace)")
     args = parser.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-report-"))
+    try:
+        run(args, tmp)
+    finally:
+        if args.keep:
+            print(f"scratch kept in {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)  # ~140 MB of reports and thumbnails per run
+
+
+def run(args: argparse.Namespace, tmp: Path) -> None:
     ws_dir = args.workspace or tmp / "ws"
     spec = SampleSpec(n_prompts=args.prompts, seeds=args.seeds, k=5)
     fresh = not (ws_dir / "fbmem.json").exists()
