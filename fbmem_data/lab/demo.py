@@ -115,6 +115,7 @@ def run_demo(
     """
     from fbmem_data.fbmem.scoring import score_pairs
     from fbmem_data.generate.generator import generate
+    from fbmem_data.generate.loading import load_pipeline
     from fbmem_data.lab.dataset import make_lab_dataset
     from fbmem_data.lab.ingest import write_lab_dataset
     from fbmem_data.lab.pipeline import default_weights_dir, read_weights_info
@@ -136,7 +137,8 @@ def run_demo(
     done()
     prompt_ids = _choose_prompts(ws, cfg)
     done = step("generate")
-    generate(ws, model, prompt_ids=prompt_ids, n=cfg.seeds, steps=cfg.steps, guidance=cfg.guidance,
+    loaded = load_pipeline(model, device=device) if isinstance(model, str) else model  # once, for every step
+    generate(ws, loaded, prompt_ids=prompt_ids, n=cfg.seeds, steps=cfg.steps, guidance=cfg.guidance,
              batch_size=cfg.batch_size, device=device, progress=progress)
     done()
     done = step("pair")
@@ -159,11 +161,9 @@ def run_demo(
     planted_ids = [p for p in prompt_ids if p in set(planted)]
     methods = [m for m in cfg.mitigations if m != "none"]
     if methods and planted_ids:
-        from fbmem_data.generate.loading import load_pipeline
         from fbmem_data.lab.mitigation_demo import comparison_table, prepare_mitigations
 
         done = step("mitigations")
-        loaded = load_pipeline(model, device=device) if isinstance(model, str) else model
         runnable, mit_params, notes = prepare_mitigations(ws, loaded.pipe, loaded.model_id, methods,
                                                           k=cfg.nemo_c_k, steps=cfg.steps,
                                                           neurons_csv=nemo_neurons, log=log)
