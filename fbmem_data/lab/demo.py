@@ -155,10 +155,10 @@ def run_demo(
         scoring_ids[preset] = extra["scoring_id"]
     done()
     comparison, notes = None, []
-    planted = ws.sql(
+    planted = set(ws.sql(
         "SELECT prompt_id FROM lab_truth WHERE planted_group IN ('VM', 'FM', 'BM', 'template')"
-    ).column("prompt_id").to_pylist()
-    planted_ids = [p for p in prompt_ids if p in set(planted)]
+    ).column("prompt_id").to_pylist())
+    planted_ids = [p for p in prompt_ids if p in planted]
     methods = [m for m in cfg.mitigations if m != "none"]
     if methods and planted_ids:
         from fbmem_data.lab.mitigation_demo import comparison_table, prepare_mitigations

@@ -210,6 +210,15 @@ def read_weights_info(path: Path) -> LabWeightsInfo:
     )
 
 
+def load_lab_vae(path: Path) -> AutoencoderKL:
+    """The autoencoder of the lab model stored in `path` (lab_model.json + vae.safetensors), in eval mode."""
+    from safetensors.torch import load_file
+
+    vae = build_vae(read_weights_info(path).model)
+    vae.load_state_dict(load_file(path / VAE_FILE))  # fp16 on disk, copied into the fp32 parameters
+    return vae.eval()
+
+
 def load_lab_pipeline(path: Path | None = None, device: str = "cpu") -> StableDiffusionPipeline:
     """The trained lab pipeline from `path` (default: the weights shipped in data/lab/).
 
@@ -227,12 +236,9 @@ def load_lab_pipeline(path: Path | None = None, device: str = "cpu") -> StableDi
         )
     info = read_weights_info(path)
     unet = build_unet(info.model)
-    vae = build_vae(info.model)
     unet.load_state_dict(load_file(path / UNET_FILE))
-    vae.load_state_dict(load_file(path / VAE_FILE))
     unet.eval()
-    vae.eval()
-    return assemble_pipeline(unet, vae, info.model).to(device)
+    return assemble_pipeline(unet, load_lab_vae(path), info.model).to(device)
 
 
 def save_lab_weights(path: Path, unet: Any, vae: Any, info: LabWeightsInfo) -> None:

@@ -365,7 +365,7 @@ def train_lab_segmenter(out_dir: Path, dataset_seed: int = 0, steps: int = 1000,
     When out_dir holds a lab model (vae.safetensors), half of each batch is round-tripped through its
     autoencoder: generated images come out of that decoder, so the segmenter must learn its style.
     """
-    from fbmem_data.lab.pipeline import read_weights_info
+    from fbmem_data.lab.pipeline import VAE_FILE, load_lab_vae
     from fbmem_data.lab.segmenter import (
         WEIGHTS_FILE,
         LabSegmenter,
@@ -379,12 +379,9 @@ def train_lab_segmenter(out_dir: Path, dataset_seed: int = 0, steps: int = 1000,
     pixels = np.stack([dataset.images[k].pixels for k in keys])
     masks = np.stack([dataset.images[k].mask for k in keys])
     roundtrip = None
-    if (Path(out_dir) / "vae.safetensors").is_file():
-        from safetensors.torch import load_file
-
-        vae = build_vae(read_weights_info(Path(out_dir)).model)
-        vae.load_state_dict({k: v.float() for k, v in load_file(Path(out_dir) / "vae.safetensors").items()})
-        roundtrip = autoencoder_roundtrip(vae.eval(), seed=seed)
+    if (Path(out_dir) / VAE_FILE).is_file():
+        vae = load_lab_vae(Path(out_dir))
+        roundtrip = autoencoder_roundtrip(vae, seed=seed)
     path = Path(out_dir) / WEIGHTS_FILE
     meta = train_segmenter(path, pixels, masks, seed=seed, steps=steps, lr=lr, roundtrip=roundtrip,
                            init_weights=init_weights, log=log)
