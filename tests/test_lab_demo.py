@@ -123,22 +123,83 @@ def test_cli_lab_dataset_writes_the_lab(tmp_path: Path) -> None:
     assert groups == ["BM", "FM", "VM", "control", "template", "unique"]
 
 
-def test_segmenter_training_uses_the_roundtrip_copies_and_resumes_from_weights(tmp_path: Path) -> None:
-    from fbmem_data.lab.segmenter import autoencoder_roundtrip, train_segmenter
+def test_segmenter_training_uses_every_redraw_once_and_resumes_from_weights(tmp_path: Path) -> None:
+    from fbmem_data.lab.segmenter import train_segmenter
 
-    calls: list[int] = []
+    calls: list[tuple[str, int]] = []
 
-    def roundtrip(pixels: np.ndarray) -> np.ndarray:
-        calls.append(len(pixels))
+    def invert(pixels: np.ndarray) -> np.ndarray:
+        calls.append(("invert", len(pixels)))
         return 255 - pixels
+
+    def darken(pixels: np.ndarray) -> np.ndarray:
+        calls.append(("darken", len(pixels)))
+        return pixels // 2
 
     first = tmp_path / "a.safetensors"
     train_segmenter(first, seed=0, n_random=6, steps=1, batch=2, widths=(8, 8, 8, 8), log=None)
     second = tmp_path / "b.safetensors"
-    meta = train_segmenter(second, seed=0, n_random=6, steps=2, batch=2, widths=(8, 8, 8, 8), roundtrip=roundtrip,
+    meta = train_segmenter(second, seed=0, n_random=6, steps=2, batch=2, widths=(8, 8, 8, 8), redraws=[invert, darken],
                            init_weights=first, log=None)
-    assert calls == [6] and meta["roundtrip_share"] == 0.5 and meta["init_weights"] is True
-    # the lab autoencoder's round trip keeps shape and dtype (tiny random VAE)
-    vae = build_lab_pipeline(TINY).vae
-    out = autoencoder_roundtrip(vae, latent_noise=0.1)(np.zeros((3, 64, 64, 3), np.uint8))
-    assert out.shape == (3, 64, 64, 3) and out.dtype == np.uint8
+    # each redraw is applied once, to the whole pool, not per step
+    assert calls == [("invert", 6), ("darken", 6)]
+    assert meta["redraws"] == ["invert", "darken"] and meta["clean_share"] == 0.34 and meta["init_weights"] is True
+
+
+def test_redraws_keep_shape_dtype_and_layout() -> None:
+    from fbmem_data.lab.segmenter import autoencoder_roundtrip, diffusion_roundtrip, draw_random_images
+
+    pipe = build_lab_pipeline(TINY)
+    pipe.set_progress_bar_config(disable=True)
+    pixels, _ = draw_random_images(0, 5)
+    autoencoded = autoencoder_roundtrip(pipe.vae, latent_noise=0.1)(pixels)
+    assert autoencoded.shape == pixels.shape and autoencoded.dtype == np.uint8
+    # strength 0: no denoising step, so the diffusion redraw is exactly the autoencoder's (no latent noise)
+    plain = autoencoder_roundtrip(pipe.vae, latent_noise=0.0)(pixels)
+    assert np.array_equal(diffusion_roundtrip(pipe, strength=(0.0, 0.0))(pixels), plain)
+    # some depth: the random UNet changes the images; same seed, same images
+    deep = diffusion_roundtrip(pipe, strength=(0.2, 0.4), steps=10, seed=3)
+    once, again = deep(pixels), deep(pixels)
+    assert once.shape == pixels.shape and once.dtype == np.uint8
+    assert np.array_equal(once, again) and not np.array_equal(once, plain)
+
+
+def test_lab_segmenter_flip_averaging_turns_with_the_image(tmp_path: Path) -> None:
+    import json
+
+    from fbmem_data.lab.segmenter import LabSegmenter, draw_random_images, train_segmenter
+
+    path = tmp_path / "segmenter.safetensors"
+    train_segmenter(path, seed=0, n_random=4, steps=1, batch=2, widths=(8, 8, 8, 8), log=None)
+    assert json.loads(path.with_name("segmenter.json").read_text())["test_time_flips"] is True
+    averaged, single = LabSegmenter(path), LabSegmenter(path, flips=False)
+    assert averaged.flips and averaged.params() != single.params()  # a different scoring configuration
+    # weights are named by content, so retrained (or newly shipped) weights never reuse stored masks
+    other = tmp_path / "other.safetensors"
+    train_segmenter(other, seed=1, n_random=4, steps=1, batch=2, widths=(8, 8, 8, 8), log=None)
+    assert LabSegmenter(other).params()["weights"] != averaged.params()["weights"]
+    image = draw_random_images(3, 1)[0][0]
+    turned = np.ascontiguousarray(np.rot90(image))
+    a, b = averaged.segment([image, turned])
+    # averaged over all 8 orientations, the mask of a turned image is the turned mask
+    np.testing.assert_allclose(np.rot90(a), b, atol=1e-5)
+    s, t = single.segment([image, turned])
+    assert not np.allclose(np.rot90(s), t, atol=1e-5)  # a random network alone is not that symmetric
+
+
+def test_train_lab_segmenter_redraws_with_the_model_in_its_folder(tmp_path: Path) -> None:
+    import json
+
+    from fbmem_data.lab.pipeline import LabWeightsInfo, save_lab_weights
+    from fbmem_data.lab.train import train_lab_segmenter
+
+    pipe = build_lab_pipeline(TINY)
+    save_lab_weights(tmp_path, pipe.unet, pipe.vae, LabWeightsInfo(model=TINY, dataset_seed=0))
+    meta = train_lab_segmenter(tmp_path, steps=1, n_random=4, widths=(8, 8, 8, 8))
+    assert meta["redraws"] == ["autoencoder", "diffusion"]
+    for key in ("heldout_iou_mean", "heldout_autoencoder_iou_mean", "heldout_diffusion_iou_mean"):
+        assert 0.0 <= meta[key] <= 1.0
+    assert json.loads((tmp_path / "segmenter.json").read_text())["heldout_diffusion_iou_mean"] == meta["heldout_diffusion_iou_mean"]
+    # without a model in the folder: clean drawings only
+    alone = train_lab_segmenter(tmp_path / "alone", steps=1, n_random=4, widths=(8, 8, 8, 8))
+    assert alone["redraws"] == [] and "heldout_diffusion_iou_mean" not in alone

@@ -131,3 +131,8 @@ def test_export_then_import_round_trips_the_reference_csv(workspace: Workspace, 
             == workspace.sql(scores, {"l": first.localization_id}).to_pylist())
     with pytest.raises(InputError, match="no prompt with neurons"):
         export_nemo_csv(workspace, "no-such-localization", tmp_path / "none.csv")
+    # a set filter keeps only that set's prompts
+    prompt_set = workspace.sql("SELECT DISTINCT prompt_set FROM prompts").column(0).to_pylist()[0]
+    assert export_nemo_csv(workspace, first.localization_id, tmp_path / "set.csv", prompt_set=prompt_set) == 251
+    with pytest.raises(InputError, match="in prompt set 'no-such-set'"):
+        export_nemo_csv(workspace, first.localization_id, tmp_path / "none.csv", prompt_set="no-such-set")

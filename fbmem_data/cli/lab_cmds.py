@@ -37,16 +37,28 @@ def lab_train_cmd(
     ae_steps: Annotated[int, typer.Option("--ae-steps", min=1, help="Autoencoder steps.")] = 1000,
     unet_steps: Annotated[int, typer.Option("--unet-steps", min=1, help="UNet steps.")] = 4000,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="UNet batch size.")] = 12,
-    segmenter_steps: Annotated[int, typer.Option("--segmenter-steps", min=0, help="Lab segmenter steps (0: skip).")] = 1000,
+    lr: Annotated[float, typer.Option("--lr", min=0.0, help="UNet peak learning rate (fine-tunes used 2e-4 to 3e-4).")] = 6e-4,
+    offset_noise: Annotated[float, typer.Option("--offset-noise", min=0.0, help="Offset noise strength (0: off).")] = 0.0,
+    stop_at: Annotated[int | None, typer.Option("--stop-at", min=1, help="Stop after this UNet step; the learning-rate schedule still spans --unet-steps.")] = None,
+    segmenter_steps: Annotated[int, typer.Option("--segmenter-steps", min=0, help="Lab segmenter steps (0: skip).")] = 2000,
     threads: Annotated[int, typer.Option("--threads", min=1, help="torch threads.")] = 1,
+    init_from: Annotated[Path | None, typer.Option("--init-from", help="Fine-tune these lab weights (a folder with lab_model.json): keep their autoencoder, start from their UNet.")] = None,
+    zero_terminal_snr: Annotated[bool, typer.Option("--zero-terminal-snr/--sd-schedule", help="Zero-terminal-SNR betas with v-prediction, or SD's schedule with epsilon-prediction.")] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bars on stderr.")] = True,
 ) -> None:
     """Train the lab model (autoencoder, then UNet) and the lab segmenter; resumable."""
+    from dataclasses import replace
+
+    from fbmem_data.lab.pipeline import LabModelConfig, read_weights_info
     from fbmem_data.lab.train import TrainConfig, train_lab, train_lab_segmenter
 
     cfg = TrainConfig(seed=seed, dataset_seed=dataset_seed, ae_steps=ae_steps, unet_steps=unet_steps,
-                      unet_batch=batch_size, threads=threads)
-    summary = train_lab(out, checkpoints, cfg, log=None if progress else typer.echo, progress=progress)
+                      unet_batch=batch_size, unet_lr=lr, offset_noise=offset_noise, stop_at=stop_at, threads=threads,
+                      init_from=str(init_from) if init_from else None)
+    model = read_weights_info(init_from).model if init_from else LabModelConfig()
+    model = replace(model, zero_terminal_snr=zero_terminal_snr, prediction_type="v_prediction" if zero_terminal_snr else "epsilon",
+                    zero_mean_noise=not zero_terminal_snr)
+    summary = train_lab(out, checkpoints, cfg, model, log=None if progress else typer.echo, progress=progress)
     typer.echo(f"lab model written to {out} ({summary['seconds_this_call']:.0f}s this run)")
     if segmenter_steps:
         meta = train_lab_segmenter(out, dataset_seed=dataset_seed, steps=segmenter_steps, seed=seed)

@@ -289,13 +289,14 @@ def masks(
 def export_neurons(
     localization_id: Annotated[str, typer.Argument(help="nemo_summary.localization_id to export.")],
     file: Annotated[Path, typer.Argument(help="Output CSV in NeMo's format (Caption;URL;Initial Neurons;...).")],
+    prompts: Annotated[str | None, typer.Option("--prompts", help="Only the prompts of this set.")] = None,
     workspace: WorkspaceOption = None,
 ) -> pa.Table:
     """Export a localization's neuron lists in NeMo's CSV format (`fbmem nemo import` reads it back)."""
     from fbmem_data.nemo.export_csv import export_nemo_csv
 
     ws = open_workspace(workspace)
-    written = export_nemo_csv(ws, localization_id, file)
+    written = export_nemo_csv(ws, localization_id, file, prompt_set=prompts)
     return pa.table({"localization_id": [localization_id], "file": [str(file)], "prompts": [written]})
 
 

@@ -51,11 +51,17 @@ def initial_latents(pipe: Any, seeds: Sequence[int], height: int, width: int) ->
     noise = torch.stack([
         torch.randn(shape, generator=torch.Generator("cpu").manual_seed(int(s)), dtype=torch.float32) for s in seeds
     ])
+    return shape_noise(pipe, noise).to(device=pipe.unet.device, dtype=pipe.unet.dtype)
+
+
+def shape_noise(pipe: Any, noise: torch.Tensor) -> torch.Tensor:
+    """Standard normal (B, C, h, w) noise as the pipeline's sampler expects it: unchanged, or zero-mean
+    and unit-std per channel when `pipe.fbmem_initial_noise == "zero-mean"`."""
     if getattr(pipe, "fbmem_initial_noise", "gaussian") == "zero-mean":
         # a model that reads image statistics from x_T's channel means (the lab: LabModelConfig.zero_mean_noise)
         noise = noise - noise.mean(dim=(2, 3), keepdim=True)
         noise = noise / noise.std(dim=(2, 3), keepdim=True)
-    return noise.to(device=pipe.unet.device, dtype=pipe.unet.dtype)
+    return noise
 
 
 def make_batch(pipe: Any, jobs: Sequence[GenerationJob], settings: GenerationSettings) -> GenerationBatch:

