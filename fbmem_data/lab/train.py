@@ -50,8 +50,8 @@ class TrainConfig:
     # Offset noise (a per-channel constant added to the noise, Guttenberg 2023). With SD's schedule x_T
     # keeps sqrt(alpha_T) = 0.068 of the latent, and on 16x16 latents the noise's own channel mean is
     # only ~1/16, so a model trained without it reads each image's mean colour from x_T and draws a
-    # seed-dependent colour cast. Off by default: a 700-step fine-tune of the shipped model at 0.15
-    # did not reduce that cast (docs/lab.md); a run from scratch with it was not measured.
+    # seed-dependent colour cast. Off by default: a 2,000-step fine-tune at 0.15 (v1.2) helped a
+    # little; zero-terminal-SNR betas with v-prediction (LabModelConfig.zero_terminal_snr, v1.3) fixed it.
     offset_noise: float = 0.0
     ema_decay: float = 0.995
     # A lab weights directory (lab_model.json, unet/vae.safetensors) to fine-tune: its autoencoder is
