@@ -147,6 +147,11 @@ def test_cli_lab_train_then_fine_tune_with_zero_terminal_snr(tmp_path: Path) -> 
     assert not info.model.zero_mean_noise  # no signal left in x_T: nothing to centre
     assert info.training["train_config"]["init_from"] == str(tmp_path / "v1")
     assert info.training["train_config"]["unet_lr"] == 1e-4
+    # fine-tuning v2 again without a schedule flag keeps its schedule instead of switching back
+    again = runner.invoke(build_app(), [*base, "--out", str(tmp_path / "v2b"), "--checkpoints", str(tmp_path / "c2b"),
+                                        "--init-from", str(tmp_path / "v2")])
+    assert again.exit_code == 0, again.output
+    assert read_weights_info(tmp_path / "v2b").model == info.model
     missing = runner.invoke(build_app(), [*base, "--out", str(tmp_path / "v3"), "--checkpoints", str(tmp_path / "c3"),
                                           "--init-from", str(tmp_path / "none")])
     assert isinstance(missing.exception, ModelNotFoundError) and "missing lab_model.json" in str(missing.exception)

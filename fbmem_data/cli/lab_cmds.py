@@ -43,7 +43,7 @@ def lab_train_cmd(
     segmenter_steps: Annotated[int, typer.Option("--segmenter-steps", min=0, help="Lab segmenter steps (0: skip).")] = 2000,
     threads: Annotated[int, typer.Option("--threads", min=1, help="torch threads.")] = 1,
     init_from: Annotated[Path | None, typer.Option("--init-from", help="Fine-tune these lab weights (a folder with lab_model.json): keep their autoencoder, start from their UNet.")] = None,
-    zero_terminal_snr: Annotated[bool, typer.Option("--zero-terminal-snr/--sd-schedule", help="Zero-terminal-SNR betas with v-prediction, or SD's schedule with epsilon-prediction.")] = False,
+    zero_terminal_snr: Annotated[bool | None, typer.Option("--zero-terminal-snr/--sd-schedule", help="Zero-terminal-SNR betas with v-prediction, or SD's schedule with epsilon-prediction (default: the --init-from model's, else SD's).")] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bars on stderr.")] = True,
 ) -> None:
     """Train the lab model (autoencoder, then UNet) and the lab segmenter; resumable."""
@@ -56,8 +56,9 @@ def lab_train_cmd(
                       unet_batch=batch_size, unet_lr=lr, offset_noise=offset_noise, stop_at=stop_at, threads=threads,
                       init_from=str(init_from) if init_from else None)
     model = read_weights_info(init_from).model if init_from else LabModelConfig()
-    model = replace(model, zero_terminal_snr=zero_terminal_snr, prediction_type="v_prediction" if zero_terminal_snr else "epsilon",
-                    zero_mean_noise=not zero_terminal_snr)
+    if zero_terminal_snr is not None:  # a switch of schedule; otherwise keep the fine-tuned model's own
+        model = replace(model, zero_terminal_snr=zero_terminal_snr, zero_mean_noise=not zero_terminal_snr,
+                        prediction_type="v_prediction" if zero_terminal_snr else "epsilon")
     summary = train_lab(out, checkpoints, cfg, model, log=None if progress else typer.echo, progress=progress)
     typer.echo(f"lab model written to {out} ({summary['seconds_this_call']:.0f}s this run)")
     if segmenter_steps:
