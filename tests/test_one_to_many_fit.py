@@ -14,7 +14,9 @@ from fbmem_data.workspace import Workspace
 N_GEN = 10  # generations per prompt
 
 
-def _label_rows(bin_counts: dict[int, int], model: str = "m", mitigation: str = "none") -> list[dict[str, object]]:
+def _label_rows(
+    bin_counts: dict[int, int], model: str = "m", mitigation: str = "none"
+) -> list[dict[str, object]]:
     """Prompts whose generations best-match exactly x distinct training images, with bin_counts[x]
     memorized (VM/BM/FM, in turn) generations in bin x; every prompt has N_GEN generations."""
     rows: list[dict[str, object]] = []
@@ -25,9 +27,19 @@ def _label_rows(bin_counts: dict[int, int], model: str = "m", mitigation: str = 
             pid = f"{model}-{mitigation}-x{x}-p{p}"
             for g in range(N_GEN):
                 label = ("VM", "BM", "FM")[g % 3] if g < mem else "NM"
-                rows.append({"generation_id": f"{pid}-g{g}", "generated_image_id": f"img-{pid}-g{g}", "prompt_id": pid,
-                             "prompt_set": "memorized", "model_id": model, "mitigation": mitigation,
-                             "train_image_id": f"t{g % x}", "label": label, "scoring_id": "s1"})
+                rows.append(
+                    {
+                        "generation_id": f"{pid}-g{g}",
+                        "generated_image_id": f"img-{pid}-g{g}",
+                        "prompt_id": pid,
+                        "prompt_set": "memorized",
+                        "model_id": model,
+                        "mitigation": mitigation,
+                        "train_image_id": f"t{g % x}",
+                        "label": label,
+                        "scoring_id": "s1",
+                    }
+                )
             left -= mem
             p += 1
     return rows
@@ -65,7 +77,10 @@ def test_fit_recovers_a_planted_gaussian(workspace: Workspace) -> None:
     curve = workspace.sql("SELECT * FROM one_to_many_fit_curve ORDER BY n_distinct_best").to_pylist()
     assert [r["n_distinct_best"] for r in curve] == list(range(1, N_GEN + 1))
     assert [r["memorized"] for r in curve] == [counts[x] for x in range(1, N_GEN + 1)]
-    assert all(abs(r["fitted"] - _gauss(r["n_distinct_best"], f["amplitude"], f["mean"], f["sigma"])) < 1e-9 for r in curve)
+    assert all(
+        abs(r["fitted"] - _gauss(r["n_distinct_best"], f["amplitude"], f["mean"], f["sigma"])) < 1e-9
+        for r in curve
+    )
     # the same data again: the same fit, not a second row
     assert fit_one_to_many(workspace) == [fit_id]
     assert workspace.count("one_to_many_fits") == 1

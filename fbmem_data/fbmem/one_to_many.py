@@ -50,7 +50,18 @@ def fit_gaussian(counts: Sequence[float]) -> dict[str, Any]:
     x = np.arange(1, len(y) + 1, dtype=float)
     total = float(y.sum())
     out: dict[str, Any] = dict.fromkeys(
-        ("amplitude", "mean", "sigma", "amplitude_se", "mean_se", "sigma_se", "r2", "moment_mean", "moment_std", "error")
+        (
+            "amplitude",
+            "mean",
+            "sigma",
+            "amplitude_se",
+            "mean_se",
+            "sigma_se",
+            "r2",
+            "moment_mean",
+            "moment_std",
+            "error",
+        )
     )
     out["status"] = "failed"
     if total <= 0:
@@ -80,16 +91,26 @@ def fit_gaussian(counts: Sequence[float]) -> dict[str, Any]:
     ss_tot = float(((y - y.mean()) ** 2).sum())
     se = [float(math.sqrt(v)) if np.isfinite(v) and v >= 0 else None for v in np.diag(pcov)]
     out.update(
-        status="ok", amplitude=amplitude, mean=mean, sigma=abs(sigma),
-        amplitude_se=se[0], mean_se=se[1], sigma_se=se[2],
+        status="ok",
+        amplitude=amplitude,
+        mean=mean,
+        sigma=abs(sigma),
+        amplitude_se=se[0],
+        mean_se=se[1],
+        sigma_se=se[2],
         r2=1.0 - float((resid**2).sum()) / ss_tot if ss_tot > 0 else None,
     )
     return out
 
 
 def one_to_many_counts(
-    ws: Workspace, *, mitigation: str = "none", model_id: str | None = None, prompt_set: str | None = None,
-    tau: float = DEFAULT_TAU, scoring_id: str | None = None,
+    ws: Workspace,
+    *,
+    mitigation: str = "none",
+    model_id: str | None = None,
+    prompt_set: str | None = None,
+    tau: float = DEFAULT_TAU,
+    scoring_id: str | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Per model: the memorized-generation counts per bin 1..n_max and the totals behind a fit.
 
@@ -107,14 +128,21 @@ def one_to_many_counts(
         params,
     ).to_pylist()
     if not rows:
-        where = f"mitigation {mitigation!r}" + (f", model {model_id!r}" if model_id else "") + (
-            f", prompt set {prompt_set!r}" if prompt_set else "")
-        raise InputError(f"no labelled generations for {where}",
-                         hint="run `fbmem score` (and generate with that mitigation) first; `fbmem labels` shows what is labelled")
+        where = (
+            f"mitigation {mitigation!r}"
+            + (f", model {model_id!r}" if model_id else "")
+            + (f", prompt set {prompt_set!r}" if prompt_set else "")
+        )
+        raise InputError(
+            f"no labelled generations for {where}",
+            hint="run `fbmem score` (and generate with that mitigation) first; `fbmem labels` shows what is labelled",
+        )
     sid = ws.sql("SELECT any_value(scoring_id) AS s FROM fbmem_labels", params).column("s")[0].as_py()
     per_model: dict[str, dict[str, Any]] = {}
     for r in rows:
-        m = per_model.setdefault(r["model_id"], {"bins": {}, "n_prompts": 0, "n_generations": 0, "n_max": 0, "scoring_id": sid})
+        m = per_model.setdefault(
+            r["model_id"], {"bins": {}, "n_prompts": 0, "n_generations": 0, "n_max": 0, "scoring_id": sid}
+        )
         m["bins"][int(r["n_distinct_best"])] = int(r["memorized"])
         m["n_prompts"] += int(r["prompts"])
         m["n_generations"] += int(r["generations"])
@@ -125,8 +153,14 @@ def one_to_many_counts(
 
 
 def fit_one_to_many(
-    ws: Workspace, *, mitigation: str = "none", model_id: str | None = None, prompt_set: str | None = None,
-    tau: float = DEFAULT_TAU, scoring_id: str | None = None, run_id: str | None = None,
+    ws: Workspace,
+    *,
+    mitigation: str = "none",
+    model_id: str | None = None,
+    prompt_set: str | None = None,
+    tau: float = DEFAULT_TAU,
+    scoring_id: str | None = None,
+    run_id: str | None = None,
 ) -> list[str]:
     """Fit every matching model's one-to-many counts and store the fits in `one_to_many_fits`.
 
@@ -136,15 +170,30 @@ def fit_one_to_many(
         InputError: no labelled generations match.
     """
     ids = []
-    for mid, data in one_to_many_counts(ws, mitigation=mitigation, model_id=model_id, prompt_set=prompt_set,
-                                        tau=tau, scoring_id=scoring_id).items():
-        key = {"model_id": mid, "mitigation": mitigation, "prompt_set": prompt_set, "tau": float(tau),
-               "scoring_id": data["scoring_id"], "counts": data["counts"]}
+    for mid, data in one_to_many_counts(
+        ws, mitigation=mitigation, model_id=model_id, prompt_set=prompt_set, tau=tau, scoring_id=scoring_id
+    ).items():
+        key = {
+            "model_id": mid,
+            "mitigation": mitigation,
+            "prompt_set": prompt_set,
+            "tau": float(tau),
+            "scoring_id": data["scoring_id"],
+            "counts": data["counts"],
+        }
         fit_id = params_hash(key)
         ids.append(fit_id)
-        row = {**key, **fit_gaussian(data["counts"]), "fit_id": fit_id, "n_max": data["n_max"],
-               "n_prompts": data["n_prompts"], "n_generations": data["n_generations"],
-               "n_memorized": sum(data["counts"]), "created_at": dt.datetime.now(dt.UTC), "run_id": run_id}
+        row = {
+            **key,
+            **fit_gaussian(data["counts"]),
+            "fit_id": fit_id,
+            "n_max": data["n_max"],
+            "n_prompts": data["n_prompts"],
+            "n_generations": data["n_generations"],
+            "n_memorized": sum(data["counts"]),
+            "created_at": dt.datetime.now(dt.UTC),
+            "run_id": run_id,
+        }
         ws.write("one_to_many_fits", [row])  # a stored fit_id is skipped: same data, same fit
     return ids
 
