@@ -108,6 +108,48 @@ def import_clusters(
     )
 
 
+@output_options
+def transfer(
+    mask: Annotated[str, typer.Option("--mask", help="cluster_masks.mask_id the transfer generations used.")],
+    workspace: WorkspaceOption = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model", "-m", help="Compute the cluster centroids with this model's text encoder (once)."
+        ),
+    ] = None,
+    model_id: Annotated[
+        str | None, typer.Option("--model-id", help="Model id to record (default: from --model).")
+    ] = None,
+    fit: Annotated[
+        bool, typer.Option("--fit", help="Print the line against centroid distance per source cluster.")
+    ] = False,
+    device: Annotated[str, typer.Option("--device", help="torch device: auto, cpu, cuda ...")] = "auto",
+) -> pa.Table:
+    """A cluster's mask on other clusters' prompts: change per (source, target) cluster against centroid distance."""
+    from fbmem_data.nemo.transfer import compute_centroids, mask_clustering, transfer_table
+
+    ws = open_workspace(workspace)
+    clustering = mask_clustering(ws, mask)
+    if model is not None:
+        from fbmem_data.cli.nemo_cmds import _load
+
+        pipe, mid = _load(model, model_id, device)
+        with ws.run("nemo-c transfer", {"mask": mask, "clustering": clustering, "model_id": mid}) as run:
+            compute_centroids(ws, pipe, mid, clustering, run_id=run.run_id)
+    elif (
+        not ws.sql("SELECT count(*) AS n FROM cluster_centroids WHERE clustering_id = $c", {"c": clustering})
+        .column("n")[0]
+        .as_py()
+    ):
+        typer.echo(
+            "no centroids stored for this clustering: centroid_distance is empty (pass --model to compute them)",
+            err=True,
+        )
+    return transfer_table(ws, mask, fit=fit)
+
+
 def register(app: typer.Typer) -> None:
     del app  # the commands join the `nemo-c` group that nemo_cmds registers
     nemo_c_app.command("import")(import_clusters)
+    nemo_c_app.command("transfer")(transfer)
