@@ -88,3 +88,31 @@ def test_matched_pairs_and_means(workspace: Workspace) -> None:
     }
     assert set(by_label) == {"VM", "FM", "BM"}  # n1 VM, n2 FM (bg 0.5), n3 BM (fg 0.7) at tau 0.8
     assert by_label["VM"]["fg_change"] == pytest.approx(-0.30)
+
+
+def test_best_match_score_histogram(workspace: Workspace) -> None:
+    workspace.write(
+        "prompts",
+        [
+            {"prompt_id": "p1", "prompt_set": "memorized", "text": "a", "source_key": "1"},
+            {"prompt_id": "p2", "prompt_set": "control", "text": "b", "source_key": "2"},
+        ],
+    )
+    workspace.write(
+        "generations", [_gen("g1", "p1", 1, "none"), _gen("g2", "p1", 2, "none"), _gen("g3", "p2", 1, "none")]
+    )
+    workspace.write(
+        "region_scores",
+        [
+            _score("g1", "t1", 1.0, 0.905),
+            _score("g1", "t2", 0.1, 0.1),  # only the best match counts
+            _score("g2", "t1", 0.999, 0.2),
+            _score("g3", "t1", 0.3, 0.3),
+        ],
+    )
+    rows = workspace.sql("SELECT prompt_set, score, bin_lo, n FROM best_match_score_histogram").to_pylist()
+    got = {(r["prompt_set"], r["score"], round(r["bin_lo"], 2)): r["n"] for r in rows}
+    assert got[("memorized", "fg", 0.99)] == 2  # 1.0 lands in the last bin with 0.999
+    assert got[("memorized", "bg", 0.9)] == 1 and got[("memorized", "bg", 0.2)] == 1
+    assert got[("memorized", "pair", 0.95)] == 1 and got[("control", "pair", 0.3)] == 1
+    assert sum(n for (s, kind, _), n in got.items() if kind == "pair") == 3
