@@ -6,11 +6,12 @@ the memorized generations (VM + BM + FM) per bin x = 1..n_max are fitted by leas
 a * exp(-(x - mean)^2 / (2 sigma^2)) (scipy's curve_fit, as the reference). Empty bins count as 0, as
 they do in the reference's fixed-length count arrays.
 
-Where the reference's code and its intent part, fbmem follows the intent: it adds the three count lists
-with `+` (Python list concatenation: 60 values against 20 bins, which curve_fit rejects), so fbmem sums
-them per bin; it starts the fit at (max count, weighted mean, weighted std) instead of curve_fit's
-default (1, 1, 1), which on counts in the hundreds often stops far from the optimum; and it keeps the
-last prompt, which the reference's grouping loop never flushes.
+Where the reference's code and its intent part, fbmem follows the intent. The reference adds its three
+count lists with `+` (Python list concatenation: 60 values against 20 bins, which curve_fit rejects); fbmem sums
+them per bin. fbmem starts curve_fit from the moments, from every local peak of the counts and from
+curve_fit's default (1, 1, 1), and keeps the converged fit with the least squared error (on the paper's
+own bimodal counts only the start at the second peak converges). And fbmem counts the last prompt,
+which the reference's grouping loop never flushes.
 """
 
 from __future__ import annotations
@@ -77,15 +78,24 @@ def fit_gaussian(counts: Sequence[float]) -> dict[str, Any]:
 
     from scipy.optimize import OptimizeWarning, curve_fit
 
-    p0 = (float(y.max()), m_mean, m_std if m_std > 0 else 0.5)
-    try:
-        with warnings.catch_warnings():
-            # a singular covariance (e.g. a single non-empty bin) is reported as null standard errors
-            warnings.simplefilter("ignore", OptimizeWarning)
-            popt, pcov = curve_fit(gaussian, x, y, p0=p0, maxfev=20000)
-    except (RuntimeError, ValueError) as exc:
-        out["error"] = f"curve_fit: {exc}"
+    best: tuple[float, Any, Any] | None = None
+    errors: list[str] = []
+    for p0 in _starts(x, y, m_mean, m_std):
+        try:
+            with warnings.catch_warnings():
+                # a singular covariance (e.g. a single non-empty bin) is reported as null standard errors
+                warnings.simplefilter("ignore", OptimizeWarning)
+                popt, pcov = curve_fit(gaussian, x, y, p0=p0, maxfev=5000)
+        except (RuntimeError, ValueError) as exc:
+            errors.append(str(exc))
+            continue
+        sse = float(((y - gaussian(x, *popt)) ** 2).sum())
+        if np.all(np.isfinite(popt)) and (best is None or sse < best[0]):
+            best = (sse, popt, pcov)
+    if best is None:
+        out["error"] = f"curve_fit found no optimum from any start: {errors[-1] if errors else 'no start'}"
         return out
+    _, popt, pcov = best
     amplitude, mean, sigma = (float(v) for v in popt)
     resid = y - gaussian(x, amplitude, mean, sigma)
     ss_tot = float(((y - y.mean()) ** 2).sum())
@@ -101,6 +111,20 @@ def fit_gaussian(counts: Sequence[float]) -> dict[str, Any]:
         r2=1.0 - float((resid**2).sum()) / ss_tot if ss_tot > 0 else None,
     )
     return out
+
+
+def _starts(x: Any, y: Any, m_mean: float, m_std: float) -> list[tuple[float, float, float]]:
+    """Starting points: the moments, every local maximum of the counts (a peak of height y at x, width 1),
+    and curve_fit's own default (1, 1, 1). The paper's counts are bimodal (a peak at 1, a second mode at
+    14-15): from the moments or from (1, 1, 1) curve_fit does not converge, from the second peak it does."""
+    starts = [(float(y.max()), m_mean, m_std if m_std > 0 else 0.5)]
+    for i in range(len(y)):
+        left = y[i - 1] if i > 0 else -1.0
+        right = y[i + 1] if i + 1 < len(y) else -1.0
+        if y[i] > 0 and y[i] >= left and y[i] >= right:
+            starts.append((float(y[i]), float(x[i]), 1.0))
+    starts.append((1.0, 1.0, 1.0))
+    return starts
 
 
 def one_to_many_counts(
