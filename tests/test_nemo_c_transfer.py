@@ -207,3 +207,47 @@ def test_transfer_cli(workspace: Workspace, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     (fit,) = json.loads(result.stdout)
     assert fit["source_cluster"] == 0 and fit["n_targets"] == 3
+
+
+def test_transfer_embedding_similarity(workspace: Workspace) -> None:
+    """The paper's own measure: image-embedding cosine to the training image the unmitigated twin matched."""
+    import math
+
+    _transfer_workspace(workspace)
+    angle = {
+        "img-p10-none": 0.1,
+        "img-p10-nemo-c-transfer": 0.6,
+        "t-p10": 0.0,
+        "img-p11-none": 0.2,
+        "img-p11-nemo-c-transfer": 0.3,
+        "t-p11": 0.0,
+    }
+    workspace.write(
+        "embeddings",
+        [
+            {
+                "image_id": k,
+                "embedder": "open_clip",
+                "params_hash": "h",
+                "dim": 2,
+                "vector": [math.cos(a), math.sin(a)],
+                "status": "ok",
+            }
+            for k, a in angle.items()
+        ],
+    )
+    pairs = {
+        r["prompt_id"]: r
+        for r in workspace.sql("SELECT * FROM nemo_c_transfer_pairs WHERE target_cluster = 1").to_pylist()
+    }
+    assert pairs["p10"]["emb_before"] == pytest.approx(math.cos(0.1), abs=1e-6)
+    assert pairs["p10"]["emb_after"] == pytest.approx(math.cos(0.6), abs=1e-6)
+    (row,) = workspace.sql("SELECT * FROM nemo_c_transfer WHERE target_cluster = 1").to_pylist()
+    changes = [math.cos(0.6) - math.cos(0.1), math.cos(0.3) - math.cos(0.2)]
+    assert row["emb_change"] == pytest.approx(sum(changes) / 2, abs=1e-6)
+    assert row["emb_abs_change"] == pytest.approx(sum(abs(c) for c in changes) / 2, abs=1e-6)
+    # another embedder named by the variable: no vectors, no values
+    other = workspace.sql(
+        "SELECT emb_change FROM nemo_c_transfer WHERE target_cluster = 1", {"transfer_embedder": "sscd"}
+    )
+    assert other.column("emb_change")[0].as_py() is None

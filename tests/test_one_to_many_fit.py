@@ -147,3 +147,49 @@ def test_fit_of_the_papers_own_bimodal_counts() -> None:
     assert fit["mean"] == pytest.approx(14.14, abs=0.01) and fit["sigma"] == pytest.approx(1.58, abs=0.01)
     # the moments of the same counts sit between the two modes
     assert 8 < fit["moment_mean"] < 9
+
+
+def test_fit_through_the_real_label_views(workspace: Workspace) -> None:
+    """No stand-in: generations + region_scores -> best_match -> fbmem_labels -> one_to_many -> the fit."""
+    gens, scores = [], []
+    # prompt a: 4 generations, all VM, all on one training image; prompt b: 4 generations on 4 images, 2 FM
+    for p, n_train, fgs in (("a", 1, [0.9] * 4), ("b", 4, [0.9, 0.85, 0.1, 0.2])):
+        for s in range(4):
+            gid = f"{p}{s}"
+            gens.append(
+                {
+                    "generation_id": gid,
+                    "image_id": f"img-{gid}",
+                    "prompt_id": p,
+                    "model_id": "m",
+                    "seed": s,
+                    "steps": 50,
+                    "guidance": 7.0,
+                    "height": 64,
+                    "width": 64,
+                    "mitigation": "none",
+                }
+            )
+            bg = 0.9 if p == "a" else 0.1
+            scores.append(
+                {
+                    "scoring_id": "s1",
+                    "generated_image_id": f"img-{gid}",
+                    "train_image_id": f"t{s % n_train}",
+                    "segmenter": "x",
+                    "metric": "msssim",
+                    "preset": "paper",
+                    "size": 64,
+                    "fg_score": fgs[s],
+                    "bg_score": bg,
+                    "pair_score": (fgs[s] + bg) / 2,
+                    "degenerate_rule": "none",
+                    "status": "ok",
+                }
+            )
+    workspace.write("generations", gens)
+    workspace.write("region_scores", scores)
+    (fit_id,) = fit_one_to_many(workspace)
+    row = workspace.sql("SELECT * FROM one_to_many_fits").to_pylist()[0]
+    assert row["fit_id"] == fit_id and row["scoring_id"] == "s1" and row["n_prompts"] == 2
+    assert row["counts"] == [4, 0, 0, 2] and row["n_generations"] == 8 and row["n_memorized"] == 6
