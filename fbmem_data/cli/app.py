@@ -18,6 +18,8 @@ _COMMAND_MODULES = (
     "fbmem_data.cli.lab_cmds",
     "fbmem_data.cli.generate_cmds",
     "fbmem_data.cli.nemo_cmds",
+    "fbmem_data.cli.nemo_c_cmds",
+    "fbmem_data.cli.analysis_cmds",
     "fbmem_data.cli.utility_cmds",
     "fbmem_data.cli.report_cmds",
     "fbmem_data.cli.fetch_cmds",
