@@ -12,10 +12,8 @@ from __future__ import annotations
 import concurrent.futures as cf
 import contextlib
 import datetime as dt
-import signal
-import threading
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -289,7 +287,7 @@ def fetch(
         "allow_private": allow_private,
         "allow_networks": list(allow_networks),
     }
-    with _sigterm_as_interrupt(), ws.run("fetch", config) as run:
+    with ws.run("fetch", config) as run:  # ws.run turns SIGTERM into KeyboardInterrupt
         targets = resolve_targets(
             ws,
             prompt_set=prompt_set,
@@ -307,24 +305,6 @@ def fetch(
         if by_url:
             _run_pool(ws, by_url, settings, max_pixels, batch_size, run.run_id, summary, progress)
     return summary
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """In the main thread, SIGTERM raises KeyboardInterrupt (so a `kill` stops a run the way Ctrl-C
-    does: finished URLs kept, run recorded interrupted). Elsewhere signals cannot be handled."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def on_term(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    previous = signal.signal(signal.SIGTERM, on_term)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _run_pool(

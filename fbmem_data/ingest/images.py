@@ -235,7 +235,8 @@ def _probe_batches(
         return
     ctx = multiprocessing.get_context(_start_method())
     chunk = max(1, min(64, batch_size // (workers * 2)))
-    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=init_worker, initargs=(known,)) as pool:
+    initargs = (known, os.getpid())
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_pool_worker, initargs=initargs) as pool:
         def submit(batch: list[int]) -> list[tuple[int, Future[list[Probe]]]]:
             futures = []
             for start in range(0, len(batch), chunk):
@@ -255,6 +256,14 @@ def _probe_batches(
         except BaseException:
             pool.shutdown(wait=False, cancel_futures=True)
             raise
+
+
+def _init_pool_worker(known: frozenset[str], parent_pid: int) -> None:
+    """A decoding worker: dies with the ingest process (even on SIGKILL), then gets the known ids."""
+    from fbmem_data.procs import die_with_parent
+
+    die_with_parent(parent_pid)
+    init_worker(known)
 
 
 def _start_method() -> str:
