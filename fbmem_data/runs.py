@@ -65,7 +65,7 @@ class RunRecorder:
 
     def start(self) -> None:
         self._lock = _take_run_lock(self.ws.root, self.run_id)
-        recover_dead_runs(self.ws)
+        recover_dead_runs(self.ws, own_run_id=self.run_id)
         self.ws.write("runs", [self._row("running", None, None)], part_name=f"run-{self.run_id}", replace_part=True)
 
     def finish(self, status: str, error: str | None = None) -> None:
@@ -111,7 +111,7 @@ def _take_run_lock(root: Path, run_id: str) -> IO[bytes] | None:
     return fh
 
 
-def recover_dead_runs(ws: Workspace) -> list[str]:
+def recover_dead_runs(ws: Workspace, own_run_id: str | None = None) -> list[str]:
     """Mark the runs whose process died (their lock is free) `interrupted`; remove temp files of
     dead writers. Returns the run ids marked."""
     import pyarrow.parquet as pq
@@ -121,6 +121,8 @@ def recover_dead_runs(ws: Workspace) -> list[str]:
     others_alive = False
     for lock_path in sorted(locks.glob("run-*.lock")) if locks.is_dir() else []:
         run_id = lock_path.name[len("run-") : -len(".lock")]
+        if run_id == own_run_id:
+            continue
         try:
             fh = open(lock_path, "rb")  # noqa: SIM115
         except OSError:
