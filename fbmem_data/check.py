@@ -8,7 +8,8 @@ them with nulls). Anything else is reported:
 - unreadable: the footer or, with deep=True, the data does not decode (a truncated copy, a
   killed `cp`, a disk error). Every query over the table fails on it.
 - misplaced: a valid fbmem part of another table (its rows would be counted in the wrong table).
-- schema: a column of the wrong type, an unknown column, or a required column missing.
+- schema: no fbmem metadata (not written by fbmem), a column of the wrong type, an unknown
+  column, or a required column missing.
 - stray: a file the tables' globs do not read (`foo.parquet`, `part-1.parquet.bak`) or a temp
   file (`.tmp-*`) left by a killed writer. Harmless to queries; reported so nothing hides there.
 - stray_table: a folder under tables/ that no schema names.
@@ -135,7 +136,9 @@ def check_part(path: Path, table: str, *, deep: bool = False) -> tuple[str | Non
     rows = meta.num_rows
     names = arrow_schema.metadata or {}
     owner = names.get(b"fbmem.table", b"").decode() or None
-    if owner is not None and owner != table:
+    if owner is None:
+        return "schema", "not written by fbmem (no fbmem.table metadata); queries refuse it", rows
+    if owner != table:
         where = f"tables/{owner}/" if owner in all_schemas() else "no table of this fbmem"
         return "misplaced", f"a part of table '{owner}' (belongs in {where})", rows
     expected = {c.name: c for c in all_schemas()[table].columns}
@@ -154,8 +157,7 @@ def check_part(path: Path, table: str, *, deep: bool = False) -> tuple[str | Non
     if missing:
         issues.append(f"required column(s) {missing} missing")
     if issues:
-        who = f"a part of '{owner}'" if owner else "a part without fbmem metadata"
-        return "schema", f"{who}: " + ", ".join(issues), rows
+        return "schema", ", ".join(issues), rows
     if deep:
         try:
             pq.read_table(path)
@@ -186,7 +188,12 @@ def check_workspace(ws: Workspace, *, repair: bool = False, deep: bool = False) 
     if tables_dir.is_dir():
         for tdir in sorted(p for p in tables_dir.iterdir() if p.is_dir() and p.name not in schemas):
             report.problems.append(
-                PartProblem(tdir.name, tdir.relative_to(ws.root).as_posix(), "stray_table", "no schema names this table")
+                PartProblem(
+                    tdir.name,
+                    tdir.relative_to(ws.root).as_posix(),
+                    "stray_table",
+                    "no schema names this table",
+                )
             )
     for table in schemas:
         report.parts[table] = 0
@@ -199,7 +206,11 @@ def check_workspace(ws: Workspace, *, repair: bool = False, deep: bool = False) 
                 continue
             rel = path.relative_to(ws.root).as_posix()
             if path.name.startswith(".tmp-"):
-                found: tuple[str | None, str, int | None] = ("stray", "temp file of an interrupted write", None)
+                found: tuple[str | None, str, int | None] = (
+                    "stray",
+                    "temp file of an interrupted write",
+                    None,
+                )
             elif not (path.name.startswith("part-") and path.name.endswith(".parquet")):
                 found = ("stray", "not read by queries (only part-*.parquet are)", None)
             else:

@@ -66,7 +66,9 @@ class RunRecorder:
     def start(self) -> None:
         self._lock = _take_run_lock(self.ws.root, self.run_id)
         recover_dead_runs(self.ws, own_run_id=self.run_id)
-        self.ws.write("runs", [self._row("running", None, None)], part_name=f"run-{self.run_id}", replace_part=True)
+        self.ws.write(
+            "runs", [self._row("running", None, None)], part_name=f"run-{self.run_id}", replace_part=True
+        )
 
     def finish(self, status: str, error: str | None = None) -> None:
         row = self._row(status, error, dt.datetime.now(dt.timezone.utc))
@@ -138,8 +140,11 @@ def recover_dead_runs(ws: Workspace, own_run_id: str | None = None) -> list[str]
                 rows = []
             if rows and rows[0]["status"] == "running":
                 row = dict(rows[0])
-                row.update(status="interrupted", ended_at=dt.datetime.now(dt.timezone.utc),
-                           error="the process ended without finishing (killed, or the machine stopped)")
+                row.update(
+                    status="interrupted",
+                    ended_at=dt.datetime.now(dt.timezone.utc),
+                    error="the process ended without finishing (killed, or the machine stopped)",
+                )
                 ws.write("runs", [row], part_name=f"run-{run_id}", replace_part=True)
                 marked.append(run_id)
             with contextlib.suppress(OSError):

@@ -407,13 +407,15 @@ class Workspace:
             ).fetchall()
         except duckdb.Error as exc:
             raise self.damaged_part_error(exc) or QueryError(f"cannot read the table parts: {exc}") from exc
-        for file_name, owner in rows:
-            if Path(file_name).parent.name != owner:
-                rel = Path(file_name).relative_to(self.root).as_posix()
-                raise WorkspaceError(
-                    f"table part {rel} holds rows of table '{owner}'",
-                    hint=f"run `fbmem check -w {self.root}` to list the bad parts, and `--repair` to move them aside",
-                )
+        hint = f"run `fbmem check -w {self.root}` to list the bad parts, and `--repair` to move them aside"
+        owners = {Path(file_name): owner for file_name, owner in rows}
+        for path in sorted(self.tables_dir.glob("*/part-*.parquet")):
+            owner = owners.get(path)
+            rel = path.relative_to(self.root).as_posix()
+            if owner is None:
+                raise WorkspaceError(f"table part {rel} was not written by fbmem (no fbmem.table metadata)", hint=hint)
+            if path.parent.name != owner:
+                raise WorkspaceError(f"table part {rel} holds rows of table '{owner}'", hint=hint)
 
     def connection(self) -> duckdb.DuckDBPyConnection:
         """An in-memory DuckDB connection with every view of this workspace defined."""

@@ -129,3 +129,32 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 60.0) -> bool:
             return True
         time.sleep(0.05)
     return predicate()
+
+
+@dataclass
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_cli(*args: str) -> CliResult:
+    """`fbmem ARGS` in this process (a subprocess costs seconds of start-up on a loaded machine).
+    An exception escaping the CLI is reported as a traceback, as the real command would print it."""
+    import contextlib
+    import io
+    import traceback
+
+    from fbmem_data.cli.app import main
+
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main(list(args))
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        except Exception:
+            traceback.print_exc()
+            code = 1
+    return CliResult(code, out.getvalue(), err.getvalue())
