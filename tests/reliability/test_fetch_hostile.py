@@ -173,3 +173,36 @@ def test_cli_blocked_by_default_and_bad_network_is_an_error(
         and bad.stderr.startswith("Error: not a network")
         and "Traceback" not in bad.stderr
     )
+
+
+@pytest.mark.parametrize(
+    ("address", "reason"),
+    [
+        ("127.0.0.2", "loopback"),
+        ("10.1.2.3", "private"),
+        ("192.168.0.1", "private"),
+        ("169.254.169.254", "link-local"),  # cloud metadata
+        ("224.0.0.1", "multicast"),
+        ("0.0.0.0", "unspecified"),
+        ("100.64.0.1", "not globally routable"),
+        ("::1", "loopback"),
+        ("fe80::1", "link-local"),
+        ("fd00::1", "private"),
+        ("::ffff:10.0.0.1", "private"),
+        ("93.184.216.34", None),
+        ("2606:4700::1111", None),
+    ],
+)
+def test_address_policy(address: str, reason: str | None) -> None:
+    import ipaddress
+
+    from fbmem_data.fetch.guard import Guard, blocked_reason
+
+    ip = ipaddress.ip_address(address)
+    assert blocked_reason(ip) == reason
+    guard = Guard(allow_networks=["10.1.0.0/16"])
+    try:
+        assert (guard.check(ip) is None) == (reason is None or address == "10.1.2.3")
+        assert Guard.check(guard, ipaddress.ip_address("10.2.0.1")) == "private"
+    finally:
+        guard.close()
