@@ -13,6 +13,9 @@ them with nulls). Anything else is reported:
 - stray: a file the tables' globs do not read (`foo.parquet`, `part-1.parquet.bak`) or a temp
   file (`.tmp-*`) left by a killed writer. Harmless to queries; reported so nothing hides there.
 - stray_table: a folder under tables/ that no schema names.
+- dangling (once the parts are sound): links, generations and ok fetches naming images that have
+  no images row, and images rows whose stored file is gone: the trace of a deleted part or file.
+  Not repairable here: run the command that wrote them again.
 
 repair=True moves every reported file to `quarantine/<time>/tables/<table>/` (nothing is deleted)
 so the remaining parts are consistent again; the rows in a quarantined part are gone from the
@@ -57,6 +60,7 @@ class CheckReport:
 
     @property
     def ok(self) -> bool:
+        """True when nothing is wrong any more (every bad file moved, nothing dangling)."""
         return all(p.moved_to is not None for p in self.problems)
 
     def to_table(self) -> pa.Table:
@@ -113,6 +117,30 @@ class CheckReport:
             ]
         )
         return pa.Table.from_pylist(rows, schema=schema)
+
+
+def open_for_check(path: str | Path | None) -> Workspace:
+    """The workspace at `path` (or $FBMEM_WORKSPACE) with only its fbmem.json checked: unlike
+    Workspace.open, nothing reads the table parts, which may be the damaged thing.
+
+    Raises:
+        WorkspaceError: no path, or no valid fbmem.json (the hint says how to repair it).
+    """
+    import os
+
+    from fbmem_data.errors import WorkspaceError
+    from fbmem_data.workspace import ENV_VAR, MARKER, Workspace, _marker_problem, _repair_hint
+
+    path = path or os.environ.get(ENV_VAR)
+    if not path:
+        raise WorkspaceError("no workspace given", hint=f"pass -w/--workspace DIR or set {ENV_VAR}")
+    root = Path(path)
+    if not (root / MARKER).exists():
+        raise WorkspaceError(f"{root} has no {MARKER}", hint=_repair_hint(root))
+    problem = _marker_problem(root)
+    if problem is not None:
+        raise WorkspaceError(problem, hint=_repair_hint(root))
+    return Workspace(root)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -231,4 +259,33 @@ def check_workspace(ws: Workspace, *, repair: bool = False, deep: bool = False) 
     if repair:
         ws.ensure_tables()  # a quarantined empty part is written again
         ws.close()
+    if all(p.moved_to is not None or p.problem in ("stray", "stray_table") for p in report.problems):
+        _check_references(ws, report)
     return report
+
+
+# Rows that must find their image: a deleted or quarantined images part leaves them dangling.
+_REFERENCES = (
+    ("train_links", "SELECT count(*) FROM train_links t ANTI JOIN images i USING (image_id)"),
+    ("generations", "SELECT count(*) FROM generations t ANTI JOIN images i USING (image_id)"),
+    (
+        "fetches",
+        "SELECT count(*) FROM fetch_latest f WHERE status = 'ok' "
+        "AND sha256 NOT IN (SELECT image_id FROM images WHERE role = 'train')",
+    ),
+)
+
+
+def _check_references(ws: Workspace, report: CheckReport) -> None:
+    """Rows naming images that have no images row, and images rows whose stored file is gone:
+    what a deleted part or a deleted store file leaves behind (fbmem keeps no list of parts)."""
+    for table, query in _REFERENCES:
+        n = int(ws.sql(query).column(0)[0].as_py())
+        if n:
+            detail = f"{n} row(s) name images with no images row (a deleted or quarantined images part?)"
+            report.problems.append(PartProblem(table, "", "dangling", detail, n))
+    paths = ws.sql("SELECT DISTINCT store_path FROM images WHERE store_path IS NOT NULL").column(0).to_pylist()
+    gone = [p for p in paths if not (ws.root / p).is_file()]
+    if gone:
+        detail = f"{len(gone)} stored image file(s) are missing, e.g. {gone[0]}"
+        report.problems.append(PartProblem("images", "images/", "dangling", detail, len(gone)))

@@ -48,6 +48,26 @@ def _prompts(ws: Workspace, n: int, start: int = 0) -> None:
     )
 
 
+def _image_row(ws: Workspace, image_id: str) -> None:
+    import datetime as dt
+
+    store = ws.images_dir / image_id[:2] / f"{image_id}.png"
+    store.parent.mkdir(parents=True, exist_ok=True)
+    store.write_bytes(b"not checked here")
+    ws.write(
+        "images",
+        [
+            {
+                "image_id": image_id,
+                "role": "train",
+                "store_path": store.relative_to(ws.root).as_posix(),
+                "status": "ok",
+                "ingested_at": dt.datetime.now(dt.timezone.utc),
+            }
+        ],
+    )
+
+
 def _data_parts(ws: Workspace, table: str) -> list[Path]:
     return [p for p in ws.parts(table) if p.name != EMPTY_PART]
 
@@ -78,6 +98,7 @@ def test_truncated_part_is_named_and_quarantined_by_check(tmp_path: Path) -> Non
 def test_misplaced_and_foreign_parts_are_refused_not_counted(workspace: Workspace) -> None:
     _prompts(workspace, 4)
     workspace.write("train_links", [{"image_id": "a" * 64, "prompt_id": "p0", "relation": "url"}])
+    _image_row(workspace, "a" * 64)
     # A prompts part copied into images, and a Parquet file fbmem did not write: both used to be
     # unioned into the table (wrong counts, columns of nulls).
     shutil.copy(_data_parts(workspace, "prompts")[0], workspace.table_dir("images") / "part-copied.parquet")
@@ -97,12 +118,24 @@ def test_misplaced_and_foreign_parts_are_refused_not_counted(workspace: Workspac
         ("images", "part-copied.parquet"): "misplaced",
         ("train_links", "part-foreign.parquet"): "schema",
     }
-    assert report.rows["prompts"] == 4 and report.rows["train_links"] == 1 and report.rows["images"] == 0
+    assert report.rows["prompts"] == 4 and report.rows["train_links"] == 1 and report.rows["images"] == 1
 
     report = check_workspace(workspace, repair=True)
     assert report.ok and all(p.moved_to for p in report.problems)
-    assert workspace.count("images") == 0 and workspace.count("train_links") == 1
+    assert workspace.count("images") == 1 and workspace.count("train_links") == 1
     assert check_workspace(workspace).problems == []
+
+
+def test_deleted_part_leaves_dangling_rows_that_check_reports(workspace: Workspace) -> None:
+    _prompts(workspace, 1)
+    workspace.write("train_links", [{"image_id": "b" * 64, "prompt_id": "p0", "relation": "url"}])
+    _image_row(workspace, "b" * 64)
+    assert check_workspace(workspace).problems == []
+    _data_parts(workspace, "images")[0].unlink()  # a deleted part: its rows silently gone
+    workspace.close()
+    out = fbmem("check", "-w", str(workspace.root))
+    assert_one_error_line(out, "dangling")
+    assert "train_links" in out.stdout and "1 row(s) name images with no images row" in out.stdout
 
 
 def test_removed_or_invalid_marker_is_repaired_by_init_repair(tmp_path: Path) -> None:
