@@ -16,6 +16,8 @@ from fbmem_data.workspace import EMPTY_PART, Workspace
 
 from .conftest import png_bytes, wait_for
 
+N = 500  # images; written two per part, so the ingest is still running when it is killed
+
 
 def _children(pid: int) -> list[int]:
     found = []
@@ -48,7 +50,7 @@ def test_killed_ingest_leaves_no_workers_no_running_run_no_temp_files(
     ws = Workspace.init(tmp_path / "ws")
     src = tmp_path / "pngs"
     src.mkdir()
-    for i in range(300):
+    for i in range(N):
         (src / f"{i:04d}.png").write_bytes(png_bytes((i % 256, i // 256, 5), (16, 16)))
     cmd = [
         sys.executable,
@@ -96,7 +98,7 @@ def test_killed_ingest_leaves_no_workers_no_running_run_no_temp_files(
     assert written >= 2
 
     report = ingest_images(ws, src, "train", workers=1, progress=False)
-    assert report.already_stored + report.by_status["ok"] == 300
+    assert report.already_stored + report.by_status["ok"] == N
     assert sorted(ws.sql("SELECT status FROM runs").column("status").to_pylist()) == ["interrupted", "ok"]
     assert not list(ws.root.glob("images/*/.tmp-*")) and not list(ws.root.glob("tables/*/.tmp-*"))
-    assert ws.count("images") == 300
+    assert ws.count("images") == N
