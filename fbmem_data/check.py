@@ -284,7 +284,9 @@ def _check_references(ws: Workspace, report: CheckReport) -> None:
         if n:
             detail = f"{n} row(s) name images with no images row (a deleted or quarantined images part?)"
             report.problems.append(PartProblem(table, "", "dangling", detail, n))
-    paths = ws.sql("SELECT DISTINCT store_path FROM images WHERE store_path IS NOT NULL").column(0).to_pylist()
+    paths = (
+        ws.sql("SELECT DISTINCT store_path FROM images WHERE store_path IS NOT NULL").column(0).to_pylist()
+    )
     gone = [p for p in paths if not (ws.root / p).is_file()]
     if gone:
         detail = f"{len(gone)} stored image file(s) are missing, e.g. {gone[0]}"

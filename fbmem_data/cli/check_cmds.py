@@ -15,8 +15,15 @@ from fbmem_data.errors import WorkspaceError
 @output_options
 def check(
     workspace: WorkspaceOption = None,
-    repair: Annotated[bool, typer.Option("--repair", help="Move bad and stray files to WORKSPACE/quarantine/<time>/ (nothing is deleted).")] = False,
-    deep: Annotated[bool, typer.Option("--deep", help="Also decode every part's data, not only its footer (slower).")] = False,
+    repair: Annotated[
+        bool,
+        typer.Option(
+            "--repair", help="Move bad and stray files to WORKSPACE/quarantine/<time>/ (nothing is deleted)."
+        ),
+    ] = False,
+    deep: Annotated[
+        bool, typer.Option("--deep", help="Also decode every part's data, not only its footer (slower).")
+    ] = False,
 ) -> pa.Table:
     """Verify every table part against its table's schema and metadata; report stray, unreadable and misplaced parts and row counts."""
     from fbmem_data.check import check_workspace, open_for_check
