@@ -400,16 +400,21 @@ class Workspace:
         counted in the wrong table. One pass over the footers, in DuckDB."""
         import duckdb
 
-        glob = _sql_quote(str(self.tables_dir / "*" / "part-*.parquet"))
+        # The file list is taken first and passed as is: a part renamed into place meanwhile by
+        # another process is simply not looked at, rather than seen without its metadata.
+        paths = [p for name in all_schemas() for p in self.parts(name)]
+        if not paths:
+            return
+        files = "[" + ", ".join(_sql_quote(str(p)) for p in paths) + "]"
         try:
             rows = con.execute(
-                f"SELECT file_name, decode(value) FROM parquet_kv_metadata({glob}) WHERE decode(key) = 'fbmem.table'"
+                f"SELECT file_name, decode(value) FROM parquet_kv_metadata({files}) WHERE decode(key) = 'fbmem.table'"
             ).fetchall()
         except duckdb.Error as exc:
             raise self.damaged_part_error(exc) or QueryError(f"cannot read the table parts: {exc}") from exc
         hint = f"run `fbmem check -w {self.root}` to list the bad parts, and `--repair` to move them aside"
         owners = {Path(file_name): owner for file_name, owner in rows}
-        for path in sorted(self.tables_dir.glob("*/part-*.parquet")):
+        for path in paths:
             owner = owners.get(path)
             rel = path.relative_to(self.root).as_posix()
             if owner is None:
