@@ -19,8 +19,11 @@ def die_with_parent(parent_pid: int) -> None:
 
     Linux: the kernel's parent-death signal (prctl PR_SET_PDEATHSIG, via ctypes). Everywhere: a
     daemon thread that exits the worker once its parent is gone (re-parented: getppid changes),
-    which also covers a parent that died before prctl took effect.
+    which also covers a parent that died before prctl took effect. SIGTERM gets its default
+    action back (a forked worker inherits the parent's handler, which raises KeyboardInterrupt).
     """
+    with contextlib.suppress(ValueError):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if sys.platform.startswith("linux"):
         with contextlib.suppress(Exception):  # no libc or no prctl: the watchdog below still works
             import ctypes
