@@ -340,9 +340,11 @@ def _run_pool(
                     if outcome.download.status != CANCELLED:
                         buffer.append((outcome, by_url[url]))
                 if len(buffer) >= batch_size:
-                    _write_batch(ws, buffer, run_id, summary.counts)
-                    written += len(buffer)
-                    buffer = []
+                    # Taken out of the buffer first: a batch interrupted mid-write is not written
+                    # twice by the cleanup below (its URLs without a fetches row are fetched again).
+                    batch, buffer = buffer, []
+                    _write_batch(ws, batch, run_id, summary.counts)
+                    written += len(batch)
                     if progress:
                         progress(written, len(by_url))
         except BaseException:
