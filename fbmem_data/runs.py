@@ -1,11 +1,22 @@
-"""Run records: what command ran, with which configuration and versions, and how it ended."""
+"""Run records: what command ran, with which configuration and versions, and how it ended.
+
+A live run holds an exclusive lock on `.locks/run-<id>.lock`; the kernel drops it when the process
+dies, however it dies. The next run to start takes every lock it can get: those runs' processes
+are gone, so their rows still saying `running` are rewritten as `interrupted`, and temp files
+(`.tmp-*`) they left are removed.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import os
 import platform
+import time
+import uuid
 from importlib import metadata
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
 
 from fbmem_data import __version__
 from fbmem_data.ids import canonical_json, new_run_id, params_hash
@@ -53,8 +64,101 @@ class RunRecorder:
         }
 
     def start(self) -> None:
-        self.ws.write("runs", [self._row("running", None, None)], part_name=f"run-{self.run_id}", replace_part=True)
+        self._lock = _take_run_lock(self.ws.root, self.run_id)
+        recover_dead_runs(self.ws, own_run_id=self.run_id)
+        self.ws.write(
+            "runs", [self._row("running", None, None)], part_name=f"run-{self.run_id}", replace_part=True
+        )
 
     def finish(self, status: str, error: str | None = None) -> None:
         row = self._row(status, error, dt.datetime.now(dt.timezone.utc))
         self.ws.write("runs", [row], part_name=f"run-{self.run_id}", replace_part=True)
+        lock = getattr(self, "_lock", None)
+        if lock is not None:
+            with contextlib.suppress(OSError):
+                (self.ws.root / LOCKS_DIR / f"run-{self.run_id}.lock").unlink()
+            lock.close()  # closing the file releases the lock
+            self._lock = None
+
+
+LOCKS_DIR = ".locks"
+# Temp files younger than this may belong to a live writer of another process; older ones never do.
+STALE_TEMP_S = 3600.0
+
+
+def _flock(fh: IO[bytes], blocking: bool) -> bool:
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock; dead runs are then not detected
+        return not blocking
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+    except OSError:
+        return False
+    return True
+
+
+def _take_run_lock(root: Path, run_id: str) -> IO[bytes] | None:
+    """Lock `.locks/run-<id>.lock` for the life of this process (or until finish). The file is
+    locked under a temp name and then renamed, so no other process ever sees it unlocked."""
+    locks = root / LOCKS_DIR
+    try:
+        locks.mkdir(exist_ok=True)
+        tmp = locks / f".tmp-{uuid.uuid4().hex}.lock"
+        fh = open(tmp, "wb")  # noqa: SIM115 - held open (locked) until the run ends
+    except OSError:  # a read-only workspace: nothing will be written anyway
+        return None
+    _flock(fh, blocking=True)
+    os.replace(tmp, locks / f"run-{run_id}.lock")
+    return fh
+
+
+def recover_dead_runs(ws: Workspace, own_run_id: str | None = None) -> list[str]:
+    """Mark the runs whose process died (their lock is free) `interrupted`; remove temp files of
+    dead writers. Returns the run ids marked."""
+    import pyarrow.parquet as pq
+
+    locks = ws.root / LOCKS_DIR
+    marked: list[str] = []
+    others_alive = False
+    for lock_path in sorted(locks.glob("run-*.lock")) if locks.is_dir() else []:
+        run_id = lock_path.name[len("run-") : -len(".lock")]
+        if run_id == own_run_id:
+            continue
+        try:
+            fh = open(lock_path, "rb")  # noqa: SIM115
+        except OSError:
+            continue
+        with fh:
+            if not _flock(fh, blocking=False):
+                others_alive = True
+                continue
+            part = ws.table_dir("runs") / f"part-run-{run_id}.parquet"
+            try:
+                rows = pq.read_table(part).to_pylist() if part.exists() else []
+            except Exception:  # a damaged part: `fbmem check` reports it; leave it alone here
+                rows = []
+            if rows and rows[0]["status"] == "running":
+                row = dict(rows[0])
+                row.update(
+                    status="interrupted",
+                    ended_at=dt.datetime.now(dt.timezone.utc),
+                    error="the process ended without finishing (killed, or the machine stopped)",
+                )
+                ws.write("runs", [row], part_name=f"run-{run_id}", replace_part=True)
+                marked.append(run_id)
+            with contextlib.suppress(OSError):
+                lock_path.unlink()
+    _remove_dead_temp_files(ws.root, min_age_s=STALE_TEMP_S if others_alive else 0.0)
+    return marked
+
+
+def _remove_dead_temp_files(root: Path, min_age_s: float) -> None:
+    """`.tmp-*` files under tables/ and images/ (each atomic write's scratch file). With no other
+    live run, every one is dead; otherwise only the old ones are certainly dead."""
+    now = time.time()
+    for pattern in ("tables/*/.tmp-*", "images/*/.tmp-*", ".tmp-*"):
+        for path in root.glob(pattern):
+            with contextlib.suppress(OSError):
+                if now - path.stat().st_mtime >= min_age_s:
+                    path.unlink()

@@ -48,6 +48,30 @@ EMPTY_PART = "part-00000000000000000000-empty.parquet"
 _PARAM_RE = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
 
 OnConflict = Literal["skip", "error", "append"]
+# What a workspace folder holds besides the marker: enough of it means a damaged workspace, not a stranger's folder.
+_WORKSPACE_ENTRIES = ("tables", "images", CATALOG)
+
+
+def _marker_problem(root: Path) -> str | None:
+    """Why `root/fbmem.json` is not a valid marker (None if it is valid or absent)."""
+    marker = root / MARKER
+    if not marker.exists():
+        return None
+    try:
+        data = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
+        return f"{marker} is damaged ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+    if not isinstance(data, dict) or "format" not in data:
+        return f"{marker} is damaged (expected an object with a format field, got {json.dumps(data)[:60]})"
+    return None
+
+
+def _looks_like_workspace(root: Path) -> bool:
+    return any((root / name).exists() for name in _WORKSPACE_ENTRIES)
+
+
+def _repair_hint(root: Path) -> str:
+    return f"run `fbmem init --repair {root}` (rewrites {MARKER}; tables and images are kept)"
 
 
 def _atomic_write_bytes(path: Path, data: bytes, fsync: bool = True) -> None:
@@ -104,15 +128,23 @@ class Workspace:
 
     # -- opening -------------------------------------------------------------------------------
     @classmethod
-    def init(cls, path: str | os.PathLike[str]) -> Workspace:
+    def init(cls, path: str | os.PathLike[str], *, repair: bool = False) -> Workspace:
         """Create (or repair) a workspace at `path` and return it.
 
+        Args:
+            path: the folder.
+            repair: rewrite a missing or damaged fbmem.json in a folder that holds a workspace's
+                tables/images/catalog (the damaged marker is kept as fbmem.json.damaged-<time>).
+
         Raises:
-            WorkspaceError: `path` exists and is a non-empty directory that is not a workspace.
+            WorkspaceError: `path` exists and is a non-empty directory that is not a workspace, or
+                its fbmem.json is missing/damaged and repair is off.
         """
         root = Path(path)
         if root.exists() and not root.is_dir():
             raise WorkspaceError(f"cannot create a workspace at {root}: it is a file")
+        if root.is_dir():
+            cls._repair_marker(root, repair)
         if root.is_dir() and not (root / MARKER).exists() and any(root.iterdir()):
             raise WorkspaceError(
                 f"{root} is a non-empty directory that is not an fbmem workspace",
@@ -126,6 +158,21 @@ class Workspace:
         ws.ensure_tables()
         ws.refresh_catalog()
         return ws
+
+    @staticmethod
+    def _repair_marker(root: Path, repair: bool) -> None:
+        """Handle a missing or damaged marker in an existing folder before init."""
+        problem = _marker_problem(root)
+        missing = not (root / MARKER).exists() and _looks_like_workspace(root)
+        if problem is None and not missing:
+            return
+        if not repair:
+            what = problem or f"{root} holds a workspace's tables but no {MARKER}"
+            raise WorkspaceError(what, hint=_repair_hint(root))
+        if problem is not None:
+            stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+            os.replace(root / MARKER, root / f"{MARKER}.damaged-{stamp}")
+        _atomic_write_bytes(root / MARKER, json.dumps({"format": WORKSPACE_FORMAT}).encode())
 
     @classmethod
     def open(cls, path: str | os.PathLike[str] | None = None) -> Workspace:
@@ -143,11 +190,13 @@ class Workspace:
         root = Path(path)
         marker = root / MARKER
         if not marker.exists():
+            if root.is_dir() and _looks_like_workspace(root):
+                raise WorkspaceError(f"{root} has no {MARKER} (removed?) but holds a workspace", hint=_repair_hint(root))
             raise WorkspaceError(f"{root} is not an fbmem workspace (no {MARKER})", hint=f"run `fbmem init {root}`")
-        try:
-            fmt = json.loads(marker.read_text()).get("format")
-        except ValueError as exc:
-            raise WorkspaceError(f"{marker} is damaged: {exc}") from exc
+        problem = _marker_problem(root)
+        if problem is not None:
+            raise WorkspaceError(problem, hint=_repair_hint(root))
+        fmt = json.loads(marker.read_text(encoding="utf-8")).get("format")
         if fmt != WORKSPACE_FORMAT:
             raise WorkspaceError(f"{root} has workspace format {fmt}; this fbmem reads format {WORKSPACE_FORMAT}")
         ws = cls(root)
@@ -262,21 +311,26 @@ class Workspace:
         keys = list(schema.primary_key)
         con = duckdb.connect()
         try:
-            con.register("new_rows", data)
-            key_sql = ", ".join(f'"{k}"' for k in keys)
-            glob = _sql_quote(self.table_glob(schema.table))
-            stored = f"(SELECT DISTINCT {key_sql} FROM read_parquet({glob}, union_by_name=true))"
-            rel = con.sql(f"SELECT n.* FROM new_rows n SEMI JOIN {stored} s USING ({key_sql})")
-            dup_count = rel.aggregate("count(*)").fetchall()[0][0]
-            if dup_count == 0:
-                return data
-            if on_conflict == "error":
-                raise SchemaError(
-                    f"table '{schema.table}': {dup_count} row(s) repeat a stored primary key {keys}"
-                )
-            kept = con.sql(f"SELECT n.* FROM new_rows n ANTI JOIN {stored} s USING ({key_sql})").to_arrow_table()
+            return self._drop_stored_keys_with(con, schema, data, on_conflict, keys)
+        except duckdb.Error as exc:
+            raise self.damaged_part_error(exc) or QueryError(f"cannot read table '{schema.table}': {exc}") from exc
         finally:
             con.close()
+
+    def _drop_stored_keys_with(
+        self, con: duckdb.DuckDBPyConnection, schema: TableSchema, data: pa.Table, on_conflict: OnConflict, keys: list[str]
+    ) -> pa.Table:
+        con.register("new_rows", data)
+        key_sql = ", ".join(f'"{k}"' for k in keys)
+        glob = _sql_quote(self.table_glob(schema.table))
+        stored = f"(SELECT DISTINCT {key_sql} FROM read_parquet({glob}, union_by_name=true))"
+        rel = con.sql(f"SELECT n.* FROM new_rows n SEMI JOIN {stored} s USING ({key_sql})")
+        dup_count = rel.aggregate("count(*)").fetchall()[0][0]
+        if dup_count == 0:
+            return data
+        if on_conflict == "error":
+            raise SchemaError(f"table '{schema.table}': {dup_count} row(s) repeat a stored primary key {keys}")
+        kept = con.sql(f"SELECT n.* FROM new_rows n ANTI JOIN {stored} s USING ({key_sql})").to_arrow_table()
         return schema.conform(kept)
 
     # -- images --------------------------------------------------------------------------------
@@ -321,11 +375,52 @@ class Workspace:
     def _define_views(self, con: duckdb.DuckDBPyConnection) -> None:
         import duckdb
 
+        self._check_part_owners(con)
         for origin, stmt in self.view_statements():
             try:
                 con.execute(stmt)
             except duckdb.Error as exc:
-                raise QueryError(f"{origin} does not compile: {exc}") from exc
+                raise self.damaged_part_error(exc) or QueryError(f"{origin} does not compile: {exc}") from exc
+
+    def damaged_part_error(self, exc: BaseException) -> WorkspaceError | None:
+        """A WorkspaceError naming the part a DuckDB/Arrow error is about, if it names one."""
+        text = str(exc)
+        match = re.search(re.escape(str(self.tables_dir)) + r"""/[^'"\s]+?\.parquet""", text)
+        if match is None:
+            return None
+        rel = Path(match.group(0)).relative_to(self.root).as_posix()
+        first = next((line for line in text.strip().splitlines() if line.strip()), text)
+        return WorkspaceError(
+            f"damaged table part {rel}: {first.strip()}",
+            hint=f"run `fbmem check -w {self.root}` to list the bad parts, and `--repair` to move them aside",
+        )
+
+    def _check_part_owners(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Refuse a part that fbmem wrote for another table (a misplaced copy): its rows would be
+        counted in the wrong table. One pass over the footers, in DuckDB."""
+        import duckdb
+
+        # The file list is taken first and passed as is: a part renamed into place meanwhile by
+        # another process is simply not looked at, rather than seen without its metadata.
+        paths = [p for name in all_schemas() for p in self.parts(name)]
+        if not paths:
+            return
+        files = "[" + ", ".join(_sql_quote(str(p)) for p in paths) + "]"
+        try:
+            rows = con.execute(
+                f"SELECT file_name, decode(value) FROM parquet_kv_metadata({files}) WHERE decode(key) = 'fbmem.table'"
+            ).fetchall()
+        except duckdb.Error as exc:
+            raise self.damaged_part_error(exc) or QueryError(f"cannot read the table parts: {exc}") from exc
+        hint = f"run `fbmem check -w {self.root}` to list the bad parts, and `--repair` to move them aside"
+        owners = {Path(file_name): owner for file_name, owner in rows}
+        for path in paths:
+            owner = owners.get(path)
+            rel = path.relative_to(self.root).as_posix()
+            if owner is None:
+                raise WorkspaceError(f"table part {rel} was not written by fbmem (no fbmem.table metadata)", hint=hint)
+            if path.parent.name != owner:
+                raise WorkspaceError(f"table part {rel} holds rows of table '{owner}'", hint=hint)
 
     def connection(self) -> duckdb.DuckDBPyConnection:
         """An in-memory DuckDB connection with every view of this workspace defined."""
@@ -384,7 +479,7 @@ class Workspace:
             rel = con.sql(query, params=bound) if bound else con.sql(query)
             table = rel.to_arrow_table() if rel is not None else pa.table({})
         except duckdb.Error as exc:
-            raise QueryError(f"query failed: {exc}") from exc
+            raise self.damaged_part_error(exc) or QueryError(f"query failed: {exc}") from exc
         finally:
             for name in params:
                 with contextlib.suppress(duckdb.Error):
@@ -409,18 +504,23 @@ class Workspace:
     # -- runs ----------------------------------------------------------------------------------
     @contextlib.contextmanager
     def run(self, command: str, config: Mapping[str, Any] | None = None) -> Iterator[RunRecorder]:
-        """Record a run in the `runs` table: a row at start (running) replaced at the end."""
+        """Record a run in the `runs` table: a row at start (running) replaced at the end.
+
+        Starting a run also marks runs of dead processes interrupted and removes their temp files;
+        while it runs, SIGTERM (in the main thread) is handled like Ctrl-C."""
+        from fbmem_data.procs import sigterm_as_interrupt
         from fbmem_data.runs import RunRecorder
 
         recorder = RunRecorder(self, command, dict(config or {}))
-        recorder.start()
-        try:
-            yield recorder
-        except BaseException as exc:
-            recorder.finish("interrupted" if isinstance(exc, KeyboardInterrupt) else "failed", error=str(exc))
-            raise
-        else:
-            recorder.finish("ok")
+        with sigterm_as_interrupt():
+            recorder.start()
+            try:
+                yield recorder
+            except BaseException as exc:
+                recorder.finish("interrupted" if isinstance(exc, KeyboardInterrupt) else "failed", error=str(exc))
+                raise
+            else:
+                recorder.finish("ok")
 
     def close(self) -> None:
         if self._con is not None:

@@ -173,7 +173,7 @@ def _latest(ws: Workspace) -> dict[str, dict]:
     return {r["url"]: r for r in rows}
 
 
-FAST = {"timeout": 0.5, "retries": 1, "backoff_s": 0.01, "max_bytes": MAX_BYTES, "concurrency": 4}
+FAST = {"timeout": 0.5, "retries": 1, "backoff_s": 0.01, "max_bytes": MAX_BYTES, "concurrency": 4, "allow_private": True}
 
 
 def test_every_kind_of_answer_gets_the_right_status(workspace: Workspace, server: LocalServer, tmp_path: Path) -> None:
@@ -345,7 +345,7 @@ def test_cli_fetch_prints_counts_and_reruns(tmp_path: Path, server: LocalServer)
     ws = Workspace.init(tmp_path / "ws")
     url_file = tmp_path / "urls.txt"
     url_file.write_text(f"{server.url('/good.png')}\n{server.url('/missing.png')}\n")
-    args = ["-m", "fbmem_data", "fetch", "-w", str(ws.root), "--urls", str(url_file), "--max-bytes", "1MiB", "-f", "csv"]
+    args = ["-m", "fbmem_data", "fetch", "-w", str(ws.root), "--urls", str(url_file), "--max-bytes", "1MiB", "--allow-private", "-f", "csv"]
     out = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == ['"status","rows"', '"http_error",1', '"ok",1']
@@ -366,7 +366,7 @@ def test_rerun_after_kill_fetches_only_what_is_missing(tmp_path: Path, server: L
     url_file = tmp_path / "urls.txt"
     url_file.write_text("\n".join(server.url(p) for p in paths) + "\n")
     cmd = [sys.executable, "-m", "fbmem_data", "fetch", "-w", str(ws.root), "--urls", str(url_file),
-           "--concurrency", "2", "--batch-size", "3", "--timeout", "30", "--retries", "0"]
+           "--concurrency", "2", "--batch-size", "3", "--timeout", "30", "--retries", "0", "--allow-private"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 90
@@ -391,7 +391,7 @@ def test_rerun_after_kill_fetches_only_what_is_missing(tmp_path: Path, server: L
 
     server.state.release_hold.set()
     hits_before = {p: server.hits(p) for p in paths}
-    summary = fetch(ws, urls_file=url_file, concurrency=2, timeout=5, retries=0)
+    summary = fetch(ws, urls_file=url_file, concurrency=2, timeout=5, retries=0, allow_private=True)
     refetched = {p for p in paths if server.hits(p) > hits_before[p]}
     assert refetched == {p for p in paths if server.url(p) not in recorded}
     assert summary.n_skipped == len(recorded) and summary.counts == {"ok": len(paths) - len(recorded)}

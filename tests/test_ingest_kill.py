@@ -68,7 +68,8 @@ def test_kill_and_resume_gives_exact_rows(workspace: Workspace, tmp_path: Path) 
     for part in workspace.parts("images"):
         assert pq.read_table(part).schema.names[0] == "image_id"  # every part is whole and readable
     stored = [p for p in workspace.images_dir.rglob("*") if p.is_file()]
-    assert len([p for p in stored if not p.name.startswith(".tmp-")]) == N_IMAGES
-    # The killed run's record stays 'running'; the re-run's is 'ok'.
+    assert len(stored) == N_IMAGES  # the killed run's temp files were removed when the re-run started
+    assert not list(workspace.table_dir("images").glob(".tmp-*"))
+    # The killed run's record is marked interrupted when the re-run starts; the re-run's is 'ok'.
     runs = workspace.sql("SELECT status, count(*) AS n FROM runs GROUP BY 1 ORDER BY 1").to_pylist()
-    assert runs == [{"status": "ok", "n": 1}, {"status": "running", "n": 1}]
+    assert runs == [{"status": "interrupted", "n": 1}, {"status": "ok", "n": 1}]

@@ -24,6 +24,7 @@ _COMMAND_MODULES = (
     "fbmem_data.cli.report_cmds",
     "fbmem_data.cli.fetch_cmds",
     "fbmem_data.cli.doctor_cmds",
+    "fbmem_data.cli.check_cmds",
 )
 
 

@@ -50,16 +50,20 @@ def ingest_images_cmd(
     prompt_set: Annotated[str | None, typer.Option("--set", help="Prompt set for .txt captions / manifest prompt text.")] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", min=1, help="Images per written part.")] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar on stderr.")] = True,
+    max_bytes: Annotated[str, typer.Option("--max-bytes", help="Larger files (by size, before reading) are recorded as too_large and not read (64MiB, 20MB, bytes).")] = "64MiB",
+    allow_outside: Annotated[bool, typer.Option("--allow-outside", help="Follow symlinks and manifest paths that lead out of PATH (recorded as outside and not read otherwise).")] = False,
     workspace: WorkspaceOption = None,
 ) -> None:
     """Hash, check and store images; every file gets an images row with its status."""
+    from fbmem_data.cli.fetch_cmds import parse_size
     from fbmem_data.ingest.images import DEFAULT_BATCH_SIZE, DEFAULT_MAX_PIXELS, ingest_images
 
+    cap = parse_size(max_bytes)
     ws = open_workspace(workspace)
     report = ingest_images(
         ws, path, role.value, manifest=manifest, workers=workers,
         max_pixels=max_pixels or DEFAULT_MAX_PIXELS, prompt_set=prompt_set,
-        batch_size=batch_size or DEFAULT_BATCH_SIZE, progress=progress,
+        batch_size=batch_size or DEFAULT_BATCH_SIZE, progress=progress, max_bytes=cap, allow_outside=allow_outside,
     )
     typer.echo(report.summary())
 

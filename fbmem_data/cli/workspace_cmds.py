@@ -15,9 +15,12 @@ from fbmem_data.errors import InputError
 from fbmem_data.workspace import Workspace
 
 
-def init(path: Annotated[Path, typer.Argument(help="Directory to create (or repair) as a workspace.")]) -> None:
+def init(
+    path: Annotated[Path, typer.Argument(help="Directory to create (or repair) as a workspace.")],
+    repair: Annotated[bool, typer.Option("--repair", help="Rewrite a missing or damaged fbmem.json of an existing workspace (tables and images are kept).")] = False,
+) -> None:
     """Create a workspace: Parquet tables, an image store and a DuckDB catalog."""
-    ws = Workspace.init(path)
+    ws = Workspace.init(path, repair=repair)
     typer.echo(f"workspace ready: {ws.root}")
     typer.echo(f"  duckdb {ws.catalog_path}    # SQL shell over every table and view")
 

@@ -11,11 +11,22 @@ from __future__ import annotations
 
 import hashlib
 import random
+import threading
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from fbmem_data.fetch.statuses import CONNECTION_ERROR, HTTP_ERROR, OK, TIMEOUT, TOO_LARGE, is_retryable_http
+from fbmem_data.fetch.guard import BlockedDestination, Guard, GuardedBackend, RequestCancelled, set_deadline
+from fbmem_data.fetch.statuses import (
+    BLOCKED,
+    CANCELLED,
+    CONNECTION_ERROR,
+    HTTP_ERROR,
+    OK,
+    TIMEOUT,
+    TOO_LARGE,
+    is_retryable_http,
+)
 
 if TYPE_CHECKING:
     import httpx
@@ -47,8 +58,10 @@ class Download:
 
 @dataclass(frozen=True)
 class FetchSettings:
-    """Knobs of the HTTP side. `timeout` bounds connect and each read; a whole body must arrive
-    within `total_timeout_factor * timeout`."""
+    """Knobs of the HTTP side. `timeout` bounds connect and each read; a whole request (connect,
+    headers, body, redirects) must finish within `total_timeout_factor * timeout`.
+    `allow_private` lets requests reach loopback/private/link-local/... addresses;
+    `allow_networks` allows only the listed networks (CIDR) among those."""
 
     concurrency: int = 16
     timeout: float = 10.0
@@ -57,16 +70,36 @@ class FetchSettings:
     backoff_s: float = 0.5
     total_timeout_factor: float = 4.0
     user_agent: str = USER_AGENT
+    allow_private: bool = False
+    allow_networks: tuple[str, ...] = ()
+
+    @property
+    def total_timeout(self) -> float:
+        return self.total_timeout_factor * self.timeout
 
 
-def make_client(settings: FetchSettings) -> httpx.Client:
-    """A pooled client shared by all worker threads; proxies from the environment are ignored."""
+def make_client(settings: FetchSettings, guard: Guard) -> httpx.Client:
+    """A pooled client shared by all worker threads; proxies from the environment are ignored.
+    Every connection goes through `guard` (address checks, overall deadline, cancellation)."""
+    import httpcore
     import httpx
 
-    limits = httpx.Limits(max_connections=settings.concurrency, max_keepalive_connections=settings.concurrency)
+    limits = httpx.Limits(
+        max_connections=settings.concurrency, max_keepalive_connections=settings.concurrency
+    )
+    transport = httpx.HTTPTransport(limits=limits, trust_env=False)
+    # httpx takes no network backend: swap in a pool that connects through the guard, keeping
+    # httpx's TLS context (certifi roots, verification on).
+    transport._pool = httpcore.ConnectionPool(  # type: ignore[attr-defined]
+        ssl_context=transport._pool._ssl_context,  # type: ignore[attr-defined]
+        max_connections=limits.max_connections,
+        max_keepalive_connections=limits.max_keepalive_connections,
+        keepalive_expiry=limits.keepalive_expiry,
+        network_backend=GuardedBackend(guard),
+    )
     return httpx.Client(
+        transport=transport,
         timeout=httpx.Timeout(settings.timeout),
-        limits=limits,
         follow_redirects=True,
         max_redirects=MAX_REDIRECTS,
         trust_env=False,  # no proxy or netrc surprises; the tests must stay on 127.0.0.1
@@ -78,8 +111,9 @@ def _attempt(client: httpx.Client, url: str, settings: FetchSettings) -> Downloa
     """One GET, streamed, with the size cap; never raises for network trouble."""
     import httpx
 
-    total_s = settings.total_timeout_factor * settings.timeout
+    total_s = settings.total_timeout
     deadline = time.monotonic() + total_s
+    set_deadline(deadline)  # read by the guard on every socket operation of this request
     try:
         with client.stream("GET", url) as response:
             code = response.status_code
@@ -119,7 +153,15 @@ def _attempt(client: httpx.Client, url: str, settings: FetchSettings) -> Downloa
             result.sha256 = hashlib.sha256(result.body).hexdigest()
             return result
     except httpx.TimeoutException as exc:
-        return Download(url, TIMEOUT, retryable=True, error=f"{type(exc).__name__}: {exc}")
+        if time.monotonic() >= deadline:
+            error = f"no complete answer within {total_s:g} s (connect, headers and body)"
+        else:
+            error = f"{type(exc).__name__}: {exc}"
+        return Download(url, TIMEOUT, retryable=True, error=error)
+    except BlockedDestination as exc:
+        return Download(url, BLOCKED, retryable=False, error=f"blocked: {exc}")
+    except RequestCancelled as exc:
+        return Download(url, CANCELLED, retryable=True, error=str(exc))
     except httpx.TooManyRedirects as exc:
         return Download(url, HTTP_ERROR, retryable=False, error=f"too many redirects: {exc}")
     except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
@@ -129,6 +171,8 @@ def _attempt(client: httpx.Client, url: str, settings: FetchSettings) -> Downloa
         return Download(url, CONNECTION_ERROR, retryable=True, error=f"{type(exc).__name__}: {exc}")
     except ValueError as exc:  # httpx raises plain ValueError for some malformed URLs
         return Download(url, CONNECTION_ERROR, retryable=False, error=f"bad URL: {exc}")
+    finally:
+        set_deadline(None)
 
 
 def backoff_delay(attempt: int, settings: FetchSettings, retry_after: str | None = None) -> float:
@@ -140,13 +184,16 @@ def backoff_delay(attempt: int, settings: FetchSettings, retry_after: str | None
     return min(delay, MAX_BACKOFF_S)
 
 
-def download(client: httpx.Client, url: str, settings: FetchSettings) -> Download:
+def download(
+    client: httpx.Client, url: str, settings: FetchSettings, cancelled: threading.Event | None = None
+) -> Download:
     """GET `url` with up to `settings.retries` retries on timeouts, connection errors, 5xx, 408, 429.
 
     Args:
         client: from make_client (shared between threads).
         url: the URL to fetch.
         settings: timeouts, retries, size cap.
+        cancelled: set when the run is interrupted: no further attempt or back-off.
 
     Returns:
         A Download: status ok with `body`, or the last failure; `attempts` counts the requests.
@@ -157,7 +204,12 @@ def download(client: httpx.Client, url: str, settings: FetchSettings) -> Downloa
         attempt += 1
         result = _attempt(client, url, settings)
         result.attempts = attempt
-        if result.status == OK or not result.retryable or attempt > settings.retries:
+        stop = cancelled is not None and cancelled.is_set()
+        if result.status == OK or not result.retryable or attempt > settings.retries or stop:
             result.elapsed_s = time.monotonic() - started
             return result
-        time.sleep(backoff_delay(attempt, settings, result.retry_after))
+        delay = backoff_delay(attempt, settings, result.retry_after)
+        if cancelled is not None:
+            cancelled.wait(delay)
+        else:
+            time.sleep(delay)

@@ -10,6 +10,7 @@ that makes a re-run skip the URL, so an image stored without its row is simply f
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import datetime as dt
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -19,13 +20,14 @@ from typing import TYPE_CHECKING, Any
 
 from fbmem_data.errors import InputError
 from fbmem_data.fetch.client import Download, FetchSettings, download, make_client
+from fbmem_data.fetch.guard import Guard
 from fbmem_data.fetch.sources import (
     FetchTarget,
     targets_from_parquet,
     targets_from_prompts,
     targets_from_url_file,
 )
-from fbmem_data.fetch.statuses import OK
+from fbmem_data.fetch.statuses import CANCELLED, OK
 from fbmem_data.fetch.validate import DEFAULT_MAX_PIXELS, ImageCheck, check_image_bytes
 
 if TYPE_CHECKING:
@@ -101,8 +103,10 @@ def finished_targets(ws: Workspace, retry_failed: bool = False) -> set[tuple[str
     return set(zip(rows.column("url").to_pylist(), rows.column("prompt_id").to_pylist(), strict=True))
 
 
-def _fetch_one(ws: Workspace, client: httpx.Client, url: str, settings: FetchSettings, max_pixels: int) -> _Outcome:
-    result = download(client, url, settings)
+def _fetch_one(
+    ws: Workspace, client: httpx.Client, url: str, settings: FetchSettings, max_pixels: int, guard: Guard
+) -> _Outcome:
+    result = download(client, url, settings, guard.cancelled)
     outcome = _Outcome(result)
     if result.status != OK or result.body is None:
         return outcome
@@ -213,6 +217,8 @@ def fetch(
     url_column: str | None = None,
     caption_column: str | None = None,
     progress: Callable[[int, int], None] | None = None,
+    allow_private: bool = False,
+    allow_networks: tuple[str, ...] | list[str] = (),
 ) -> FetchSummary:
     """Download the training images behind prompt URLs (or a URL list / parquet) into the workspace.
 
@@ -223,7 +229,8 @@ def fetch(
         urls_file: a text file with one URL per line (images are not linked to prompts).
         parquet: an img2dataset-style parquet with url and caption columns.
         concurrency: parallel downloads (and the connection-pool size).
-        timeout: seconds to connect and between reads; a body must complete within 4x this.
+        timeout: seconds to connect and between reads; a whole request (connect, headers, body,
+            redirects) must complete within 4x this.
         retries: further attempts after a timeout, connection error, 5xx, 408 or 429.
         max_bytes: size cap; larger bodies are aborted and recorded too_large.
         retry_failed: also retry URLs whose latest row is a permanent failure.
@@ -232,6 +239,13 @@ def fetch(
         max_pixels: width x height above which an image is recorded too_large.
         url_column, caption_column: parquet column names (default: url/URL, caption/TEXT/text).
         progress: called with (done, total) after each written batch.
+        allow_private: also fetch from loopback, private, link-local, multicast and other
+            non-public addresses (refused by default on every hop, after DNS resolution).
+        allow_networks: allow only these networks (CIDR, e.g. "10.1.0.0/16") among those.
+
+    A SIGTERM (in the main thread) is handled like Ctrl-C: open requests stop at once, finished
+    URLs are written, the run is recorded interrupted and KeyboardInterrupt propagates; the
+    next run fetches the rest.
 
     Returns:
         FetchSummary: run id, counts of targets, skipped (already final) and rows by status.
@@ -239,10 +253,25 @@ def fetch(
     Raises:
         InputError: a bad source or argument.
     """
+    import ipaddress
+
+    for net in allow_networks:
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError as exc:
+            raise InputError(
+                f"not a network: {net!r}", hint="give a CIDR such as 10.0.0.0/8 or 127.0.0.1/32"
+            ) from exc
     if concurrency < 1 or retries < 0 or max_bytes < 1 or batch_size < 1 or timeout <= 0:
         raise InputError("concurrency, max_bytes, batch_size and timeout must be positive and retries >= 0")
     settings = FetchSettings(
-        concurrency=concurrency, timeout=timeout, retries=retries, max_bytes=max_bytes, backoff_s=backoff_s
+        concurrency=concurrency,
+        timeout=timeout,
+        retries=retries,
+        max_bytes=max_bytes,
+        backoff_s=backoff_s,
+        allow_private=allow_private,
+        allow_networks=tuple(allow_networks),
     )
     config = {
         "source": "urls" if urls_file else "parquet" if parquet else "prompts",
@@ -255,8 +284,10 @@ def fetch(
         "max_bytes": max_bytes,
         "retry_failed": retry_failed,
         "batch_size": batch_size,
+        "allow_private": allow_private,
+        "allow_networks": list(allow_networks),
     }
-    with ws.run("fetch", config) as run:
+    with ws.run("fetch", config) as run:  # ws.run turns SIGTERM into KeyboardInterrupt
         targets = resolve_targets(
             ws,
             prompt_set=prompt_set,
@@ -290,13 +321,14 @@ def _run_pool(
     max_in_flight = 2 * settings.concurrency
     buffer: list[tuple[_Outcome, list[str | None]]] = []
     written = 0
-    with make_client(settings) as client:
+    guard = Guard(settings.allow_private, settings.allow_networks)
+    with contextlib.closing(guard), make_client(settings, guard) as client:
         pool = cf.ThreadPoolExecutor(max_workers=settings.concurrency, thread_name_prefix="fbmem-fetch")
         in_flight: dict[cf.Future[_Outcome], str] = {}
         try:
             while True:
                 for url in pending_urls:
-                    in_flight[pool.submit(_fetch_one, ws, client, url, settings, max_pixels)] = url
+                    in_flight[pool.submit(_fetch_one, ws, client, url, settings, max_pixels, guard)] = url
                     if len(in_flight) >= max_in_flight:
                         break
                 if not in_flight:
@@ -304,15 +336,21 @@ def _run_pool(
                 finished, _ = cf.wait(in_flight, return_when=cf.FIRST_COMPLETED)
                 for future in finished:
                     url = in_flight.pop(future)
-                    buffer.append((future.result(), by_url[url]))
+                    outcome = future.result()
+                    if outcome.download.status != CANCELLED:
+                        buffer.append((outcome, by_url[url]))
                 if len(buffer) >= batch_size:
-                    _write_batch(ws, buffer, run_id, summary.counts)
-                    written += len(buffer)
-                    buffer = []
+                    # Taken out of the buffer first: a batch interrupted mid-write is not written
+                    # twice by the cleanup below (its URLs without a fetches row are fetched again).
+                    batch, buffer = buffer, []
+                    _write_batch(ws, batch, run_id, summary.counts)
+                    written += len(batch)
                     if progress:
                         progress(written, len(by_url))
         except BaseException:
-            # Keep what already finished (Ctrl-C, or an error writing); in-flight downloads are dropped.
+            # Keep what already finished (Ctrl-C, SIGTERM, or an error writing); in-flight downloads
+            # are stopped now (their sockets shut down) and not recorded, so the next run retries them.
+            guard.cancel()
             pool.shutdown(wait=False, cancel_futures=True)
             if buffer:
                 _write_batch(ws, buffer, run_id, summary.counts)

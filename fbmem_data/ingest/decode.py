@@ -9,6 +9,10 @@ Status rules (the `images.status` column):
 - corrupt: empty, truncated or undecodable, where the content or the name says it is an image.
 - unsupported: neither the content nor the file name looks like an image (a text file).
 - missing: the file does not exist (a manifest entry with no file).
+- outside: a symlink or manifest path leading out of the ingested folder; nothing is read.
+- too_large also: the file is larger than max_bytes (by its size on disk); nothing is read.
+
+Files that are not images (unsupported) and files never read are not copied into the store.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ class ImageItem:
     offset: int | None = None
     size: int | None = None
     data: bytes | None = None
+    outside: str | None = None  # where a symlink/manifest path really leads, if out of the folder
 
 
 @dataclass(frozen=True)
@@ -69,7 +74,27 @@ def init_worker(known_ids: frozenset[str]) -> None:
     _KNOWN_IDS = known_ids
 
 
-def read_bytes(item: ImageItem) -> bytes:
+# Default size cap per input file: above any real training or generated image, below a memory spike.
+DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+
+
+def item_size(item: ImageItem) -> int | None:
+    """The input's size in bytes without reading it (None if it cannot be known)."""
+    if item.data is not None:
+        return len(item.data)
+    if item.size is not None:
+        return item.size
+    if item.path is None:
+        return None
+    try:
+        return os.stat(item.path).st_size
+    except OSError:
+        return None
+
+
+def read_bytes(item: ImageItem, limit: int = -1) -> bytes:
+    """The input's bytes; at most `limit` + 1 of them when limit >= 0 (a file that grew past the cap
+    after its size was checked is then seen as too large, never read whole)."""
     if item.data is not None:
         return item.data
     if item.path is None:
@@ -77,8 +102,9 @@ def read_bytes(item: ImageItem) -> bytes:
     with open(item.path, "rb") as fh:
         if item.offset is not None:
             fh.seek(item.offset)
-            return fh.read(item.size if item.size is not None else -1)
-        return fh.read()
+            n = item.size if item.size is not None else -1
+            return fh.read(n if limit < 0 or n < 0 else min(n, limit + 1))
+        return fh.read(limit + 1 if limit >= 0 else -1)
 
 
 def looks_like_image(data: bytes, name: str) -> bool:
@@ -150,30 +176,53 @@ def store_extension(fmt: object, name: str) -> str:
     return PurePosixPath(name).suffix.lower().lstrip(".") or "bin"
 
 
-def process_item(item: ImageItem, workspace_root: str, max_pixels: int) -> Probe:
-    """Read, hash, probe and store one input. Never raises for a bad file: it becomes a status."""
+def process_item(item: ImageItem, workspace_root: str, max_pixels: int, max_bytes: int = DEFAULT_MAX_BYTES) -> Probe:
+    """Read, hash, probe and store one input. Never raises for a bad file: it becomes a status.
+
+    Inputs out of the ingested folder and inputs over `max_bytes` are not read at all; their id is
+    derived from the uri, like a missing file's.
+    """
     from fbmem_data.ids import missing_image_id
     from fbmem_data.workspace import Workspace
 
+    if item.outside is not None:
+        unread_id = missing_image_id(item.uri)
+        return Probe(uri=item.uri, image_id=unread_id, status="outside",
+                     error=f"leads outside the ingested folder (to {item.outside}); not read "
+                           "(--allow-outside ingests it)", already_stored=unread_id in _KNOWN_IDS)
+    size = item_size(item)
+    if size is not None and size > max_bytes:
+        unread_id = missing_image_id(item.uri)
+        return Probe(uri=item.uri, image_id=unread_id, status="too_large", n_bytes=size,
+                     error=f"{size} bytes exceeds max_bytes {max_bytes}; not read (raise --max-bytes to ingest it)",
+                     already_stored=unread_id in _KNOWN_IDS)
     try:
-        data = read_bytes(item)
+        data = read_bytes(item, max_bytes)
     except OSError as exc:
         missing_id = missing_image_id(item.uri)
         error = f"file not found: {item.uri}" if isinstance(exc, FileNotFoundError) else f"cannot read {item.uri}: {exc}"
         return Probe(uri=item.uri, image_id=missing_id, status="missing", error=error,
                      already_stored=missing_id in _KNOWN_IDS)
+    if len(data) > max_bytes:  # grew after the size check
+        unread_id = missing_image_id(item.uri)
+        return Probe(uri=item.uri, image_id=unread_id, status="too_large", n_bytes=len(data),
+                     error=f"more than max_bytes {max_bytes} bytes; not stored", already_stored=unread_id in _KNOWN_IDS)
     image_id = hashlib.sha256(data).hexdigest()
     if image_id in _KNOWN_IDS:  # resumed run: stored under this role already, skip the decode
         return Probe(uri=item.uri, image_id=image_id, status="ok", n_bytes=len(data), already_stored=True)
     info = probe_bytes(data, item.name, max_pixels)
+    if info["status"] == "unsupported":  # not an image: recorded, never copied into the image store
+        return Probe(uri=item.uri, image_id=image_id, **info)  # type: ignore[arg-type]
     ws = Workspace(Path(workspace_root))
     # No fsync per file: the parent flushes once per batch (os.sync) before committing its rows.
     _, stored = ws.store_image(data, store_extension(info.get("format"), item.name), fsync=not BATCH_SYNC)
     return Probe(uri=item.uri, image_id=image_id, store_path=stored.relative_to(ws.root).as_posix(), **info)  # type: ignore[arg-type]
 
 
-def process_batch(items: list[ImageItem], workspace_root: str, max_pixels: int) -> list[Probe]:
-    return [process_item(item, workspace_root, max_pixels) for item in items]
+def process_batch(
+    items: list[ImageItem], workspace_root: str, max_pixels: int, max_bytes: int = DEFAULT_MAX_BYTES
+) -> list[Probe]:
+    return [process_item(item, workspace_root, max_pixels, max_bytes) for item in items]
 
 
 def to_rgb(img: Any) -> Any:

@@ -26,6 +26,7 @@ from fbmem_data.errors import FbmemError, InputError
 from fbmem_data.ids import canonical_json, params_hash, prompt_id
 from fbmem_data.ingest.decode import (
     BATCH_SYNC,
+    DEFAULT_MAX_BYTES,
     ImageItem,
     Probe,
     extension_mismatch,
@@ -34,7 +35,7 @@ from fbmem_data.ingest.decode import (
 )
 from fbmem_data.ingest.manifest import ManifestEntry, read_manifest
 from fbmem_data.ingest.report import IngestReport
-from fbmem_data.ingest.sources import SourceEntry, SourceListing, is_tar, list_sources
+from fbmem_data.ingest.sources import SourceEntry, SourceListing, inside, is_tar, list_sources
 
 if TYPE_CHECKING:
     from fbmem_data.workspace import Workspace
@@ -94,8 +95,11 @@ def _plan_captions(plan: _Plan, role: str, pset: str, report: IngestReport) -> N
         plan.links.setdefault(i, []).append((row["prompt_id"], "caption"))
 
 
-def _match_manifest(plan: _Plan, root: Path, manifest: Path, entries: list[ManifestEntry]) -> list[int]:
-    """Index of the input each manifest row names; rows naming no input add one (missing if no file)."""
+def _match_manifest(
+    plan: _Plan, root: Path, manifest: Path, entries: list[ManifestEntry], allow_outside: bool = False
+) -> list[int]:
+    """Index of the input each manifest row names; rows naming no input add one (missing if no file,
+    outside if the path leads out of the ingested folder and allow_outside is off)."""
     by_rel = {e.rel: i for i, e in enumerate(plan.entries)}
     by_uri = {e.item.uri: i for i, e in enumerate(plan.entries)}
     by_name: dict[str, list[int]] = {}
@@ -118,7 +122,12 @@ def _match_manifest(plan: _Plan, root: Path, manifest: Path, entries: list[Manif
         if idx is None:
             found = next((c for c in candidates if c.is_file()), None)
             target = (found or candidates[0]).resolve()
-            item = ImageItem(uri=str(target), name=target.name, path=str(found) if found else None)
+            if not allow_outside and not inside(target, base):
+                # Checked before anything is read (exists or not): `../../etc/shadow` stays unread.
+                shown = (found or candidates[0]).absolute()
+                item = ImageItem(uri=str(shown), name=target.name, outside=str(target))
+            else:
+                item = ImageItem(uri=str(target), name=target.name, path=str(found) if found else None)
             plan.entries.append(SourceEntry(item=item, key=target.stem, rel=m.file))
             idx = len(plan.entries) - 1
         out.append(idx)
@@ -126,10 +135,17 @@ def _match_manifest(plan: _Plan, root: Path, manifest: Path, entries: list[Manif
 
 
 def _plan_manifest(
-    ws: Workspace, plan: _Plan, root: Path, manifest: Path, role: str, pset: str | None, report: IngestReport
+    ws: Workspace,
+    plan: _Plan,
+    root: Path,
+    manifest: Path,
+    role: str,
+    pset: str | None,
+    report: IngestReport,
+    allow_outside: bool = False,
 ) -> None:
     entries = read_manifest(manifest, role)
-    indices = _match_manifest(plan, root, manifest, entries)
+    indices = _match_manifest(plan, root, manifest, entries, allow_outside)
     # Prompts named by id must exist; prompts given as text are found in their set or created.
     wanted_ids = sorted({m.prompt_id for m in entries if m.prompt_id})
     known_ids = set(plan.prompts)
@@ -196,7 +212,14 @@ def _batches(entries: list[SourceEntry], size: int) -> Iterator[list[int]]:
 
 
 def _probe_batches(
-    plan: _Plan, batch_size: int, workers: int, root: str, max_pixels: int, known: frozenset[str], progress: Any
+    plan: _Plan,
+    batch_size: int,
+    workers: int,
+    root: str,
+    max_pixels: int,
+    known: frozenset[str],
+    progress: Any,
+    max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> Iterator[tuple[list[int], list[Probe]]]:
     """Probes per batch, in order. With workers > 1 the next batch is already decoding while the
     caller writes the current one."""
@@ -204,7 +227,7 @@ def _probe_batches(
         init_worker(known)
         try:
             for batch in _batches(plan.entries, batch_size):
-                probes = process_batch([plan.entries[i].item for i in batch], root, max_pixels)
+                probes = process_batch([plan.entries[i].item for i in batch], root, max_pixels, max_bytes)
                 progress.update(len(batch))
                 yield batch, probes
         finally:
@@ -212,12 +235,13 @@ def _probe_batches(
         return
     ctx = multiprocessing.get_context(_start_method())
     chunk = max(1, min(64, batch_size // (workers * 2)))
-    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=init_worker, initargs=(known,)) as pool:
+    initargs = (known, os.getpid())
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_pool_worker, initargs=initargs) as pool:
         def submit(batch: list[int]) -> list[tuple[int, Future[list[Probe]]]]:
             futures = []
             for start in range(0, len(batch), chunk):
                 items = [plan.entries[i].item for i in batch[start : start + chunk]]
-                futures.append((len(items), pool.submit(process_batch, items, root, max_pixels)))
+                futures.append((len(items), pool.submit(process_batch, items, root, max_pixels, max_bytes)))
             return futures
 
         pending: tuple[list[int], list[tuple[int, Future[list[Probe]]]]] | None = None
@@ -232,6 +256,14 @@ def _probe_batches(
         except BaseException:
             pool.shutdown(wait=False, cancel_futures=True)
             raise
+
+
+def _init_pool_worker(known: frozenset[str], parent_pid: int) -> None:
+    """A decoding worker: dies with the ingest process (even on SIGKILL), then gets the known ids."""
+    from fbmem_data.procs import die_with_parent
+
+    die_with_parent(parent_pid)
+    init_worker(known)
 
 
 def _start_method() -> str:
@@ -284,6 +316,8 @@ def ingest_images(
     prompt_set: str | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     progress: bool = True,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    allow_outside: bool = False,
 ) -> IngestReport:
     """Ingest the images under `path` with one role.
 
@@ -299,6 +333,10 @@ def ingest_images(
             shard/folder name for captions, the manifest's file name for manifest text).
         batch_size: rows per written part; a kill loses at most the batches in flight.
         progress: show a tqdm bar on stderr.
+        max_bytes: files larger than this (by their size, before reading) are recorded too_large
+            and neither read nor stored.
+        allow_outside: follow symlinks and manifest paths that lead out of the ingested folder
+            (by default such inputs are recorded as status outside and not read).
 
     Returns:
         An IngestReport where inputs == sum(by_status) + already_stored + duplicates.
@@ -310,10 +348,10 @@ def ingest_images(
 
     if role not in ROLES:
         raise InputError(f"unknown role {role!r}", hint=f"use one of {', '.join(ROLES)}")
-    if max_pixels < 1 or batch_size < 1:
-        raise InputError("max_pixels and batch_size must be positive")
+    if max_pixels < 1 or batch_size < 1 or max_bytes < 1:
+        raise InputError("max_pixels, max_bytes and batch_size must be positive")
     root = Path(path)
-    listing: SourceListing = list_sources(root)
+    listing: SourceListing = list_sources(root, allow_outside=allow_outside, max_bytes=max_bytes)
     workers = default_workers() if workers is None else max(1, workers)
     report = IngestReport(source=str(root), kind="images", side_files=listing.side_files,
                           metadata_files=len(listing.metadata_files))
@@ -325,13 +363,14 @@ def ingest_images(
     if plan.prompts:
         report.prompt_set = caption_set
     if manifest is not None:
-        _plan_manifest(ws, plan, root, Path(manifest), role, prompt_set, report)
+        _plan_manifest(ws, plan, root, Path(manifest), role, prompt_set, report, allow_outside)
     report.inputs = len(plan.entries)
     known = frozenset(
         ws.sql("SELECT image_id FROM images WHERE role = $role", {"role": role}).column("image_id").to_pylist()
     )
     config = {"path": str(root.resolve()), "role": role, "manifest": str(Path(manifest).resolve()) if manifest else None,
-              "max_pixels": max_pixels, "prompt_set": prompt_set}
+              "max_pixels": max_pixels, "prompt_set": prompt_set, "max_bytes": max_bytes,
+              "allow_outside": allow_outside}
     with ws.run("ingest images", config) as run, tqdm(
         total=len(plan.entries), file=sys.stderr, disable=not progress, unit="img", desc="ingest images"
     ) as bar:
@@ -339,7 +378,8 @@ def ingest_images(
         if plan.prompts:
             report.add_written("prompts", ws.write("prompts", list(plan.prompts.values())))
         first_uri: dict[str, str] = {}
-        for batch, probes in _probe_batches(plan, batch_size, workers, str(ws.root), max_pixels, known, bar):
+        for batch, probes in _probe_batches(plan, batch_size, workers, str(ws.root), max_pixels, known, bar,
+                                            max_bytes):
             now = dt.datetime.now(dt.timezone.utc)
             images: list[dict[str, Any]] = []
             links: dict[tuple[str, str], dict[str, Any]] = {}
@@ -358,9 +398,11 @@ def ingest_images(
                     if mismatch:
                         report.note(mismatch)
                 first_uri.setdefault(image_id, probe.uri)
-                if probe.status == "missing":
+                stored = probe.store_path is not None or (probe.already_stored and probe.status == "ok")
+                if not stored:
+                    # Nothing stored: no generation or link may point at these bytes.
                     if idx in plan.generations or idx in plan.links:
-                        report.note(f"{probe.uri} is missing: no generations/train_links row for it")
+                        report.note(f"{probe.uri} is {probe.status}: no generations/train_links row for it")
                     continue
                 for pid, relation in plan.links.get(idx, []):
                     links[(image_id, pid)] = {"image_id": image_id, "prompt_id": pid, "relation": relation,

@@ -117,13 +117,18 @@ def _sniff_delimiter(text: str) -> str:
 def _read_csv(path: Path, delimiter: str | None) -> RawRows:
     text = _read_text(path)
     delimiter = delimiter or _sniff_delimiter(text)
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    # strict: a quote that never closes (or stray text after a closing quote) is an error, where
+    # the lenient reader would swallow the following lines into one field and merge the rows.
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
+    start = 1  # the line the record being read starts on (a quoted field may span lines)
     try:
         header = next(reader)
         rows: list[dict[str, Any]] = []
         locations: list[str] = []
+        start = reader.line_num + 1
         for record in reader:
             if not record:  # a blank line between records
+                start = reader.line_num + 1
                 continue
             if len(record) != len(header):
                 raise _fail(
@@ -133,8 +138,12 @@ def _read_csv(path: Path, delimiter: str | None) -> RawRows:
                 )
             rows.append(dict(zip(header, record, strict=True)))
             locations.append(f"line {reader.line_num}")
+            start = reader.line_num + 1
     except csv.Error as exc:
-        raise _fail(path, f"line {reader.line_num}", f"malformed CSV: {exc}") from exc
+        raise _fail(
+            path, f"line {start}", f"malformed CSV: {exc} (a quote opened here is not closed properly)",
+            hint='a quote inside a quoted field is written twice (""); check the quotes on that line',
+        ) from exc
     if len(set(header)) != len(header):
         dup = sorted({h for h in header if header.count(h) > 1})
         raise _fail(path, "line 1", f"the header repeats column name(s) {dup}")

@@ -16,7 +16,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from fbmem_data.errors import InputError
-from fbmem_data.ingest.decode import IMAGE_SUFFIXES, ImageItem
+from fbmem_data.ingest.decode import DEFAULT_MAX_BYTES, IMAGE_SUFFIXES, ImageItem
 
 _TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 
@@ -72,9 +72,10 @@ def _side_info(text_by_ext: dict[str, bytes]) -> tuple[str | None, str | None]:
     return caption, url
 
 
-def list_tar(path: Path, rel_prefix: str, listing: SourceListing) -> None:
+def list_tar(path: Path, rel_prefix: str, listing: SourceListing, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
     """Add a tar shard's members. Plain tars are read later by offset (workers read in parallel);
-    compressed tars are read here, since seeking in them means decompressing from the start.
+    compressed tars are read here, since seeking in them means decompressing from the start
+    (members over max_bytes are not: the worker records them too_large from their size).
 
     Raises:
         InputError: the tar is damaged or not a tar.
@@ -100,7 +101,7 @@ def list_tar(path: Path, rel_prefix: str, listing: SourceListing) -> None:
                     if has_image and not _is_image_name(name):
                         listing.side_files += 1
                         ext = _wds_key(name)[1]
-                        if ext in (".txt", ".json"):
+                        if ext in (".txt", ".json") and m.size <= max_bytes:
                             fh = tar.extractfile(m)
                             side[ext] = fh.read() if fh else b""
                         continue
@@ -108,7 +109,9 @@ def list_tar(path: Path, rel_prefix: str, listing: SourceListing) -> None:
                 caption, url = _side_info(side)
                 for m in inputs:
                     uri = f"{path.resolve()}::{m.name}"
-                    if compressed:
+                    if compressed and m.size > max_bytes:
+                        item = ImageItem(uri=uri, name=m.name, size=m.size)
+                    elif compressed:
                         fh = tar.extractfile(m)
                         item = ImageItem(uri=uri, name=m.name, data=fh.read() if fh else b"")
                     else:
@@ -136,8 +139,18 @@ def _read_img2dataset_parquet(path: Path) -> dict[str, tuple[str | None, str | N
     return {str(r["key"]): (r.get("caption"), r.get("url")) for r in rows if r.get("key") is not None}
 
 
-def list_sources(path: str | os.PathLike[str]) -> SourceListing:
+def inside(target: Path, folder: Path) -> bool:
+    """True if `target` (symlinks resolved) lies in `folder` (symlinks resolved)."""
+    return target.resolve().is_relative_to(folder.resolve())
+
+
+def list_sources(
+    path: str | os.PathLike[str], *, allow_outside: bool = False, max_bytes: int = DEFAULT_MAX_BYTES
+) -> SourceListing:
     """Every input under `path`, in a stable (sorted) order.
+
+    A file under a folder that is a symlink to somewhere outside the folder becomes an input marked
+    `outside` (never read, not even as a side file) unless allow_outside.
 
     Raises:
         InputError: `path` does not exist, holds no files, or holds a damaged tar.
@@ -148,7 +161,7 @@ def list_sources(path: str | os.PathLike[str]) -> SourceListing:
         raise InputError(f"image path {root} does not exist")
     if root.is_file():
         if is_tar(root):
-            list_tar(root, root.name, listing)
+            list_tar(root, root.name, listing, max_bytes)
         else:
             listing.entries.append(
                 SourceEntry(item=ImageItem(uri=str(root.resolve()), name=root.name, path=str(root)), key=root.stem, rel=root.name)
@@ -157,13 +170,18 @@ def list_sources(path: str | os.PathLike[str]) -> SourceListing:
     files = sorted(p for p in root.rglob("*") if p.is_file())
     if not files:
         raise InputError(f"{root} holds no files")
+    if not allow_outside:
+        for p in [p for p in files if not inside(p, root)]:
+            files.remove(p)
+            item = ImageItem(uri=str(p.absolute()), name=p.name, outside=str(p.resolve()))
+            listing.entries.append(SourceEntry(item=item, key=p.stem, rel=p.relative_to(root).as_posix()))
     stems = {p.with_suffix("") for p in files if p.suffix.lower() in (".tar", ".parquet")}
     parquet_meta: dict[str, tuple[str | None, str | None]] = {}
     groups: dict[Path, list[Path]] = {}
     for p in files:
         rel = p.relative_to(root).as_posix()
         if is_tar(p):
-            list_tar(p, rel, listing)
+            list_tar(p, rel, listing, max_bytes)
         elif p.suffix.lower() == ".parquet":
             listing.metadata_files.append(rel)
             parquet_meta.update(_read_img2dataset_parquet(p))
@@ -173,7 +191,11 @@ def list_sources(path: str | os.PathLike[str]) -> SourceListing:
             groups.setdefault(p.with_suffix(""), []).append(p)
     for stem, group in groups.items():
         has_image = any(_is_image_name(p.name) for p in group)
-        side = {p.suffix.lower(): p.read_bytes() for p in group if has_image and p.suffix.lower() in (".txt", ".json")}
+        side = {
+            p.suffix.lower(): p.read_bytes()
+            for p in group
+            if has_image and p.suffix.lower() in (".txt", ".json") and p.stat().st_size <= max_bytes
+        }
         caption, url = _side_info(side)
         for p in group:
             if has_image and not _is_image_name(p.name):

@@ -42,19 +42,24 @@ def read_stats_file(path: Path) -> tuple[list[torch.Tensor], list[torch.Tensor]]
     Raises:
         InputError: the file is missing, not loadable with weights_only=True, or not that shape.
     """
-    import pickle
-
     import torch
 
     if not path.is_file():
         raise InputError(f"statistics file {path} does not exist")
+    hint = "give the statistics .pt file NeMo's compute step saved (a (means, stds) pair), re-downloaded if truncated"
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError) as exc:
-        raise InputError(f"{path} is not a loadable torch file (weights_only=True): {exc}") from exc
+    except Exception as exc:
+        # A random, truncated or foreign file fails anywhere in torch's zip/pickle readers, with
+        # RuntimeError, UnpicklingError, EOFError, OSError, KeyError, ...: each means "not loadable".
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"{path} is not a loadable torch file (weights_only=True): {first_line}", hint=hint) from exc
     if not (isinstance(loaded, tuple | list) and len(loaded) == 2):
-        raise InputError(f"{path} should hold a (means, stds) pair; got {type(loaded).__name__}")
-    means, stds = (list(part) for part in loaded)
+        raise InputError(f"{path} should hold a (means, stds) pair; got {type(loaded).__name__}", hint=hint)
+    try:
+        means, stds = (list(part) for part in loaded)
+    except TypeError as exc:
+        raise InputError(f"{path}: means and stds must be lists of 1-D tensors", hint=hint) from exc
     shapes_ok = len(means) == len(stds) and all(
         isinstance(m, torch.Tensor) and isinstance(s, torch.Tensor) and m.ndim == 1 and m.shape == s.shape
         for m, s in zip(means, stds, strict=True)
