@@ -58,7 +58,7 @@ def painted_background(rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 def opaque(rgb: np.ndarray) -> np.ndarray:
     """RGB -> RGBA with alpha 255 (Pillow's convert("RGBA"))."""
-    return np.concatenate([rgb, np.full(rgb.shape[:2] + (1,), 255, np.uint8)], axis=-1)
+    return np.concatenate([rgb, np.full((*rgb.shape[:2], 1), 255, np.uint8)], axis=-1)
 
 
 def resize_rgba(rgba: np.ndarray, size: int) -> np.ndarray:
