@@ -191,3 +191,31 @@ def test_cli_paper_preset_on_photos_agrees_with_the_reference(tmp_path: Path, in
     for r in whole:
         key = (name_of[r["generated_image_id"]], name_of[r["train_image_id"]])
         assert abs(r["fg_score"] - WHOLE[key]) <= 1e-3 and r["bg_score"] == r["fg_score"]
+
+
+def test_presets_and_whole_image_config() -> None:
+    from fbmem_data.errors import InputError
+    from fbmem_data.fbmem.scoring import resolve_config
+
+    paper = resolve_config("paper", None, None, None, None)
+    assert (paper.composition, paper.metric_options, paper.segmenter_options) == ("reference", {"legacy_crop": True}, {"processing": "rembg"})
+    clean = resolve_config("paper-clean", None, None, None, None)
+    assert (clean.composition, clean.metric_options, clean.segmenter_options, clean.preset) == ("fbmem", {}, {}, "paper-clean")
+    # the preset's segmenter options only for its own segmenter; given options win
+    assert resolve_config("paper", None, None, "saliency", None).segmenter_options == {}
+    assert resolve_config("paper", None, None, None, None, segmenter_options={"processing": "birefnet"}).segmenter_options == {"processing": "birefnet"}
+    whole = resolve_config(None, None, None, None, None, whole_image=True)
+    assert (whole.composition, whole.segmenter, whole.metric_options, whole.preset) == ("whole-image", "none", {"legacy_crop": True}, "custom")
+    with pytest.raises(InputError, match="msssim or ssim"):
+        resolve_config("default", None, None, None, None, whole_image=True)
+
+
+def test_cli_whole_image_with_a_masked_metric_is_a_clear_error(tmp_path: Path) -> None:
+    from fbmem_data.cli.app import build_app
+    from fbmem_data.errors import InputError
+    from fbmem_data.workspace import Workspace
+
+    ws = Workspace.init(tmp_path / "ws")
+    out = CliRunner().invoke(build_app(), ["score", "-w", str(ws.root), "--whole-image", "--metric", "msssim-masked"])
+    # in-process the error surfaces as an FbmemError (the console entry point prints it as one Error: line)
+    assert isinstance(out.exception, InputError) and "msssim or ssim" in str(out.exception) and out.exception.hint
