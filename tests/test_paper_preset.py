@@ -88,6 +88,17 @@ def test_paper_composition_matches_golden(inputs: dict[str, tuple[np.ndarray, np
         assert row["pair_score"] == pytest.approx(0.5 * row["fg_score"] + 0.5 * row["bg_score"])
 
 
+def test_generated_images_are_brought_to_the_comparison_size_first(inputs: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+    # at --size 256 the 512 generated images are resized (image and mask) before their parts are made
+    from fbmem_data.fbmem.scoring import PairScorer, make_metric
+
+    scorer = PairScorer(make_metric("msssim", {"legacy_crop": True}), 256, lambda i: inputs[i], composition="reference")
+    for (g, t), row in zip([("gen_coffee", "train_coffee"), ("gen_astronaut", "train_chelsea")],
+                           scorer.score_batch([("gen_coffee", "train_coffee"), ("gen_astronaut", "train_chelsea")]), strict=True):
+        f, b, rule = ref.pair_scores(inputs[g], inputs[t], size=256)
+        assert abs(row["fg_score"] - f) <= 1e-3 and abs(row["bg_score"] - b) <= 1e-3 and row["degenerate_rule"] == rule
+
+
 def test_degenerate_rule_substitutes_parts_not_scores(inputs: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
     rows = _scorer(inputs, "reference").score_batch([("gen_full", "train_coffee"), ("gen_empty", "train_coffee")])
     full, empty = rows

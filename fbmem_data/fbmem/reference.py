@@ -109,17 +109,22 @@ def generated_parts(rgb: np.ndarray, mask: np.ndarray, size: int, cached: bool =
 
     cached: the JPEG read-back (alpha 1) the reference compares all but a fresh run's first pair with;
     False: the in-memory parts of that first comparison. The rule is judged on the JPEG parts either way.
-    Generated images of another size than `size` are resized like training parts (the reference only
-    met 512 generated images and does not resize them).
+    A generated image of another size than `size` (image and mask) is first resized to `size` with
+    LANCZOS: the reference only met generated images at the comparison size (512) and never resizes
+    them, so its parts, JPEG cache included, were made at that size. (Cutting out and JPEG-caching a
+    64 px lab image, then upsampling, would add damage the reference never had.)
     """
+    from fbmem_data.fbmem.composition import resize_mask, resize_rgb
+
+    rgb, mask = resize_rgb(rgb, size), resize_mask(mask, size)
     fg = cutout(rgb, mask)
     bg_rgb = painted_background(rgb, mask)
     fg_jpeg = jpeg_roundtrip(np.ascontiguousarray(fg[..., :3]))
     bg_jpeg = jpeg_roundtrip(bg_rgb)
     rule = degenerate_rule(fg_jpeg, bg_jpeg)
     if cached:
-        return resize_rgba(opaque(fg_jpeg), size), resize_rgba(opaque(bg_jpeg), size), rule
-    return resize_rgba(fg, size), resize_rgba(opaque(bg_rgb), size), rule
+        return opaque(fg_jpeg), opaque(bg_jpeg), rule
+    return fg, opaque(bg_rgb), rule
 
 
 def substitute(fg: np.ndarray, bg: np.ndarray, rule: str) -> tuple[np.ndarray, np.ndarray]:

@@ -130,16 +130,18 @@ def ms_ssim_132(x: torch.Tensor, y: torch.Tensor) -> float:
 
 def pair_scores(gen: tuple[np.ndarray, np.ndarray], train: tuple[np.ndarray, np.ndarray], size: int = 512,
                 fresh: bool = False) -> tuple[float, float, str]:
-    """(fg score, bg score, rule) of one generated x training pair, the reference's way."""
-    g_fg, g_bg, rule = generated_tensors(*gen, fresh=fresh)
-    if g_fg.shape[-1] != size:  # the reference only met 512 generated images
-        g_fg, g_bg = (to_tensor(Image.fromarray(_u8(t), "RGBA").resize((size, size), Image.Resampling.LANCZOS)) for t in (g_fg, g_bg))
+    """(fg score, bg score, rule) of one generated x training pair, the reference's way.
+
+    The reference only met generated images at the comparison size; one of another size is brought to
+    it (image and mask, LANCZOS) before its parts are made, as fbmem documents.
+    """
+    rgb, mask = gen
+    if rgb.shape[:2] != (size, size):
+        rgb = np.asarray(Image.fromarray(rgb).resize((size, size), Image.Resampling.LANCZOS))
+        mask = np.asarray(Image.fromarray(mask, "L").resize((size, size), Image.Resampling.LANCZOS))
+    g_fg, g_bg, rule = generated_tensors(rgb, mask, fresh=fresh)
     t_fg, t_bg = train_tensors(*train, size=size)
     return ms_ssim_132(t_fg, g_fg), ms_ssim_132(t_bg, g_bg), rule
-
-
-def _u8(t: torch.Tensor) -> np.ndarray:
-    return np.round(t[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
 
 
 # -- rembg's BiRefNet session, around any onnxruntime session -------------------------------------
