@@ -163,10 +163,10 @@ def test_mitigation_params_recorded(workspace: Workspace, tiny) -> None:
     rta_detail = json.loads(rows["rta"]["mitigation_detail"])
     assert len(rta_detail["tokens"]) == 2 and rta_detail["prompt"] != TEXTS[0]
     assert all(tok in rta_detail["prompt"].split() for tok in rta_detail["tokens"])
-    assert json.loads(rows["wen"]["mitigation_params"]) == {"lr": 0.05, "max_iters": 1, "target_loss": 0.0}
+    assert json.loads(rows["wen"]["mitigation_params"]) == {"lr": 0.05, "max_iters": 1, "target_loss": 0.0, "stack": 4}
     wen_detail = json.loads(rows["wen"]["mitigation_detail"])
     assert wen_detail["iterations"] == 1 and wen_detail["final_loss"] < wen_detail["initial_loss"]
-    for name, params in (("rta", {"n_tokens": 2}), ("wen", {"lr": 0.05, "max_iters": 1, "target_loss": 0.0})):
+    for name, params in (("rta", {"n_tokens": 2}), ("wen", {"lr": 0.05, "max_iters": 1, "target_loss": 0.0, "stack": 4})):
         assert rows[name]["generation_id"] == generation_id(
             prompt_id=pids[0], model_id=MODEL_ID, seed=0, steps=2, guidance=7.0, height=64, width=64,
             mitigation=name, mitigation_params=params,
@@ -328,7 +328,7 @@ def test_wen_optimisation_follows_the_reference_rules(tiny) -> None:
     _, _, details = probe.optimise(pipe, batch)
     low, high = sorted(d["initial_loss"] for d in details)
     # A target between the two rows' losses: one row is already there (left untouched), the other optimises.
-    wen = create_mitigation("wen", target_loss=(low + high) / 2, max_iters=3)
+    wen = create_mitigation("wen", target_loss=(low + high) / 2, max_iters=3, stack=1)
     embeds, negative, details = wen.optimise(pipe, batch)
     original, empty = encode_prompts(pipe, batch.prompts)
     assert torch.equal(negative, empty)
@@ -344,6 +344,28 @@ def test_wen_optimisation_follows_the_reference_rules(tiny) -> None:
         # the reference code.
         decay = (1 - 0.05 * 0.01) ** detail["iterations"]
         assert torch.allclose(embeds[row, 0], original[row, 0] * decay, rtol=1e-5, atol=1e-7)
+
+
+def test_wen_target_is_a_norm_over_the_reference_stack_of_four(tiny) -> None:
+    from fbmem_data.generate import GenerationJob
+    from fbmem_data.generate.generator import make_batch
+    from fbmem_data.mitigate import create_mitigation
+    from fbmem_data.mitigate.protocol import GenerationSettings
+
+    # the reference's 3 is one norm over a prompt's 4 stacked images: 1.5 per image when they are alike
+    assert create_mitigation("wen").per_image_target == pytest.approx(1.5)
+    assert create_mitigation("wen", stack=1).per_image_target == 3.0
+    with pytest.raises(InputError, match="stack"):
+        create_mitigation("wen", stack=0)
+    jobs = [GenerationJob("g0", "p0", TEXTS[0], 0)]
+    batch = make_batch(tiny.pipe, jobs, GenerationSettings(2, 7.0, 64, 64))
+    (loss,) = [d["initial_loss"] for d in create_mitigation("wen", target_loss=0.0, max_iters=0).optimise(tiny.pipe, batch)[2]]
+    # a target the image meets on its own but not as a quarter of a stack of four: stack 4 optimises
+    target = loss * 1.5
+    per_image = create_mitigation("wen", target_loss=target, max_iters=2, stack=1).optimise(tiny.pipe, batch)[2][0]
+    stacked = create_mitigation("wen", target_loss=target, max_iters=2).optimise(tiny.pipe, batch)[2][0]
+    assert per_image["iterations"] == 0 and per_image["reached_target"]
+    assert stacked["iterations"] >= 1 and stacked["final_loss"] < loss
 
 
 def test_rta_inserts_seeded_vocabulary_words(tiny) -> None:

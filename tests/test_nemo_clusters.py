@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -107,3 +108,24 @@ def test_cluster_prompts_flat_embeddings(workspace: Workspace) -> None:
     assert sum(r["n"] for r in sizes) == 9 and len(sizes) == 3
     assert cluster_prompts(workspace, pipe, "m", "s", k=3) == cid  # re-run is a no-op
     assert workspace.count("prompt_clusters") == 9
+
+
+def test_flat_embeddings_are_computed_in_float32_for_a_half_precision_pipeline(tmp_path: Path) -> None:
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    from fbmem_data.nemo.activations import encode_prompts
+    from fbmem_data.nemo.clusters import prompt_embeddings
+    from fbmem_data.testing.pipelines import tiny_sd_pipeline
+
+    torch.set_num_threads(1)
+    texts = ["a red cube on a table", "a blue ball in the grass"]
+    pipe = tiny_sd_pipeline(seed=0)
+    full = prompt_embeddings(pipe, texts, "flat")
+    pipe.save_pretrained(tmp_path / "model")
+    half_pipe = StableDiffusionPipeline.from_pretrained(tmp_path / "model", torch_dtype=torch.float16, local_files_only=True)
+    half = prompt_embeddings(half_pipe, texts, "flat")
+    assert half_pipe.text_encoder.dtype == torch.float16  # the pipeline itself is left as it was
+    assert abs(half - full).max() < 1e-6  # the paper clusters float32 embeddings
+    rounded = encode_prompts(half_pipe, texts).float().flatten(1).numpy()
+    assert abs(rounded - full).max() > 1e-4  # what the half-precision pipeline alone would give

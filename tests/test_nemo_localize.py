@@ -13,6 +13,7 @@ from fbmem_data.nemo.detect import (
     calibrate,
     current_tau,
     msssim_kernel,
+    msssim_pairs,
     nemo_timestep,
     record_detection_scores,
 )
@@ -226,3 +227,58 @@ def test_speculative_greedy_equals_sequential(monotone: bool, seed: int) -> None
     assert seq_calls["batches"] == len(candidates)
     if monotone and len(candidates) >= 16:
         assert spec_calls["batches"] * 2 <= seq_calls["batches"]
+
+
+# NeMo's code scores with torchmetrics 1.3.2's functional MS-SSIM (data_range None, kernel 11, betas 0.33 x 3).
+# Produced with the real torchmetrics 1.3.2 (an unpacked `pip download torchmetrics==1.3.2` first on PYTHONPATH)
+# on the inputs of _nemo_msssim_inputs: one call over pairs 0-2 and one over 3-4 (TWO_CALLS), one call over all (ONE_CALL).
+NEMO_TWO_CALLS = [0.825744, 0.815111, 0.828046, 0.819856, 0.828476]
+NEMO_ONE_CALL = [0.826136, 0.815587, 0.828386, 0.82013, 0.828743]
+
+
+def _nemo_msssim_inputs() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(5, 4, 64, 64, generator=g)
+    y = 0.6 * x + 0.4 * torch.randn(5, 4, 64, 64, generator=g)
+
+    def norm(t: torch.Tensor) -> torch.Tensor:
+        lo, hi = t.amin(dim=(-2, -1), keepdim=True), t.amax(dim=(-2, -1), keepdim=True)
+        return (t - lo) / (hi - lo)
+
+    return norm(x), norm(y)
+
+
+def test_reference_msssim_is_torchmetrics_132_per_call() -> None:
+    x, y = _nemo_msssim_inputs()
+    two = msssim_pairs(x, y, reference=True, groups=torch.tensor([0, 0, 0, 1, 1]))
+    assert two.tolist() == pytest.approx(NEMO_TWO_CALLS, abs=2e-5)
+    assert msssim_pairs(x, y, reference=True).tolist() == pytest.approx(NEMO_ONE_CALL, abs=2e-5)
+    # the simplified score (range 1, uncropped last scale) is not NeMo's
+    assert max(abs(a - b) for a, b in zip(msssim_pairs(x, y).tolist(), NEMO_ONE_CALL, strict=True)) > 5e-3
+
+
+def test_reference_refinement_order_and_paper_preset() -> None:
+    from fbmem_data.nemo.localize import PRESETS, reference_order
+
+    a = [torch.tensor([1.0, 5.0, 2.0, 0.5, 3.0])]
+    mu, sd = [torch.ones(5)], [torch.tensor([1.0, 1.0, 0.1, 0.01, 1.0])]
+    # z = [0, 4, 10, 50, 2]: theta 3 lists [1, 2, 3]; top-2 by activation lists [1, 4]: neuron 1 twice
+    assert select_candidates(a, mu, sd, 3.0, 2) == {0: [1, 2, 3, 4]}
+    assert reference_order(a, mu, sd, 3.0, 2) == {0: [2, 3, 1, 4]}  # tested at its last listing
+    paper, clean = PRESETS["paper"], PRESETS["paper-clean"]
+    assert paper.noise.reference_msssim and paper.refine_order == "reference" and paper.refine_strict
+    assert clean == LocalizationConfig()
+    assert "refine_order" not in clean.as_params() and "reference_msssim" not in clean.as_params()["noise"]
+    assert paper.as_params()["refine_strict"] is True
+
+
+@pytest.mark.slow
+def test_paper_preset_localizes_with_both_algorithms_alike(pipe) -> None:  # type: ignore[no-untyped-def]
+    from fbmem_data.nemo.localize import PRESETS
+
+    embeds, acts, means, stds, config = _setup(pipe, "a memorized photo of a red bicycle")
+    paper = dataclasses.replace(PRESETS["paper"], noise=dataclasses.replace(NOISE, reference_msssim=True), tau=config.tau,
+                                seed_filter="all", skip_not_memorized=False)
+    seq = localize_prompt(pipe.unet, pipe.scheduler, embeds, acts, means, stds, paper, algorithm="sequential")
+    bat = localize_prompt(pipe.unet, pipe.scheduler, embeds, acts, means, stds, paper, algorithm="batched", width=4)
+    assert seq.refined == bat.refined and seq.status == bat.status

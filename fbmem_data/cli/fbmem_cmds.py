@@ -96,7 +96,13 @@ def score(
     ] = None,
     metric: Annotated[str | None, typer.Option("--metric", help="msssim (paper), ssim, msssim-masked (default).")] = None,
     size: Annotated[int | None, typer.Option("--size", min=16, help="Side the parts are compared at (reference 512).")] = None,
-    preset: Annotated[str | None, typer.Option("--preset", help="paper: the reference settings exactly (msssim, 512, birefnet); default: fbmem's best.")] = None,
+    preset: Annotated[
+        str | None,
+        typer.Option("--preset", help="paper: the paper's released code exactly; paper-clean: its metric on fbmem's parts; default: fbmem's best."),
+    ] = None,
+    whole_image: Annotated[
+        bool, typer.Option("--whole-image", help="Baseline without segmentation: compare whole images (fg = bg score); the paper's metric unless --preset/--metric.")
+    ] = False,
     segmenter: SegmenterOption = None,
     weights: WeightsOption = None,
     option: OptionOption = None,
@@ -117,7 +123,7 @@ def score(
 
     ws = open_workspace(workspace)
     create = pairing == "exhaustive"
-    seg_name = segmenter or PRESETS.get(preset or "default", PRESETS["default"])["segmenter"]
+    seg_name = segmenter or PRESETS.get(preset or ("paper" if whole_image else "default"), PRESETS["default"])["segmenter"]
     common: dict[str, Any] = dict(
         preset=preset,
         metric=metric,
@@ -132,10 +138,12 @@ def score(
     if engine is Engine.ray:
         from fbmem_data.distribute.extractors import score_distributed
 
+        if whole_image:
+            raise InputError("--whole-image runs on the local engine only", hint="drop --engine ray")
         options = engine_options(ray_address, num_gpus, concurrency)
         summary = score_distributed(ws, None if create else pairing, engine=engine.value, engine_options=options, **common)
     else:
-        summary = score_pairs(ws, None if create else pairing, progress=True, **common)
+        summary = score_pairs(ws, None if create else pairing, progress=True, whole_image=whole_image, **common)
     _print_summary(summary)
 
 

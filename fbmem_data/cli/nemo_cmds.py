@@ -125,14 +125,20 @@ def detect(
     method: Annotated[str, typer.Option("--method", help="nemo_msssim or wen_norm.")] = "nemo_msssim",
     n_seeds: Annotated[int, typer.Option("--n-seeds", min=2)] = 10,
     latent_size: Annotated[int | None, typer.Option("--latent-size", help="Default: the UNet's sample_size.")] = None,
+    preset: Annotated[str, typer.Option("--preset", help="'paper' (NeMo's MS-SSIM exactly) or 'paper-clean' (data range 1).")] = "paper",
     device: DeviceOption = "auto",
 ) -> pa.Table:
     """Score memorization per prompt into detection_scores (NeMo's noise-difference MS-SSIM or Wen's norm)."""
-    from fbmem_data.nemo.detect import NoiseDiffSettings, record_detection_scores
+    from fbmem_data.nemo.detect import record_detection_scores
+    from fbmem_data.nemo.localize import PRESETS
 
+    if preset not in PRESETS:
+        raise InputError(f"unknown preset {preset!r}", hint=f"available: {sorted(PRESETS)}")
     ws = open_workspace(workspace)
     pipe, mid = _load(model, model_id, device)
-    settings = NoiseDiffSettings(n_seeds=n_seeds, latent_size=latent_size)
+    import dataclasses
+
+    settings = dataclasses.replace(PRESETS[preset].noise, n_seeds=n_seeds, latent_size=latent_size)
     with ws.run("nemo detect", _config(ws, mid, prompts=prompts, method=method, n_seeds=n_seeds)) as run:
         config_hash = record_detection_scores(ws, pipe, mid, prompts, method=method, settings=settings, run_id=run.run_id)
     return ws.sql(
@@ -170,7 +176,7 @@ def localize(
     prompts: Annotated[str | None, typer.Option("--prompts", help="Prompt set to localize.")] = None,
     prompt_id: Annotated[list[str] | None, typer.Option("--prompt-id", help="Single prompt(s) instead of a set.")] = None,
     model_id: ModelIdOption = None,
-    preset: Annotated[str, typer.Option("--preset", help="Constant set: 'paper' (NeMo's).")] = "paper",
+    preset: Annotated[str, typer.Option("--preset", help="Constant set: 'paper' (NeMo's code exactly) or 'paper-clean' (simpler MS-SSIM, ascending refinement order).")] = "paper",
     tau: Annotated[str | None, typer.Option("--tau", help="Threshold: a number, or 'calibrated' (nemo calibrate). Default: the preset's 0.428.")] = None,
     algorithm: Annotated[str, typer.Option("--algorithm", help="batched, or sequential (the reference).")] = "batched",
     width: Annotated[int, typer.Option("--width", min=1, help="Hypotheses per batched UNet call.")] = 16,

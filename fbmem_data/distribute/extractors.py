@@ -311,13 +311,15 @@ class ScoreModel:
     mask_params_hash: str
     device: str
     row_fields: dict[str, Any]
+    composition: str = "fbmem"
 
     def __call__(self, ws: Workspace) -> BatchFunction:
         from fbmem_data.fbmem.scoring import PairScorer, WorkspaceImageLoader, make_metric
         from fbmem_data.segment.base import resolve_device
 
         loader = WorkspaceImageLoader(ws, self.segmenter, self.mask_params_hash)
-        scorer = PairScorer(make_metric(self.metric, self.metric_options), self.size, loader, device=resolve_device(self.device))
+        scorer = PairScorer(make_metric(self.metric, self.metric_options), self.size, loader, device=resolve_device(self.device),
+                            composition=self.composition)
         fields = dict(self.row_fields)
 
         def score_batch(rows: pa.Table) -> dict[str, list[dict[str, Any]]]:
@@ -359,7 +361,8 @@ def score_distributed(
     from fbmem_data.fbmem.masks import make_segmenter
     from fbmem_data.fbmem.scoring import make_metric, resolve_config, resolve_pairing
 
-    cfg = resolve_config(preset, metric, size, segmenter, metric_options)
+    cfg = resolve_config(preset, metric, size, segmenter, metric_options, segmenter_options=segmenter_options)
+    segmenter_options = cfg.segmenter_options  # with the preset's (e.g. the paper's rembg processing)
     pairing_id = resolve_pairing(ws, pairing_id, create_exhaustive)
     region_metric = make_metric(cfg.metric, cfg.metric_options)
     seg = make_segmenter(cfg.segmenter, "cpu", segmenter_options)
@@ -393,7 +396,8 @@ def score_distributed(
                 tables=("region_scores",),
                 inputs=pending,
                 key=("generated_image_id", "train_image_id"),
-                model=ScoreModel(cfg.metric, dict(cfg.metric_options), cfg.size, cfg.segmenter, cfg.mask_params_hash, device, fields),
+                model=ScoreModel(cfg.metric, dict(cfg.metric_options), cfg.size, cfg.segmenter, cfg.mask_params_hash, device, fields,
+                                 cfg.composition),
                 shard_rows=shard_rows or pairs_per_call * 4,
                 batch_size=pairs_per_call,
             )

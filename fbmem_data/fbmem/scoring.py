@@ -26,14 +26,25 @@ if TYPE_CHECKING:
     from fbmem_data.similarity.base import RegionMetric
     from fbmem_data.workspace import Workspace
 
-#: The preset that reproduces the reference (method.md §1.3): torchmetrics' MS-SSIM defaults, 512, BiRefNet.
-PAPER_PRESET: dict[str, Any] = {"metric": "msssim", "metric_options": {}, "size": 512, "segmenter": "birefnet"}
+#: The preset that reproduces the paper's released code: torchmetrics 1.3.2's MS-SSIM (defaults, last scale
+#: cropped), 512, BiRefNet with rembg's processing, parts built, cached and substituted as the reference does.
+PAPER_PRESET: dict[str, Any] = {
+    "metric": "msssim",
+    "metric_options": {"legacy_crop": True},
+    "size": 512,
+    "segmenter": "birefnet",
+    "segmenter_options": {"processing": "rembg"},
+    "composition": "reference",
+}
+#: The paper's metric on fbmem's cleaner parts (one alpha rule for every part, score-level degenerate rule,
+#: current torchmetrics, BiRefNet's own processing): a documented deviation, kept reachable.
+PAPER_CLEAN_PRESET: dict[str, Any] = {"metric": "msssim", "metric_options": {}, "size": 512, "segmenter": "birefnet", "composition": "fbmem"}
 #: fbmem's default: the configuration that measured best on planted truth (docs/fbmem.md).
-DEFAULT_PRESET: dict[str, Any] = {"metric": "msssim-masked", "metric_options": {}, "size": 512, "segmenter": "saliency"}
-PRESETS = {"paper": PAPER_PRESET, "default": DEFAULT_PRESET}
+DEFAULT_PRESET: dict[str, Any] = {"metric": "msssim-masked", "metric_options": {}, "size": 512, "segmenter": "saliency", "composition": "fbmem"}
+PRESETS = {"paper": PAPER_PRESET, "paper-clean": PAPER_CLEAN_PRESET, "default": DEFAULT_PRESET}
 SCORING_VERSION = 1
 
-ImageLoader = Callable[[str], tuple[np.ndarray, np.ndarray]]
+ImageLoader = Callable[[str], tuple[np.ndarray, Any]]
 
 
 def make_metric(name: str, options: dict[str, Any] | None = None) -> RegionMetric:
@@ -54,23 +65,44 @@ class ScoringConfig:
     mask_params_hash: str | None
     preset: str = "custom"
     metric_options: dict[str, Any] = field(default_factory=dict)
+    #: how parts are built: "fbmem", "reference", "reference-fresh" or "whole-image" (fbmem_data.fbmem.reference)
+    composition: str = "fbmem"
+    segmenter_options: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self, metric: RegionMetric) -> dict[str, Any]:
-        return {
+        d = {
             "version": SCORING_VERSION,
             "metric": metric.params(),
             "size": self.size,
             "segmenter": self.segmenter,
             "mask_params_hash": self.mask_params_hash,
         }
+        if self.composition != "fbmem":
+            # only when set: scoring ids of fbmem-composition configurations stay what they were
+            d["composition"] = self.composition
+        return d
 
 
 def resolve_config(
-    preset: str | None, metric: str | None, size: int | None, segmenter: str | None, metric_options: dict[str, Any] | None
+    preset: str | None,
+    metric: str | None,
+    size: int | None,
+    segmenter: str | None,
+    metric_options: dict[str, Any] | None,
+    *,
+    whole_image: bool = False,
+    segmenter_options: dict[str, Any] | None = None,
 ) -> ScoringConfig:
-    """Fill unset options from a preset ('default' when none). Naming an option overrides the preset,
-    and the row is then labelled preset='custom' unless it equals the preset."""
-    name = preset or "default"
+    """Fill unset options from a preset ('default' when none; 'paper' for a bare whole-image baseline).
+
+    Naming an option overrides the preset, and the row is then labelled preset='custom' unless it
+    equals the preset. The preset's segmenter options (e.g. rembg processing for the paper's BiRefNet)
+    apply when its own segmenter is used; options given here win.
+
+    Raises:
+        InputError: unknown preset, or a whole-image baseline with a metric that needs masks.
+    """
+    name = preset or ("paper" if whole_image and metric is None else "default")
     if name not in PRESETS:
         raise InputError(f"unknown preset {name!r}", hint=f"one of {sorted(PRESETS)}")
     base = PRESETS[name]
@@ -79,9 +111,18 @@ def resolve_config(
         "size": int(size or base["size"]),
         "segmenter": segmenter or base["segmenter"],
         "metric_options": dict(metric_options if metric_options is not None else base["metric_options"]),
+        "composition": "whole-image" if whole_image else base["composition"],
     }
-    label = name if all(chosen[k] == base[k] for k in ("metric", "size", "metric_options")) else "custom"
-    return ScoringConfig(mask_params_hash=None, preset=label, **chosen)
+    if chosen["composition"] != "fbmem" and chosen["metric"] not in ("msssim", "ssim"):
+        what = "the whole-image baseline" if whole_image else f"preset {name!r}"
+        raise InputError(f"{what} compares parts with msssim or ssim, not {chosen['metric']!r}", hint="--metric msssim (or ssim)")
+    seg_options = dict(base.get("segmenter_options", {})) if chosen["segmenter"] == base["segmenter"] else {}
+    seg_options.update(segmenter_options or {})
+    if whole_image:
+        chosen["segmenter"] = "none"  # nothing is segmented
+        seg_options = {}
+    same = all(chosen[k] == base[k] for k in ("metric", "size", "metric_options", "composition"))
+    return ScoringConfig(mask_params_hash=None, preset=name if same else "custom", segmenter_options=seg_options, **chosen)
 
 
 class PairScorer:
@@ -90,62 +131,117 @@ class PairScorer:
     Args:
         metric: a RegionMetric plug-in.
         size: side of the square the parts are compared at.
-        load: image_id -> (uint8 HxWx3 image, uint8 HxW mask); raises FbmemError for a bad image.
+        load: image_id -> (uint8 HxWx3 image, uint8 HxW mask, or None for the whole-image baseline);
+            raises FbmemError for a bad image.
         device: torch device for the metric.
         cache_mb: memory for decoded, resized images kept across batches.
         train_chunk: training images prepared at once (bounds memory: about 35 MB each at 512).
+        composition: how parts are built: "fbmem" (fbmem_data.fbmem.composition), "reference",
+            "reference-fresh" or "whole-image" (fbmem_data.fbmem.reference).
     """
 
     def __init__(
-        self, metric: RegionMetric, size: int, load: ImageLoader, device: str = "cpu", cache_mb: float = 1024, train_chunk: int = 32
+        self,
+        metric: RegionMetric,
+        size: int,
+        load: ImageLoader,
+        device: str = "cpu",
+        cache_mb: float = 1024,
+        train_chunk: int = 32,
+        composition: str = "fbmem",
     ) -> None:
+        from fbmem_data.fbmem.reference import COMPOSITIONS
+
+        if composition not in COMPOSITIONS:
+            raise InputError(f"unknown composition {composition!r}", hint=f"one of {list(COMPOSITIONS)}")
         self.metric = metric
         self.size = int(size)
         self.load = load
         self.device = device
         self.train_chunk = max(1, int(train_chunk))
-        self._cache: OrderedDict[str, tuple[np.ndarray, np.ndarray] | str] = OrderedDict()
-        per_image = self.size * self.size * 4
+        self.composition = composition
+        self._cache: OrderedDict[tuple[str, str], tuple[Any, ...] | str] = OrderedDict()
+        # fbmem keeps RGB + mask (4 bytes a pixel), the other compositions two RGBA parts (8)
+        per_image = self.size * self.size * (4 if composition == "fbmem" else 8)
         self._cache_max = max(8, int(cache_mb * 2**20 // per_image))
 
-    def _get(self, image_id: str) -> tuple[np.ndarray, np.ndarray] | str:
-        """Resized (image, mask) of an image, or the error text; cached (LRU)."""
+    def _build(self, image_id: str, role: str) -> tuple[Any, ...]:
+        from fbmem_data.fbmem import reference
         from fbmem_data.fbmem.composition import resize_mask, resize_rgb
 
-        if image_id in self._cache:
-            self._cache.move_to_end(image_id)
-            return self._cache[image_id]
+        rgb, mask = self.load(image_id)
+        if self.composition == "fbmem":
+            return resize_rgb(rgb, self.size), resize_mask(mask, self.size)
+        if self.composition == "whole-image":
+            whole = reference.whole_image(rgb, self.size)
+            return whole, whole, "none"
+        if mask.shape != rgb.shape[:2]:
+            raise InputError(f"mask of {image_id} is {mask.shape}, image is {rgb.shape[:2]}")
+        if role == "train":
+            return (*reference.train_parts(rgb, mask, self.size), "none")
+        return reference.generated_parts(rgb, mask, self.size, cached=self.composition == "reference")
+
+    def _get(self, image_id: str, role: str = "generated") -> tuple[Any, ...] | str:
+        """The cached inputs of an image in a role: (rgb, mask) resized for "fbmem", else (fg, bg, rule)
+        uint8 RGBA parts before the degenerate substitution; or the error text. LRU."""
+        key = (image_id, role if self.composition in ("reference", "reference-fresh") else "")
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
         try:
-            rgb, mask = self.load(image_id)
-            value: tuple[np.ndarray, np.ndarray] | str = (resize_rgb(rgb, self.size), resize_mask(mask, self.size))
+            value: tuple[Any, ...] | str = self._build(image_id, role)
         except FbmemError as exc:
             value = str(exc)
-        self._cache[image_id] = value
+        self._cache[key] = value
         if len(self._cache) > self._cache_max:
             self._cache.popitem(last=False)
         return value
 
-    def _prepare(self, ids: list[str]) -> tuple[Any, Any]:
-        from fbmem_data.fbmem.composition import region_batch
+    def _prepare(self, ids: list[str], role: str, substitute: bool = False) -> tuple[Any, Any, list[str]]:
+        """(RegionBatch, metric state, degenerate rules) of images in a role; substitute applies the
+        reference's part substitution (generated images of the part-building compositions)."""
+        import torch
 
-        items = [self._get(i) for i in ids]
-        batch = region_batch([it[0] for it in items], [it[1] for it in items], self.size, self.device)  # type: ignore[index]
-        return batch, self.metric.prepare(batch)
+        from fbmem_data.fbmem import reference
+        from fbmem_data.fbmem.composition import degenerate_rules, region_batch
+        from fbmem_data.similarity.base import RegionBatch
+
+        items = [self._get(i, role) for i in ids]
+        if self.composition == "fbmem":
+            batch = region_batch([it[0] for it in items], [it[1] for it in items], self.size, self.device)  # type: ignore[index]
+            rules = degenerate_rules(batch.fg, batch.bg) if role == "generated" else ["none"] * len(ids)
+            return batch, self.metric.prepare(batch), rules
+        rules = [it[2] for it in items]  # type: ignore[index]
+        parts = [reference.substitute(it[0], it[1], it[2]) if substitute else (it[0], it[1]) for it in items]  # type: ignore[index]
+
+        def tensor(arrays: list[np.ndarray]) -> torch.Tensor:
+            x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div_(255.0)
+            return x.contiguous().to(self.device)
+
+        fg, bg = tensor([p[0] for p in parts]), tensor([p[1] for p in parts])
+        batch = RegionBatch(fg=fg, bg=bg, mask=fg[:, 3:4])
+        return batch, self.metric.prepare(batch), rules
 
     def score_batch(self, pairs: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
         """Score pairs; returns one dict per pair, in input order, with keys generated_image_id,
         train_image_id, fg_score, bg_score, pair_score, raw_fg_score, raw_bg_score, degenerate_rule,
-        status ('ok' | 'error') and error."""
+        status ('ok' | 'error') and error.
+
+        The degenerate rule replaces scores ("fbmem": fg_both -> both scores are the fg score) or,
+        for the reference compositions, the generated part before scoring (fg_both -> the generated
+        background part is its foreground part); raw_* are the scores without the rule either way.
+        """
         import torch
 
-        from fbmem_data.fbmem.composition import apply_rules, degenerate_rules
+        from fbmem_data.fbmem.composition import apply_rules
 
         rows: dict[tuple[str, str], dict[str, Any]] = {}
         bad: dict[str, str] = {}
-        for image_id in {i for pair in pairs for i in pair}:
-            got = self._get(image_id)
-            if isinstance(got, str):
-                bad[image_id] = got
+        for g, t in pairs:
+            for image_id, role in ((g, "generated"), (t, "train")):
+                got = self._get(image_id, role)
+                if isinstance(got, str):
+                    bad[image_id] = got
         good_pairs = []
         for g, t in pairs:
             if g in bad or t in bad:
@@ -154,20 +250,30 @@ class PairScorer:
                 good_pairs.append((g, t))
         gen_ids = sorted({g for g, _ in good_pairs})
         if gen_ids:
-            gen_batch, gen_state = self._prepare(gen_ids)
-            rules = degenerate_rules(gen_batch.fg, gen_batch.bg)
+            part_rule = self.composition != "fbmem"
+            _, gen_state, rules = self._prepare(gen_ids, "generated")
+            sub_state = self._prepare(gen_ids, "generated", substitute=True)[1] if part_rule and any(r != "none" for r in rules) else None
             gen_pos = {g: i for i, g in enumerate(gen_ids)}
             train_ids = sorted({t for _, t in good_pairs})
             for start in range(0, len(train_ids), self.train_chunk):
                 chunk = train_ids[start : start + self.train_chunk]
                 train_pos = {t: i for i, t in enumerate(chunk)}
                 sub = [(g, t) for g, t in good_pairs if t in train_pos]
-                _, train_state = self._prepare(chunk)
+                _, train_state, _ = self._prepare(chunk, "train")
                 gi = torch.tensor([gen_pos[g] for g, _ in sub], dtype=torch.long, device=self.device)
                 ti = torch.tensor([train_pos[t] for _, t in sub], dtype=torch.long, device=self.device)
                 raw_fg, raw_bg = self.metric.score(gen_state, gi, train_state, ti)
                 pair_rules = [rules[gen_pos[g]] for g, _ in sub]
-                fg, bg = apply_rules(raw_fg, raw_bg, pair_rules)
+                if not part_rule:
+                    fg, bg = apply_rules(raw_fg, raw_bg, pair_rules)
+                elif sub_state is None:
+                    fg, bg = raw_fg, raw_bg
+                else:
+                    fg, bg = raw_fg.clone(), raw_bg.clone()
+                    hit = torch.tensor([r != "none" for r in pair_rules], device=self.device)
+                    if bool(hit.any()):
+                        sub_fg, sub_bg = self.metric.score(sub_state, gi[hit], train_state, ti[hit])
+                        fg[hit], bg[hit] = sub_fg, sub_bg
                 # one device-to-host copy per chunk, not one per pair
                 fg_l, bg_l, raw_fg_l, raw_bg_l = (v.double().cpu().tolist() for v in (fg, bg, raw_fg, raw_bg))
                 for k, (g, t) in enumerate(sub):
@@ -203,9 +309,10 @@ def _error(g: str, t: str, message: str) -> dict[str, Any]:
 
 
 class WorkspaceImageLoader:
-    """image_id -> (RGB, mask) from a workspace's image store and `masks` table (one segmenter+params)."""
+    """image_id -> (RGB, mask) from a workspace's image store and `masks` table (one segmenter+params);
+    with segmenter None (the whole-image baseline) -> (RGB, None), no masks read."""
 
-    def __init__(self, ws: Workspace, segmenter: str, mask_hash: str) -> None:
+    def __init__(self, ws: Workspace, segmenter: str | None, mask_hash: str | None) -> None:
         self.ws = ws
         self.segmenter = segmenter
         self.mask_hash = mask_hash
@@ -222,6 +329,9 @@ class WorkspaceImageLoader:
             {"ids": ids},
         )
         self._paths.update(zip(paths.column("image_id").to_pylist(), paths.column("p").to_pylist(), strict=True))
+        if self.segmenter is None:
+            self._masks.update(dict.fromkeys(ids, b""))  # marks them loaded; no mask is used
+            return
         masks = self.ws.sql(
             "SELECT image_id, mask, status, error FROM masks WHERE segmenter = $seg AND params_hash = $h "
             "AND list_contains($ids::VARCHAR[], image_id)",
@@ -234,13 +344,15 @@ class WorkspaceImageLoader:
         for i in image_ids:
             self._masks.pop(i, None)
 
-    def __call__(self, image_id: str) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(self, image_id: str) -> tuple[np.ndarray, np.ndarray | None]:
         from fbmem_data.fbmem.images import decode_mask, load_rgb
 
         if image_id not in self._masks:
             self.preload([image_id])
         if image_id not in self._paths:
             raise InputError(f"image {image_id} is not an ok image of this workspace")
+        if self.segmenter is None:
+            return load_rgb(self.ws, image_id, self._paths[image_id]), None
         mask = self._masks.get(image_id)
         if mask is None:
             raise InputError(f"image {image_id} has no {self.segmenter} mask", hint="run `fbmem segment`")
@@ -298,6 +410,7 @@ def score_pairs(
     segmenter: str | None = None,
     metric_options: dict[str, Any] | None = None,
     segmenter_options: dict[str, Any] | None = None,
+    whole_image: bool = False,
     create_exhaustive: bool = False,
     device: str = "auto",
     batch_size: int = 8,
@@ -310,10 +423,14 @@ def score_pairs(
     Args:
         ws: the workspace.
         pairing_id: which candidates; default the most recently written pairing.
-        preset: "paper" (reference: msssim, 512, birefnet, torchmetrics defaults) or "default"
-            (msssim-masked, 512, saliency). metric/size/segmenter override the preset's choice.
+        preset: "paper" (the released code's computation: msssim as torchmetrics 1.3.2, 512, birefnet
+            with rembg's processing, reference parts), "paper-clean" (the paper's metric on fbmem's
+            parts) or "default" (msssim-masked, 512, saliency). metric/size/segmenter override the
+            preset's choice.
         metric_options: SSIMConfig fields for the metric (e.g. {"data_range": 1.0}).
         segmenter_options: options of the segmenter plug-in (e.g. {"model_path": ...}).
+        whole_image: the reference's `--no_segment` baseline: whole images (RGBA, alpha 1) compared,
+            fg = bg = that score; nothing is segmented. Without a preset or metric: the paper's metric.
         create_exhaustive: with no candidates at all, create exhaustive ones via the pairing module.
         device: torch device; batch_size: generated images per batch (all their candidates are scored
             in that batch and written as one Parquet part).
@@ -330,11 +447,11 @@ def score_pairs(
     from fbmem_data.segment.base import resolve_device
 
     device = resolve_device(device)
-    cfg = resolve_config(preset, metric, size, segmenter, metric_options)
+    cfg = resolve_config(preset, metric, size, segmenter, metric_options, whole_image=whole_image, segmenter_options=segmenter_options)
     pairing_id = resolve_pairing(ws, pairing_id, create_exhaustive)
     region_metric = make_metric(cfg.metric, cfg.metric_options)
-    seg = make_segmenter(cfg.segmenter, device, segmenter_options)
-    cfg.mask_params_hash = params_hash(seg.params())
+    seg = None if whole_image else make_segmenter(cfg.segmenter, device, cfg.segmenter_options)
+    cfg.mask_params_hash = params_hash(seg.params()) if seg is not None else None
     config = cfg.as_dict(region_metric)
     scoring_id = params_hash(config)
     pending = ws.sql(
@@ -349,12 +466,13 @@ def score_pairs(
     gens = pending.column("g").to_pylist()
     trains = pending.column("t").to_pylist()
     needed = sorted(set(gens) | set(trains))
-    segment_images(ws, seg, image_ids=needed, device=device, batch_size=max(1, batch_size), progress=progress)
+    if seg is not None:
+        segment_images(ws, seg, image_ids=needed, device=device, batch_size=max(1, batch_size), progress=progress)
     by_gen: dict[str, list[str]] = {}
     for g, t in zip(gens, trains, strict=True):
         by_gen.setdefault(g, []).append(t)
-    loader = WorkspaceImageLoader(ws, seg.name, cfg.mask_params_hash)
-    scorer = PairScorer(region_metric, cfg.size, loader, device=device)
+    loader = WorkspaceImageLoader(ws, seg.name if seg is not None else None, cfg.mask_params_hash)
+    scorer = PairScorer(region_metric, cfg.size, loader, device=device, composition=cfg.composition)
     gen_order = list(by_gen)
     run_config = {**config, "scoring_id": scoring_id, "pairing_id": pairing_id, "preset": cfg.preset, "device": device}
     with ws.run("score", run_config) as run, tqdm(total=len(gens), desc=f"score[{cfg.metric}]", unit="pair", disable=not progress) as bar:
@@ -367,7 +485,7 @@ def score_pairs(
                 r.update(
                     scoring_id=scoring_id,
                     pairing_id=pairing_id,
-                    segmenter=seg.name,
+                    segmenter=seg.name if seg is not None else "none",
                     mask_params_hash=cfg.mask_params_hash,
                     metric=cfg.metric,
                     preset=cfg.preset,

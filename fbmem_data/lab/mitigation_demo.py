@@ -73,6 +73,7 @@ def prepare_mitigations(
             texts = ws.sql("SELECT text FROM prompts WHERE prompt_set = $s ORDER BY prompt_id LIMIT 32",
                            {"s": UNIQUE_SET}).column("text").to_pylist()
             params["wen.target_loss"] = round(calibrate_target_loss(pipe, texts, seeds=(0, 1), steps=steps), 4)
+            params["wen.stack"] = 1  # the calibrated target is a per-image norm
             if log:
                 log(f"wen: target loss {params['wen.target_loss']} (mean first-step norm of {len(texts)} unique captions)")
             runnable.append(method)

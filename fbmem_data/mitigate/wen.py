@@ -7,10 +7,15 @@ embedding e to reduce the text-conditional noise norm
 
 with AdamW (lr 0.05, torch's default weight decay 0.01 as in the reference code), at most 10 iterations, stopping as soon as L <= target_loss (3 for SD v1.4), the
 first token's gradient zeroed (the BOS position carries no prompt content); then generate with the
-optimised embedding. Departure from the reference code: it optimises one embedding per prompt over the
-stacked noise of its images; here each image has its own embedding and loss, so an image does not depend
-on its batch (a batch optimises all rows at once: rows are independent in the UNet, and rows that reached
-the target are frozen).
+optimised embedding.
+
+The reference code optimises one embedding per prompt over the stacked noise of its 4 images
+(`num_images_per_prompt=4`): its loss is ONE L2 norm over the 4 stacked differences, and 3 is the target of
+that norm, i.e. about 3/sqrt(4) = 1.5 per image when the images' norms are alike. Here each image has its
+own embedding and loss, so an image does not depend on its batch (a batch optimises all rows at once: rows
+are independent in the UNet, and rows that reached the target are frozen); `stack` (default 4, the
+reference's) turns the target into the per-image one, target_loss / sqrt(stack). `stack=1` reads
+target_loss as a per-image norm (what fbmem did before, and what a calibrated target is).
 
 Detection: `wen_detection_score` = that norm at every step of a CFG generation, averaged over steps and seeds.
 """
@@ -30,6 +35,8 @@ if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
 
 SD_TARGET_LOSS = 3.0
+#: images per prompt whose stacked noise the reference's target applies to (`num_images_per_prompt=4`)
+REFERENCE_STACK = 4
 
 
 def encode_prompts(pipe: Any, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,27 +64,35 @@ class WenMitigation(Mitigation):
     Args:
         lr: AdamW learning rate (0.05).
         max_iters: at most this many optimiser steps per image (10).
-        target_loss: stop once the text-conditional noise norm is <= this (3.0 for SD v1.4 at 512x512;
-            the norm scales with the latent size, so other models need their own value: see
-            docs/generate.md).
+        target_loss: stop once the text-conditional noise norm of `stack` stacked images is <= this
+            (3.0 for SD v1.4 at 512x512; the norm scales with the latent size, so other models need
+            their own value: see docs/generate.md).
+        stack: how many images the target's norm is taken over: 4 as in the reference (one norm over
+            a prompt's 4 images), so an image stops at target_loss / 2; 1 for a per-image target.
 
     Raises:
-        InputError: a non-positive lr, negative max_iters or negative target.
+        InputError: a non-positive lr or stack, negative max_iters or negative target.
     """
 
     name = "wen"
     # The tiny random test pipeline's norm is far below SD's 3: make the contract suite optimise.
     contract_params: ClassVar[dict[str, Any]] = {"target_loss": 0.0, "max_iters": 2}
 
-    def __init__(self, lr: float = 0.05, max_iters: int = 10, target_loss: float = SD_TARGET_LOSS) -> None:
+    def __init__(self, lr: float = 0.05, max_iters: int = 10, target_loss: float = SD_TARGET_LOSS, stack: int = REFERENCE_STACK) -> None:
         self.lr = float(lr)
         self.max_iters = int(max_iters)
         self.target_loss = float(target_loss)
-        if self.lr <= 0 or self.max_iters < 0 or self.target_loss < 0:
-            raise InputError(f"wen: need lr > 0, max_iters >= 0, target_loss >= 0 (got {self.params()})")
+        self.stack = int(stack)
+        if self.lr <= 0 or self.max_iters < 0 or self.target_loss < 0 or self.stack < 1:
+            raise InputError(f"wen: need lr > 0, max_iters >= 0, target_loss >= 0, stack >= 1 (got {self.params()})")
 
     def params(self) -> dict[str, Any]:
-        return {"lr": self.lr, "max_iters": self.max_iters, "target_loss": self.target_loss}
+        return {"lr": self.lr, "max_iters": self.max_iters, "target_loss": self.target_loss, "stack": self.stack}
+
+    @property
+    def per_image_target(self) -> float:
+        """The target of one image's norm: a stack of equal norms n has norm n * sqrt(stack)."""
+        return self.target_loss / self.stack**0.5
 
     def optimise(self, pipe: Any, batch: GenerationBatch) -> tuple[torch.Tensor, torch.Tensor, list[dict[str, Any]]]:
         """Optimised prompt embeddings, the empty-prompt embeddings, and per-image details."""
@@ -107,7 +122,7 @@ class WenMitigation(Mitigation):
             for i in range(rows):
                 if active[i]:
                     last[i] = values[i]
-            active &= per_image.detach() > self.target_loss
+            active &= per_image.detach() > self.per_image_target
             if it == self.max_iters or not bool(active.any()):
                 break
             (grad,) = torch.autograd.grad(per_image[active].sum(), [embeds])
@@ -127,7 +142,7 @@ class WenMitigation(Mitigation):
                 "iterations": iterations[i],
                 "initial_loss": round(initial[i], 6),
                 "final_loss": round(last[i], 6),
-                "reached_target": last[i] <= self.target_loss,
+                "reached_target": last[i] <= self.per_image_target,
             }
             for i in range(rows)
         ]

@@ -34,13 +34,60 @@ def prompt_embeddings(pipe: Any, texts: Sequence[str], embedding: Embedding = "f
 
     if embedding == "minilm":
         return _minilm_embeddings(texts, batch_size)
-    from fbmem_data.nemo.activations import encode_prompts
-
     chunks = []
+    encode = _fp32_encoder(pipe)
     for start in range(0, len(texts), batch_size):
-        states = encode_prompts(pipe, texts[start : start + batch_size]).float().cpu()
+        states = encode(texts[start : start + batch_size]).float().cpu()
         chunks.append(states.flatten(1) if embedding == "flat" else states.mean(dim=1))
     return np.concatenate([c.numpy() for c in chunks]).astype(np.float32)
+
+
+def _fp32_encoder(pipe: Any) -> Any:
+    """texts -> (n, tokens, dim) last hidden states computed in float32, whatever the pipeline's dtype.
+
+    The paper clusters embeddings of a float32 text encoder (its clustering script loads the encoder on
+    its own, in full precision); a half-precision pipeline's embeddings are rounded enough to move
+    prompts between KMeans clusters. So for a half-precision pipeline the text encoder is loaded again
+    in float32 from the pipeline's own files (local files only); where there are none (a pipeline built
+    in memory) its half-precision weights are upcast, which removes the rounding of the computation
+    but not of the weights.
+    """
+    import copy
+
+    import torch
+
+    from fbmem_data.nemo.activations import encode_prompts
+
+    encoder = getattr(pipe, "text_encoder", None)
+    if encoder is None or encoder.dtype == torch.float32:
+        return lambda batch: encode_prompts(pipe, batch)
+    encoder32 = _reload_text_encoder(pipe)
+    if encoder32 is None:
+        encoder32 = copy.deepcopy(encoder).float()
+    encoder32 = encoder32.to(encoder.device).eval()
+    tokenizer = pipe.tokenizer
+
+    def encode(batch: Sequence[str]) -> torch.Tensor:
+        ids = tokenizer(list(batch), padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt")
+        with torch.no_grad():
+            return encoder32(ids.input_ids.to(encoder32.device))[0]
+
+    return encode
+
+
+def _reload_text_encoder(pipe: Any) -> Any:
+    """The pipeline's text encoder in float32 from its local files, or None."""
+    import torch
+
+    source = getattr(pipe, "name_or_path", None) or getattr(getattr(pipe, "config", None), "_name_or_path", None)
+    if not source:
+        return None
+    try:
+        from transformers import CLIPTextModel
+
+        return CLIPTextModel.from_pretrained(str(source), subfolder="text_encoder", torch_dtype=torch.float32, local_files_only=True)
+    except Exception:  # no local files, another encoder class: the upcast copy is the fallback
+        return None
 
 
 def _minilm_embeddings(texts: Sequence[str], batch_size: int) -> np.ndarray:

@@ -14,7 +14,7 @@ Gaussian sigma shrinks with it (sigma = 1.5 * k / 11); latents of 8 pixels or fe
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from fbmem_data.errors import InputError
@@ -37,6 +37,15 @@ class NoiseDiffSettings:
     kernel_size: int = PAPER_KERNEL
     betas: tuple[float, ...] = PAPER_BETAS
     latent_size: int | None = None  # None: the UNet's config.sample_size
+    # MS-SSIM exactly as NeMo's code gets it from torchmetrics 1.3.2 (see msssim_pairs); off: fixed
+    # data range 1 and the current torchmetrics' uncropped last scale
+    reference_msssim: bool = False
+
+    def as_params(self) -> dict[str, Any]:
+        params = {**asdict(self), "betas": list(self.betas)}
+        if not self.reference_msssim:
+            params.pop("reference_msssim")  # only when set: ids of earlier configurations stay the same
+        return params
 
 
 def msssim_kernel(size: int, kernel_size: int = PAPER_KERNEL, n_scales: int = 3) -> tuple[int, float]:
@@ -55,14 +64,49 @@ def msssim_kernel(size: int, kernel_size: int = PAPER_KERNEL, n_scales: int = 3)
     return k, sigma
 
 
-def msssim_pairs(a: torch.Tensor, b: torch.Tensor, *, kernel_size: int = PAPER_KERNEL, betas: Sequence[float] = PAPER_BETAS) -> torch.Tensor:
-    """MS-SSIM of a[i] vs b[i] for every i (inputs in [0, 1], shape (N, C, H, W)); returns (N,)."""
+def msssim_pairs(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    *,
+    kernel_size: int = PAPER_KERNEL,
+    betas: Sequence[float] = PAPER_BETAS,
+    reference: bool = False,
+    groups: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """MS-SSIM of a[i] vs b[i] for every i (inputs in [0, 1], shape (N, C, H, W)); returns (N,).
+
+    reference=False: data range fixed at 1, torchmetrics' current MS-SSIM.
+    reference=True: as NeMo's code computes it with torchmetrics 1.3.2: `data_range=None`, i.e. at
+    every scale the range max(max-min of a, max-min of b) taken over all pairs of one call (NeMo's calls
+    hold one prompt's seed pairs, or one hypothesis's kept seeds: `groups` gives each pair's call, default
+    one call), and the last scale's SSIM map cropped like the others (torchmetrics < 1.4.2).
+    """
+    k, sigma = msssim_kernel(min(a.shape[-2:]), kernel_size, len(betas))
+    if reference:
+        return _reference_msssim(a.float(), b.float(), sigma, tuple(betas), groups)
     from torchmetrics.functional.image import multiscale_structural_similarity_index_measure
 
-    k, sigma = msssim_kernel(min(a.shape[-2:]), kernel_size, len(betas))
     return multiscale_structural_similarity_index_measure(
         a.float(), b.float(), kernel_size=k, sigma=sigma, betas=tuple(betas), data_range=1.0, reduction="none"
     )
+
+
+def _reference_msssim(a: torch.Tensor, b: torch.Tensor, sigma: float, betas: tuple[float, ...], groups: torch.Tensor | None) -> torch.Tensor:
+    import torch
+
+    from fbmem_data.similarity.msssim import SSIMConfig, image_stats, pair_scores
+
+    cfg = SSIMConfig(sigma=sigma, betas=betas, data_range=None, legacy_crop=True)
+    n = a.shape[0]
+    g = torch.zeros(n, dtype=torch.long) if groups is None else groups.to(torch.long).cpu()
+    sa, sb = image_stats(a, cfg), image_stats(b, cfg)
+    for stats in (sa, sb):
+        for st in stats:
+            # one range per call: every pair of a group gets its group's min and max
+            lo = torch.full((int(g.max()) + 1,), float("inf")).scatter_reduce(0, g, st.lo.cpu(), "amin")
+            hi = torch.full((int(g.max()) + 1,), float("-inf")).scatter_reduce(0, g, st.hi.cpu(), "amax")
+            st.lo, st.hi = lo[g].to(st.lo), hi[g].to(st.hi)
+    return pair_scores(sa, sb, cfg)
 
 
 def normalise_noise_diff(noise_diff: torch.Tensor) -> torch.Tensor:
@@ -98,7 +142,8 @@ def pairwise_max_similarity(noise_diffs: torch.Tensor, settings: NoiseDiffSettin
     if n < 2:
         raise InputError("NeMo's detection score needs at least 2 seeds")
     i, j = torch.triu_indices(n, n, offset=1)
-    sims = msssim_pairs(noise_diffs[i], noise_diffs[j], kernel_size=settings.kernel_size, betas=settings.betas)
+    sims = msssim_pairs(noise_diffs[i], noise_diffs[j], kernel_size=settings.kernel_size, betas=settings.betas,
+                        reference=settings.reference_msssim)
     per_seed = torch.full((n,), -1.0)
     for a, b, s in zip(i.tolist(), j.tolist(), sims.tolist(), strict=True):
         per_seed[a] = max(per_seed[a].item(), s)
@@ -177,13 +222,12 @@ def record_detection_scores(
     A prompt whose scoring raises gets a row with a null score and the error.
     """
     import json
-    from dataclasses import asdict
 
     from fbmem_data.ids import params_hash
 
     if method == "nemo_msssim":
         settings = settings or NoiseDiffSettings()
-        params: dict[str, Any] = {"method": method, **asdict(settings), "betas": list(settings.betas)}
+        params: dict[str, Any] = {"method": method, **settings.as_params()}
     elif method == "wen_norm":
         params = {"method": method, "seeds": list(wen_seeds), "steps": wen_steps, "guidance": wen_guidance}
     else:

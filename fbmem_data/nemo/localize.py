@@ -31,6 +31,7 @@ Interpretations (where method.md leaves a detail open; all are LocalizationConfi
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -74,6 +75,11 @@ class LocalizationConfig:
     topk_by: Literal["activation", "z"] = "activation"
     seed_filter: Literal["memorized", "all"] = "memorized"
     skip_not_memorized: bool = True
+    # refinement as NeMo's code: neurons of a layer in the order its initial selection listed them
+    # ("reference": z-candidates ascending, then the top-k by descending activation) instead of
+    # ascending index, and a layer/neuron dropped only when the score is strictly below the threshold
+    refine_order: Literal["ascending", "reference"] = "ascending"
+    refine_strict: bool = False
 
     def schedule(self) -> list[tuple[float, int]]:
         """The (theta, k) steps of the initial selection: 5/0, 4.75/1, ..., 1.25/15 for the paper."""
@@ -87,11 +93,22 @@ class LocalizationConfig:
 
     def as_params(self) -> dict[str, Any]:
         params = asdict(self)
-        params["noise"]["betas"] = list(self.noise.betas)
+        params["noise"] = self.noise.as_params()
+        # only when set: ids of configurations from before these options stay the same
+        if self.refine_order == "ascending":
+            params.pop("refine_order")
+        if not self.refine_strict:
+            params.pop("refine_strict")
         return params
 
 
-PRESETS: dict[str, LocalizationConfig] = {"paper": LocalizationConfig()}
+#: "paper": NeMo's released code exactly (torchmetrics 1.3.2's MS-SSIM with per-call data range, its
+#: refinement order and strict comparison); "paper-clean": the same constants with fbmem's simpler
+#: MS-SSIM (data range 1) and ascending refinement order, the library default.
+PRESETS: dict[str, LocalizationConfig] = {
+    "paper": LocalizationConfig(noise=NoiseDiffSettings(reference_msssim=True), refine_order="reference", refine_strict=True),
+    "paper-clean": LocalizationConfig(),
+}
 
 
 @dataclass
@@ -167,11 +184,15 @@ class NoiseDiffEvaluator:
 
     def blocked_scores(self, hypotheses: Sequence[Neurons], kept: Sequence[int]) -> list[float]:
         """Per hypothesis: max over kept seeds of MS-SSIM(unblocked, blocked) noise differences."""
+        import torch
+
         diffs = self.evaluate(hypotheses)[:, list(kept)]
         ref = self.reference[list(kept)].unsqueeze(0).expand_as(diffs)
+        groups = torch.arange(len(hypotheses)).repeat_interleave(len(kept))  # NeMo scores one hypothesis per call
         sims = msssim_pairs(
             ref.reshape(-1, *ref.shape[2:]), diffs.reshape(-1, *diffs.shape[2:]),
             kernel_size=self.settings.kernel_size, betas=self.settings.betas,
+            reference=self.settings.reference_msssim, groups=groups,
         )
         return sims.reshape(len(hypotheses), len(kept)).amax(dim=1).tolist()
 
@@ -211,6 +232,30 @@ def select_candidates(
         if chosen:
             selection[layer] = sorted(chosen)
     return selection
+
+
+def reference_order(
+    activations: Sequence[torch.Tensor], means: Sequence[torch.Tensor], stds: Sequence[torch.Tensor],
+    theta: float, k: int, topk_by: str = "activation",
+) -> Neurons:
+    """Per layer the neurons of `select_candidates` in the order NeMo's code tests them in refinement.
+
+    Its selection is a list: the z-candidates in ascending index, then the top-k (descending key),
+    duplicates kept. Refinement removes list entries one at a time; a neuron listed twice stays blocked
+    until its second entry is removed, so it is effectively tested at its last position: z-only
+    neurons ascending, then the top-k neurons in descending order of the key.
+    """
+    order: Neurons = {}
+    for layer, (a, mu, sd) in enumerate(zip(activations, means, stds, strict=True)):
+        z = (a - mu).abs() / sd.clamp_min(1e-12)
+        listed = (z > theta).nonzero().flatten().tolist()
+        if k > 0:
+            key = a.abs() if topk_by == "activation" else z
+            listed += key.topk(min(k, key.numel())).indices.tolist()
+        last = {n: i for i, n in enumerate(listed)}
+        if last:
+            order[layer] = sorted(last, key=last.__getitem__)
+    return order
 
 
 def _without(neurons: Neurons, layer: int, neuron: int | None = None) -> Neurons:
@@ -366,10 +411,17 @@ def localize_prompt(
     greedy = _greedy_sequential if algorithm == "sequential" else (
         lambda cur, cands, fn, thr: _greedy_speculative(cur, cands, fn, thr, width)
     )
+    # the reference drops only below the threshold: <= the next smaller float is < threshold
+    drop_at = math.nextafter(threshold, -math.inf) if config.refine_strict else threshold
     layer_candidates: list[Removal] = [(layer, None) for layer in sorted(initial, reverse=True)]
-    current, score_layers = greedy(initial, layer_candidates, scores, threshold)
-    neuron_candidates: list[Removal] = [(layer, n) for layer in sorted(current, reverse=True) for n in current[layer]]
-    refined, score_neurons = greedy(current, neuron_candidates, scores, threshold)
+    current, score_layers = greedy(initial, layer_candidates, scores, drop_at)
+    order = (
+        reference_order(acts, mus, sds, theta, k, config.topk_by) if config.refine_order == "reference" else current
+    )
+    neuron_candidates: list[Removal] = [
+        (layer, n) for layer in sorted(current, reverse=True) for n in order[layer] if n in current[layer]
+    ]
+    refined, score_neurons = greedy(current, neuron_candidates, scores, drop_at)
     refined_score = score_neurons if score_neurons is not None else score_layers
     if refined_score is None:
         refined_score = initial_score  # nothing could be dropped

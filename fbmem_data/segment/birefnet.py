@@ -7,8 +7,14 @@ Two ways to give it weights (nothing is ever downloaded):
 - a Hugging Face model directory (config.json + weights of ZhengPeng7/BiRefNet, downloaded by you):
   run with transformers' AutoModelForImageSegmentation (trust_remote_code, local files only).
 
-Pre/post-processing follows BiRefNet's inference script: resize to `input_size` (1024), normalise with
-ImageNet mean/std, sigmoid of the logits, resize back to the image (bilinear).
+Two processings (`processing=`):
+- "birefnet" (default): BiRefNet's inference script: resize to `input_size` (1024, bilinear), /255,
+  ImageNet mean/std, sigmoid of the last output, resize back to the image (bilinear);
+- "rembg": what the paper ran (rembg's "birefnet-general" session): resize to `input_size` with Pillow's
+  LANCZOS, divide by the resized image's maximum, ImageNet mean/std, sigmoid of the *first* output,
+  per-image min-max stretch to [0, 1], truncation to uint8, Pillow LANCZOS back to the image's size.
+  The mask is that uint8 mask / 255 (a flat prediction, max = min, gives an empty mask where rembg
+  would divide by zero).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from fbmem_data.segment.base import ImageBatch, Segmenter, check_batch, resolve_
 _MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 _STD = np.array([0.229, 0.224, 0.225], np.float32)
 ENV_VAR = "FBMEM_BIREFNET"
+PROCESSINGS = ("birefnet", "rembg")
 HOW_TO_GET = (
     "export ZhengPeng7/BiRefNet (birefnet-general) to ONNX (e.g. the birefnet-general ONNX release on the "
     "BiRefNet GitHub page, or torch.onnx.export of the HF model) and pass its path with "
@@ -56,7 +63,11 @@ class BiRefNetSegmenter(Segmenter):
         input_size: int = 1024,
         device: str = "auto",
         batch_size: int = 4,
+        processing: str = "birefnet",
     ) -> None:
+        if processing not in PROCESSINGS:
+            raise InputError(f"unknown BiRefNet processing {processing!r}", hint=f"one of {list(PROCESSINGS)}")
+        self.processing = processing
         self.device = resolve_device(device)
         self.path = _find_model(model_path)
         self.input_size = int(input_size)
@@ -109,7 +120,10 @@ class BiRefNetSegmenter(Segmenter):
         self._torch = torch
 
     def params(self) -> dict[str, Any]:
-        return {"segmenter": self.name, "model": self.path.name, "input_size": self.input_size}
+        p = {"segmenter": self.name, "model": self.path.name, "input_size": self.input_size}
+        if self.processing != "birefnet":
+            p["processing"] = self.processing  # only when set: existing masks keep their params_hash
+        return p
 
     def _preprocess(self, images: list[np.ndarray]) -> np.ndarray:
         import cv2
@@ -119,22 +133,56 @@ class BiRefNetSegmenter(Segmenter):
         return np.stack(batch).transpose(0, 3, 1, 2).astype(np.float32)
 
     def _logits(self, x: np.ndarray) -> np.ndarray:
+        pick = 0 if self.processing == "rembg" else -1  # rembg reads outputs[0]; BiRefNet's finest is last
         if self._session is not None:
             if self._static_batch is not None:
-                outs = [self._session.run(None, {self._input_name: x[i : i + 1]})[-1] for i in range(len(x))]
+                outs = [self._session.run(None, {self._input_name: x[i : i + 1]})[pick] for i in range(len(x))]
                 return np.concatenate(outs)
-            return self._session.run(None, {self._input_name: x})[-1]
+            return self._session.run(None, {self._input_name: x})[pick]
         torch = self._torch
         with torch.inference_mode():
             out = self._torch_model(torch.from_numpy(x).to(self.device))
-            out = out[-1] if isinstance(out, (list, tuple)) else out
+            out = out[pick] if isinstance(out, (list, tuple)) else out
             return out.float().cpu().numpy()
+
+    def _rembg_input(self, img: np.ndarray) -> np.ndarray:
+        """rembg's normalisation of one image: LANCZOS to the input size, / max, ImageNet mean/std."""
+        from PIL import Image
+
+        s = self.input_size
+        u8 = np.round(np.clip(img, 0.0, 1.0) * 255).astype(np.uint8)  # check_batch gave x/255
+        resized = np.asarray(Image.fromarray(u8, "RGB").resize((s, s), Image.Resampling.LANCZOS)).astype(np.float64)
+        x = resized / max(float(resized.max()), 1e-6)
+        x = (x - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])  # in float64, as rembg
+        return x.transpose(2, 0, 1).astype(np.float32)
+
+    def _rembg_masks(self, chunk: list[np.ndarray], logits: np.ndarray) -> list[np.ndarray]:
+        """rembg's post-processing: sigmoid, min-max stretch, uint8 truncation, LANCZOS back."""
+        from PIL import Image
+
+        out = []
+        for img, z in zip(chunk, logits[:, 0].astype(np.float32), strict=True):
+            pred = 1.0 / (1.0 + np.exp(-z))
+            lo, hi = pred.min(), pred.max()  # float32 scalars: the stretch in float32, as rembg
+            pred = (pred - lo) / (hi - lo) if hi > lo else np.zeros_like(pred)
+            m = Image.fromarray((pred * 255).astype(np.uint8), "L")
+            h, w = img.shape[:2]
+            out.append(np.asarray(m.resize((w, h), Image.Resampling.LANCZOS)).astype(np.float32) / 255.0)
+        return out
 
     def segment(self, images: ImageBatch) -> list[np.ndarray]:
         import cv2
 
         imgs = check_batch(images)
         masks: list[np.ndarray] = []
+        if self.processing == "rembg":
+            for start in range(0, len(imgs), self.batch_size):
+                chunk = imgs[start : start + self.batch_size]
+                logits = self._logits(np.stack([self._rembg_input(img) for img in chunk]))
+                if logits.ndim != 4 or logits.shape[1] != 1:
+                    raise InputError(f"BiRefNet model returned shape {logits.shape}, expected Nx1xHxW logits")
+                masks += self._rembg_masks(chunk, logits)
+            return masks
         for start in range(0, len(imgs), self.batch_size):
             chunk = imgs[start : start + self.batch_size]
             logits = self._logits(self._preprocess(chunk))

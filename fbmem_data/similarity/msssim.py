@@ -11,6 +11,11 @@ applied as two 1-D passes (exactly separable), 22 instead of 121 taps per pixel.
 
 `data_range=None` reproduces torchmetrics' default: at every scale the range is max(max-min of x,
 max-min of y) of the (pooled) pair, i.e. per pair as in a one-pair-per-call loop.
+
+`legacy_crop=True` reproduces torchmetrics before 1.4.2 (the paper pinned 1.3.2): there the SSIM map
+(single-scale SSIM, and MS-SSIM's last scale) was averaged over the same interior as the
+contrast-structure maps, i.e. cropped by the Gaussian's half-width (5 pixels) on every side; 1.4.2 and
+later average the full map.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ class SSIMConfig:
     normalize: "relu" (torchmetrics' functional/module default), "simple" or None.
     single_scale: plain SSIM (torchmetrics.structural_similarity_index_measure): one scale, no
         normalisation, the mean of the full SSIM map.
+    legacy_crop: average the SSIM map over the interior only, as torchmetrics < 1.4.2 did.
     """
 
     sigma: float = 1.5
@@ -45,6 +51,7 @@ class SSIMConfig:
     data_range: float | None = None
     normalize: str | None = "relu"
     single_scale: bool = False
+    legacy_crop: bool = False
 
     @property
     def n_scales(self) -> int:
@@ -75,6 +82,9 @@ class SSIMConfig:
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["betas"] = list(self.betas)
+        if not self.legacy_crop:
+            # absent unless set: scoring ids of configurations that predate the option stay the same
+            d.pop("legacy_crop")
         return d
 
 
@@ -179,7 +189,8 @@ def pair_scores(a: list[ScaleStats], b: list[ScaleStats], cfg: SSIMConfig) -> to
             c2 = (cfg.k2 * dr) ** 2
             last = s == cfg.n_scales - 1
             # contrast-structure maps are averaged over the interior only: compute just that
-            inner = (Ellipsis, slice(None), slice(None)) if last else (Ellipsis, slice(p, -p), slice(p, -p))
+            full = last and not cfg.legacy_crop
+            inner = (Ellipsis, slice(None), slice(None)) if full else (Ellipsis, slice(p, -p), slice(p, -p))
             mu_x, mu_y = sa.mu[inner], sb.mu[inner]
             mu_xy = mu_x * mu_y
             upper = exy[inner].sub_(mu_xy).mul_(2).add_(c2)  # 2 sigma_xy + c2, in place
@@ -345,6 +356,8 @@ class MaskedMSSSIMMetric(RegionMetric):
 
     def __init__(self, config: SSIMConfig | None = None, min_region: float = 0.02, budget_mb: float = 256.0) -> None:
         self.config = config or SSIMConfig(data_range=1.0)
+        if self.config.legacy_crop:
+            raise InputError("legacy_crop is an option of msssim and ssim, not of msssim-masked")
         self.min_region = float(min_region)
         self.budget_mb = budget_mb
 
