@@ -46,6 +46,7 @@ CATALOG = "fbmem.duckdb"
 ENV_VAR = "FBMEM_WORKSPACE"
 EMPTY_PART = "part-00000000000000000000-empty.parquet"
 _PARAM_RE = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
+_IDENT_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 OnConflict = Literal["skip", "error", "append"]
 
@@ -79,12 +80,24 @@ def _table_lock(tdir: Path) -> Iterator[None]:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
+def _schema_version(part: Path) -> str | None:
+    try:
+        meta = pq.read_schema(part).metadata or {}
+    except (OSError, pa.ArrowException):
+        return None
+    value = meta.get(b"fbmem.schema_version")
+    return value.decode() if value else None
+
+
 def _sql_quote(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
 def coerce_param(value: Any) -> Any:
-    """CLI parameters arrive as strings: turn '0.8' into 0.8 and '3' into 3, leave other text."""
+    """Plug-in KEY=VALUE options arrive as strings: turn '0.8' into 0.8 and '3' into 3, leave other text.
+
+    Not used for SQL parameters: those keep their type (a prompt id of digits stays a string).
+    """
     if not isinstance(value, str):
         return value
     for cast in (int, float):
@@ -93,6 +106,49 @@ def coerce_param(value: Any) -> Any:
         except ValueError:
             continue
     return value
+
+
+def _number(name: str, value: Any, kind: type) -> float:
+    """A view variable's value as a number, or a QueryError naming it."""
+    if isinstance(value, bool):
+        raise QueryError(f"parameter {name} must be a number, got {value!r}")
+    try:
+        number = kind(value) if kind is float else _whole(value)
+    except (TypeError, ValueError):
+        raise QueryError(f"parameter {name} must be a number, got {value!r}", hint=f"-p {name} {_EXAMPLES[name]}") from None
+    if number != number:  # NaN
+        raise QueryError(f"parameter {name} must be a number, got {value!r}", hint=f"-p {name} {_EXAMPLES[name]}")
+    return number
+
+
+def _whole(value: Any) -> int:
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError(value)
+        return int(value)
+    return int(str(value).strip())
+
+
+_EXAMPLES = {"tau": "0.8", "k": "5"}
+
+
+def check_view_params(params: Mapping[str, Any]) -> None:
+    """Check the values of the variables that the shipped views read (the views cannot say why a value
+    is unusable; a wrong tau would otherwise give a silently different table).
+
+    Raises:
+        QueryError: a name that is not an identifier, tau outside [0, 1] or not a number, k not a
+            positive whole number.
+    """
+    for name in params:
+        if not isinstance(name, str) or not _IDENT_RE.fullmatch(name):
+            raise QueryError(f"parameter name {name!r} is not an identifier", hint="use letters, digits and _, e.g. tau")
+    if params.get("tau") is not None:
+        tau = _number("tau", params["tau"], float)
+        if not 0.0 <= tau <= 1.0:
+            raise QueryError(f"tau must lie in [0, 1], got {params['tau']!r}", hint="-p tau 0.8")
+    if params.get("k") is not None and _number("k", params["k"], int) < 1:
+        raise QueryError(f"k must be at least 1, got {params['k']!r}", hint="-p k 5")
 
 
 class Workspace:
@@ -181,12 +237,18 @@ class Workspace:
         return sorted(self.table_dir(table).glob("part-*.parquet"))
 
     def ensure_tables(self) -> None:
-        """Give every schema's table a directory with an empty part, so its glob always matches."""
+        """Give every schema's table a directory with an empty part, so its glob always matches.
+
+        The empty part carries the current schema: when a schema gained columns (a newer fbmem on an
+        older workspace), it is rewritten, so the views see the new columns (NULL in the older parts).
+        """
         for name, schema in all_schemas().items():
             tdir = self.table_dir(name)
             empty = tdir / EMPTY_PART
             if not empty.exists():
                 tdir.mkdir(parents=True, exist_ok=True)
+                self._write_part(tdir, EMPTY_PART, schema.empty())
+            elif _schema_version(empty) != str(schema.version):
                 self._write_part(tdir, EMPTY_PART, schema.empty())
 
     # -- writing -------------------------------------------------------------------------------
@@ -356,25 +418,32 @@ class Workspace:
         query: str,
         params: Mapping[str, Any] | None = None,
         *,
-        output: Literal["arrow", "polars"] = "arrow",
+        output: Literal["arrow", "polars", "pandas"] = "arrow",
     ) -> Any:
         """Run a query against the workspace's views.
 
         Args:
             query: DuckDB SQL. `$name` placeholders take values from params.
             params: values for `$name` placeholders; every entry is also set as a DuckDB variable,
-                which parameterised views read (e.g. `tau` for fbmem_labels).
-            output: "arrow" (pyarrow.Table) or "polars" (polars.DataFrame).
+                which parameterised views read (e.g. `tau` for fbmem_labels). Values keep their
+                type (the string '0012' stays a string); the views cast the variables they need
+                as numbers. Names must be identifiers; tau must lie in [0, 1], k be a positive
+                whole number, scoring_id / utility_id name a stored configuration.
+            output: "arrow" (pyarrow.Table), "polars" (polars.DataFrame) or "pandas" (pandas.DataFrame).
 
         Raises:
-            QueryError: DuckDB rejected the query.
+            QueryError: DuckDB rejected the query, or a parameter is unusable (see params).
         """
         import duckdb
 
+        if output not in ("arrow", "polars", "pandas"):
+            raise QueryError(f"output must be arrow, polars or pandas, not {output!r}")
         con = self.connection()
-        params = {k: coerce_param(v) for k, v in (params or {}).items()}
+        params = dict(params or {})
+        check_view_params(params)
         used = set(_PARAM_RE.findall(query))
         try:
+            self._check_configuration_ids(con, params)
             for name, value in params.items():
                 con.execute(f"SET VARIABLE {name} = ?", [value])
             bound = {k: v for k, v in params.items() if k in used}
@@ -393,7 +462,23 @@ class Workspace:
             import polars as pl
 
             return pl.from_arrow(table)
+        if output == "pandas":
+            return table.to_pandas()
         return table
+
+    def _check_configuration_ids(self, con: duckdb.DuckDBPyConnection, params: Mapping[str, Any]) -> None:
+        """An unknown scoring_id / utility_id would give empty tables that look like "nothing found"."""
+        for name, table in (("scoring_id", "region_scores"), ("utility_id", "utility_scores")):
+            value = params.get(name)
+            if value is None:
+                continue
+            known = [r[0] for r in con.execute(f"SELECT DISTINCT {name} FROM {table} ORDER BY 1").fetchall()]
+            if str(value) not in known:
+                listed = ", ".join(known[:20]) + (f" ... ({len(known)} in all)" if len(known) > 20 else "")
+                raise QueryError(
+                    f"unknown {name} {value!r}",
+                    hint=f"known: {listed}" if known else f"the workspace has no {table} yet",
+                )
 
     def table(self, name: str) -> pl.LazyFrame:
         """A Polars LazyFrame over the table's Parquet parts."""

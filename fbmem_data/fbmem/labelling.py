@@ -25,7 +25,7 @@ def label_of(fg_score: float, bg_score: float, tau: float = DEFAULT_TAU) -> str:
 
 
 def _params(tau: float, scoring_id: str | None) -> dict[str, object]:
-    params: dict[str, object] = {"tau": float(tau)}
+    params: dict[str, object] = {"tau": tau}  # checked (number in [0, 1]) by Workspace.sql
     if scoring_id is not None:
         params["scoring_id"] = scoring_id
     return params
