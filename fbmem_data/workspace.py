@@ -89,6 +89,16 @@ def _schema_version(part: Path) -> str | None:
     return value.decode() if value else None
 
 
+def _mark_json(table: pa.Table, types: list[Any]) -> pa.Table:
+    """Arrow has no JSON type: mark DuckDB JSON columns in the field metadata (output writes them as objects)."""
+    flags = [str(t) == "JSON" for t in types]
+    if not any(flags) or len(flags) != table.num_columns:
+        return table
+    fields = [f.with_metadata({**(f.metadata or {}), b"fbmem.json": b"1"}) if flag else f
+              for f, flag in zip(table.schema, flags, strict=True)]
+    return table.cast(pa.schema(fields, metadata=table.schema.metadata))
+
+
 def _sql_quote(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
@@ -451,7 +461,7 @@ class Workspace:
             if missing:
                 raise QueryError(f"query uses parameter(s) {sorted(missing)} with no value", hint="pass -p NAME VALUE")
             rel = con.sql(query, params=bound) if bound else con.sql(query)
-            table = rel.to_arrow_table() if rel is not None else pa.table({})
+            table = _mark_json(rel.to_arrow_table(), rel.types) if rel is not None else pa.table({})
         except duckdb.Error as exc:
             raise QueryError(f"query failed: {exc}") from exc
         finally:

@@ -101,7 +101,14 @@ def gather(
             + (f" for scoring_id {scoring_id!r}" if scoring_id else ""),
             hint="run `fbmem segment` and `fbmem score` first (or `fbmem demo`)",
         )
-    provenance = {**provenance_rows[0], "k": int(k)}
+    configurations = ws.sql("SELECT * FROM scoring_configurations", params).to_pylist()
+    provenance = {
+        **provenance_rows[0],
+        "k": int(k),
+        "scorings": len(configurations),
+        "scoring_choice": "chosen with scoring_id" if scoring_id is not None else "the latest",
+        "other_scorings": [c["scoring_id"] for c in configurations if not c["chosen"]],
+    }
     limit_sql = f" LIMIT {int(limit)}" if limit is not None else ""
     generations = ws.sql(f"SELECT * FROM report_generations{limit_sql}", params)
     top_k = ws.sql(

@@ -130,6 +130,12 @@ def provenance_html(data: ReportData, extra: dict[str, Any]) -> str:
         f"compared at <b>{p['size']}</b> px",
         f"scoring_id <code>{e(str(p['scoring_id']))}</code>",
     ]
+    if p.get("scorings", 1) > 1:
+        others = ", ".join(f"<code>{e(str(o))}</code>" for o in p.get("other_scorings", []))
+        parts.append(
+            f"{e(p['scoring_choice'])} of <b>{p['scorings']}</b> scorings (others: {others}; "
+            "choose with <code>fbmem report --scoring-id ID</code>)"
+        )
     line2 = [
         f"{extra['n_generations']} generations shown" + (f" (the {extra['limit']} worst)" if extra.get("limit") else ""),
         f"{p['generated_images']} generated and {p['train_images']} training images scored, {p['scored_pairs']} pairs, top-{p['k']} kept",
