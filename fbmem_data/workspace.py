@@ -161,6 +161,10 @@ def check_view_params(params: Mapping[str, Any]) -> None:
         raise QueryError(f"k must be at least 1, got {params['k']!r}", hint="-p k 5")
 
 
+class CatalogWarning(UserWarning):
+    """The DuckDB catalog file names another workspace's files and could not be rewritten."""
+
+
 class Workspace:
     """A directory of Parquet tables that DuckDB and Polars read directly."""
 
@@ -190,7 +194,7 @@ class Workspace:
             _atomic_write_bytes(marker, json.dumps({"format": WORKSPACE_FORMAT}).encode())
         ws = cls(root)
         ws.ensure_tables()
-        ws.refresh_catalog()
+        ws.refresh_catalog(strict=True)
         return ws
 
     @classmethod
@@ -218,6 +222,7 @@ class Workspace:
             raise WorkspaceError(f"{root} has workspace format {fmt}; this fbmem reads format {WORKSPACE_FORMAT}")
         ws = cls(root)
         ws.ensure_tables()
+        ws._check_catalog_root()
         return ws
 
     @classmethod
@@ -409,19 +414,75 @@ class Workspace:
             self._con = con
         return self._con
 
-    def refresh_catalog(self) -> bool:
-        """Rewrite the views in fbmem.duckdb. Returns False if another process holds the file."""
+    def refresh_catalog(self, strict: bool = False) -> bool:
+        """Rewrite the views in fbmem.duckdb with this workspace's paths; record them in fbmem.json.
+
+        Returns False (strict=False) when the file could not be rewritten: another process holds it
+        (a DuckDB shell) or it is not a DuckDB database.
+
+        Raises:
+            WorkspaceError: strict=True and the catalog could not be rewritten (the message says why).
+        """
         import duckdb
 
         try:
             con = duckdb.connect(str(self.catalog_path))
-        except duckdb.IOException:
+        except duckdb.Error as exc:
+            if strict:
+                raise self._catalog_error(exc) from exc
             return False
         try:
             self._define_views(con)
         finally:
             con.close()
+        self._write_marker(catalog_root=str(self.root))
         return True
+
+    def _catalog_error(self, exc: Exception) -> WorkspaceError:
+        text = str(exc).strip("'\"")
+        if "lock" in text.lower():
+            return WorkspaceError(
+                f"cannot rewrite the catalog {self.catalog_path}: another process has it open ({text.splitlines()[0]})",
+                hint="close the DuckDB shell (or program) that has it open, then run `fbmem init` again",
+            )
+        return WorkspaceError(
+            f"cannot rewrite the catalog {self.catalog_path}: {text.splitlines()[0] if text else exc!r}",
+            hint=f"delete or rename {self.catalog_path} (it only holds views; fbmem rebuilds it), then run `fbmem init {self.root}`",
+        )
+
+    def _read_marker(self) -> dict[str, Any]:
+        try:
+            data = json.loads((self.root / MARKER).read_text())
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def _write_marker(self, **fields: Any) -> None:
+        data = {**self._read_marker(), **fields}
+        data.setdefault("format", WORKSPACE_FORMAT)
+        with contextlib.suppress(OSError):  # a read-only workspace: the check runs again next time
+            _atomic_write_bytes(self.root / MARKER, json.dumps(data).encode())
+
+    def _check_catalog_root(self) -> None:
+        """A copied or moved workspace's catalog still names the original's Parquet files: rewrite it,
+        or warn when that is not possible (a DuckDB shell holds it), so it never silently reads another
+        workspace. fbmem's own queries never read the catalog file; only the DuckDB shell does."""
+        recorded = self._read_marker().get("catalog_root")
+        if recorded == str(self.root):
+            return
+        if self.refresh_catalog():
+            return
+        if recorded is None:
+            return  # a workspace from before the root was recorded, its catalog busy: nothing known to be wrong
+        import warnings
+
+        warnings.warn(
+            f"the catalog {self.catalog_path} was written for the workspace at {recorded} and could not be "
+            f"rewritten (in use, or damaged): `duckdb {self.catalog_path}` reads that workspace's files. "
+            f"Close the DuckDB shell and run `fbmem init {self.root}`.",
+            CatalogWarning,
+            stacklevel=3,
+        )
 
     def sql(
         self,
