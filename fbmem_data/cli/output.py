@@ -93,7 +93,7 @@ def csv_table(table: pa.Table) -> pa.Table:
     import base64
 
     columns = []
-    for name, col in zip(table.column_names, table.columns, strict=True):
+    for col in table.columns:
         t = col.type
         if pa.types.is_nested(t):
             values = [None if v is None else json.dumps(_jsonable(v), separators=(",", ":")) for v in col.to_pylist()]
