@@ -97,9 +97,9 @@ def rates_figure(rates: list[dict[str, Any]]) -> Figure | None:
     ax.set_xlim(0, 1)
     ax.set_xlabel("share of generations")
     tau = rates[0].get("tau")
-    matched = any(r.get("n_generated") not in (None, r.get("n")) for r in rates)
-    ax.set_title(f"FB-Mem labels by {' · '.join(keys)}" + (f" (tau = {tau:g})" if tau is not None else "")
-                 + ("\nmatched generations: same prompts, seeds and sampler settings" if matched else ""), fontsize=10)
+    if any(r.get("n_generated") not in (None, r.get("n")) for r in rates):
+        ax.set_xlabel("share of matched generations (same prompts, seeds, sampler settings)", fontsize=9)
+    ax.set_title(f"FB-Mem labels by {' · '.join(keys)}" + (f" (tau = {tau:g})" if tau is not None else ""), fontsize=10)
     ax.legend(ncols=4, loc="lower center", bbox_to_anchor=(0.5, 1.08), fontsize=8, frameon=False)
     return fig
 
