@@ -410,3 +410,12 @@ def test_init_fails_clearly_when_the_catalog_cannot_be_rewritten(
     )
     with pytest.raises(WorkspaceError):
         Workspace.init(tmp_path / "b")
+
+
+def test_plugin_options_keep_ids_as_text() -> None:
+    from fbmem_data.cli.generate_cmds import parse_key_values
+
+    parsed = parse_key_values(
+        ["nemo.localization=1234567890123456", "code=0012", "lr=0.05", "n_tokens=4"], "--mitigation-param"
+    )
+    assert parsed == {"nemo.localization": "1234567890123456", "code": "0012", "lr": 0.05, "n_tokens": 4}
