@@ -3,7 +3,11 @@
 -- FM (fg >= tau), NM. Generation settings joined when the image has a generations row (one row per
 -- generation that produced these bytes); prompt_set from prompts.
 CREATE OR REPLACE VIEW fbmem_labels AS
-WITH t AS (SELECT coalesce(CAST(getvariable('tau') AS DOUBLE), 0.8) AS tau)
+-- A tau outside [0, 1] is an error here too (the DuckDB shell's SET VARIABLE is not checked by fbmem).
+WITH t AS (
+    SELECT CASE WHEN tau BETWEEN 0 AND 1 THEN tau ELSE error('tau must lie in [0, 1], got ' || tau) END AS tau
+      FROM (SELECT coalesce(CAST(getvariable('tau') AS DOUBLE), 0.8) AS tau)
+)
 SELECT b.generated_image_id,
        b.train_image_id,
        b.fg_score,

@@ -42,7 +42,8 @@ SELECT mitigation AS method, mitigation_params, model_id,
        count(value_none) AS n_paired,
        avg(value) FILTER (WHERE value_none IS NOT NULL) / nullif(avg(value_none), 0) - 1 AS utility_change,
        count(*) AS n_generated,
-       avg(value) AS utility_all
+       avg(value) AS utility_all,
+       (SELECT any_value(utility_id) FROM utility_current) AS utility_id
 FROM paired
 GROUP BY ALL
 ORDER BY model_id, method, mitigation_params;

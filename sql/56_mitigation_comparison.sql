@@ -24,7 +24,9 @@ SELECT r.method, r.mitigation_params, r.model_id, r.n, r.vm_rate, r.fm_rate, r.b
        CASE WHEN r.method = 'none' THEN 0.0 ELSE s.score END AS mitigation_score,
        r.utility,
        r.utility / nullif(b.utility, 0) - 1 AS utility_change,
-       CASE WHEN r.method = 'none' THEN 0.0 ELSE d.mean_neurons END AS mean_neurons
+       CASE WHEN r.method = 'none' THEN 0.0 ELSE d.mean_neurons END AS mean_neurons,
+       (SELECT scoring_id FROM fbmem_scoring_choice) AS scoring_id,
+       (SELECT any_value(utility_id) FROM utility_current) AS utility_id
 FROM rates r
 LEFT JOIN rates b ON b.method = 'none' AND b.model_id = r.model_id
 LEFT JOIN mitigation_score s

@@ -419,3 +419,23 @@ def test_plugin_options_keep_ids_as_text() -> None:
         ["nemo.localization=1234567890123456", "code=0012", "lr=0.05", "n_tokens=4"], "--mitigation-param"
     )
     assert parsed == {"nemo.localization": "1234567890123456", "code": "0012", "lr": 0.05, "n_tokens": 4}
+
+
+def test_report_names_the_scoring_and_the_rule_that_chose_it(workspace: Workspace, tmp_path: Path) -> None:
+    from fbmem_data.report import build_report
+
+    first = write_sample_workspace(workspace, SampleSpec(n_prompts=4, seeds=1, k=2))["scoring_id"]
+    later = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1)
+    workspace.write("runs", [_run_row("later", 0) | {"started_at": later}])
+    rows = workspace.sql("SELECT * FROM region_scores").to_pylist()
+    workspace.write(
+        "region_scores",
+        [r | {"scoring_id": "ssim0000later000", "metric": "ssim", "run_id": "later"} for r in rows],
+    )
+    page = build_report(workspace, tmp_path / "r.html").read_text()
+    assert "scoring_id <code>ssim0000later000</code>" in page and "the latest of <b>2</b> scorings" in page
+    assert f"<code>{first}</code>" in page and "--scoring-id" in page
+    chosen = build_report(workspace, tmp_path / "c.html", scoring_id=first).read_text()
+    assert f"scoring_id <code>{first}</code>" in chosen and "chosen with scoring_id" in chosen
+    with pytest.raises(QueryError, match="unknown scoring_id"):
+        build_report(workspace, tmp_path / "n.html", scoring_id="nope")
