@@ -118,7 +118,7 @@ def generate_distributed(
     probe = load_pipeline(model, device="cpu", dtype="fp32", scheduler=scheduler, model_id=model_id)
     default_h, default_w = default_image_size(probe.pipe)
     mid = probe.model_id
-    # The sampler and precision the actors will use: both are part of generation_id.
+    # The sampler and precision the actors will use (they load dtype_name, not "auto"): part of generation_id.
     scheduler_name = type(probe.pipe.scheduler).__name__
     dtype_name = resolve_dtype(dtype, resolve_device(device))
     del probe
@@ -151,7 +151,7 @@ def generate_distributed(
                 tables=("images", "generations"),
                 inputs=inputs,
                 key=("generation_id",),
-                model=GenerateModel(model, mid, device, dtype, scheduler, name, dict(routed[name]), settings, all_prompt_ids, run.run_id),
+                model=GenerateModel(model, mid, device, dtype_name, scheduler, name, dict(routed[name]), settings, all_prompt_ids, run.run_id),
                 shard_rows=shard_rows or batch_size * 4,
                 batch_size=batch_size,
             )
