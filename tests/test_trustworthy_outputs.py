@@ -439,3 +439,33 @@ def test_report_names_the_scoring_and_the_rule_that_chose_it(workspace: Workspac
     assert f"scoring_id <code>{first}</code>" in chosen and "chosen with scoring_id" in chosen
     with pytest.raises(QueryError, match="unknown scoring_id"):
         build_report(workspace, tmp_path / "n.html", scoring_id="nope")
+
+
+def test_a_run_with_another_scheduler_is_not_already_stored(workspace: Workspace) -> None:
+    import torch
+    from diffusers import EulerDiscreteScheduler
+
+    from fbmem_data.generate import generate, wrap_pipeline
+    from fbmem_data.testing import tiny_sd_pipeline
+
+    torch.set_num_threads(1)
+    workspace.write(
+        "prompts", [{"prompt_id": "p1", "prompt_set": "t", "text": "a red cat", "source_key": "1"}]
+    )
+    pipe = tiny_sd_pipeline(seed=0)
+    fast = {"steps": 2, "guidance": 7.0, "height": 64, "width": 64, "seeds": "0"}
+    first = generate(workspace, wrap_pipeline(pipe, "tiny"), prompt_set="t", **fast).to_pylist()[0]
+    assert first["generated"] == 1
+    pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    second = generate(workspace, wrap_pipeline(pipe, "tiny"), prompt_set="t", **fast).to_pylist()[0]
+    assert (second["generated"], second["already_stored"]) == (1, 0)  # was: skipped as already stored
+    rows = workspace.sql("SELECT scheduler, dtype FROM generations ORDER BY scheduler").to_pylist()
+    assert rows == [
+        {"scheduler": "DDIMScheduler", "dtype": "fp32"},
+        {"scheduler": "EulerDiscreteScheduler", "dtype": "fp32"},
+    ]
+    # Two 'none' generations of one prompt and seed under different samplers are not the same match key.
+    keys = (
+        workspace.sql("SELECT count(DISTINCT match_key) AS n FROM generation_matching").column("n")[0].as_py()
+    )
+    assert keys == 2
