@@ -89,6 +89,14 @@ def _schema_version(part: Path) -> str | None:
     return value.decode() if value else None
 
 
+def _older_schema(stored: str | None, current: int) -> bool:
+    """True when a part's schema version is below `current` (never downgrade a newer fbmem's part)."""
+    try:
+        return stored is None or int(stored) < current
+    except ValueError:
+        return True
+
+
 def _mark_json(table: pa.Table, types: list[Any]) -> pa.Table:
     """Arrow has no JSON type: mark DuckDB JSON columns in the field metadata (output writes them as objects)."""
     flags = [str(t) == "JSON" for t in types]
@@ -268,7 +276,7 @@ class Workspace:
             if not empty.exists():
                 tdir.mkdir(parents=True, exist_ok=True)
                 self._write_part(tdir, EMPTY_PART, schema.empty())
-            elif _schema_version(empty) != str(schema.version):
+            elif _older_schema(_schema_version(empty), schema.version):
                 self._write_part(tdir, EMPTY_PART, schema.empty())
 
     # -- writing -------------------------------------------------------------------------------
@@ -547,6 +555,9 @@ class Workspace:
         for name, table in (("scoring_id", "region_scores"), ("utility_id", "utility_scores")):
             value = params.get(name)
             if value is None:
+                continue
+            # The usual case (a stored id) stops at its first row; only a miss lists them all.
+            if con.execute(f"SELECT 1 FROM {table} WHERE {name} = ? LIMIT 1", [str(value)]).fetchall():
                 continue
             known = [r[0] for r in con.execute(f"SELECT DISTINCT {name} FROM {table} ORDER BY 1").fetchall()]
             if str(value) not in known:
