@@ -14,7 +14,9 @@ WITH k AS (
     SELECT g.generation_id, g.image_id, g.prompt_id, p.prompt_set, g.model_id, g.mitigation,
            CAST(g.mitigation_params AS VARCHAR) AS mitigation_params,
            {'prompt_id': g.prompt_id, 'seed': g.seed, 'steps': g.steps, 'guidance': g.guidance,
-            'height': g.height, 'width': g.width, 'scheduler': g.scheduler, 'dtype': g.dtype} AS match_key
+            'height': g.height, 'width': g.width,
+            -- rows written before these were recorded count as the defaults, as their generation_id does
+            'scheduler': coalesce(g.scheduler, 'DDIMScheduler'), 'dtype': coalesce(g.dtype, 'fp32')} AS match_key
       FROM generations g
       LEFT JOIN prompts p USING (prompt_id)
 ),

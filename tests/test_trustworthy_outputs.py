@@ -469,3 +469,42 @@ def test_a_run_with_another_scheduler_is_not_already_stored(workspace: Workspace
         workspace.sql("SELECT count(DISTINCT match_key) AS n FROM generation_matching").column("n")[0].as_py()
     )
     assert keys == 2
+
+
+def test_old_generations_pair_with_new_ones_of_the_default_sampler(workspace: Workspace) -> None:
+    base = {
+        "prompt_id": "p",
+        "model_id": "m",
+        "seed": 0,
+        "steps": 10,
+        "guidance": 7.0,
+        "height": 64,
+        "width": 64,
+    }
+    workspace.write(
+        "generations",
+        [
+            base | {"generation_id": "old-none", "image_id": "a", "mitigation": "none"},  # written before v2
+            base
+            | {
+                "generation_id": "new-nemo",
+                "image_id": "b",
+                "mitigation": "nemo",
+                "scheduler": "DDIMScheduler",
+                "dtype": "fp32",
+            },
+            base
+            | {
+                "generation_id": "new-euler",
+                "image_id": "c",
+                "mitigation": "rta",
+                "scheduler": "EulerDiscreteScheduler",
+                "dtype": "fp32",
+            },
+        ],
+    )
+    rows = {
+        r["generation_id"]: r["compared"]
+        for r in workspace.sql("SELECT * FROM generation_matching").to_pylist()
+    }
+    assert rows == {"old-none": True, "new-nemo": True, "new-euler": False}
