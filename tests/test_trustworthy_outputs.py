@@ -421,7 +421,9 @@ def test_plugin_options_keep_ids_as_text() -> None:
     assert parsed == {"nemo.localization": "1234567890123456", "code": "0012", "lr": 0.05, "n_tokens": 4}
 
 
-def test_report_names_the_scoring_and_the_rule_that_chose_it(workspace: Workspace, tmp_path: Path) -> None:
+def test_report_names_the_scoring_and_the_rule_that_chose_it(
+    workspace: Workspace, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from fbmem_data.report import build_report
 
     first = write_sample_workspace(workspace, SampleSpec(n_prompts=4, seeds=1, k=2))["scoring_id"]
@@ -439,6 +441,11 @@ def test_report_names_the_scoring_and_the_rule_that_chose_it(workspace: Workspac
     assert f"scoring_id <code>{first}</code>" in chosen and "chosen with scoring_id" in chosen
     with pytest.raises(QueryError, match="unknown scoring_id"):
         build_report(workspace, tmp_path / "n.html", scoring_id="nope")
+    out = run_cli(
+        capsys, "report", "-w", str(workspace.root), "-o", str(tmp_path / "cli.html"), "--limit", "2"
+    )
+    assert out.returncode == 0 and "labels from scoring ssim0000later000: metric ssim" in out.stdout
+    assert "the latest of 2 scorings" in out.stdout
 
 
 def test_a_run_with_another_scheduler_is_not_already_stored(workspace: Workspace) -> None:
