@@ -46,6 +46,7 @@ CATALOG = "fbmem.duckdb"
 ENV_VAR = "FBMEM_WORKSPACE"
 EMPTY_PART = "part-00000000000000000000-empty.parquet"
 _PARAM_RE = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
+_IDENT_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 OnConflict = Literal["skip", "error", "append"]
 # What a workspace folder holds besides the marker: enough of it means a damaged workspace, not a stranger's folder.
@@ -103,13 +104,48 @@ def _table_lock(tdir: Path) -> Iterator[None]:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
+def _schema_version(part: Path) -> str | None:
+    try:
+        meta = pq.read_schema(part).metadata or {}
+    except (OSError, pa.ArrowException):
+        return None
+    value = meta.get(b"fbmem.schema_version")
+    return value.decode() if value else None
+
+
+def _older_schema(stored: str | None, current: int) -> bool:
+    """True when a part's schema version is below `current` (never downgrade a newer fbmem's part)."""
+    try:
+        return stored is None or int(stored) < current
+    except ValueError:
+        return True
+
+
+def _mark_json(table: pa.Table, types: list[Any]) -> pa.Table:
+    """Arrow has no JSON type: mark DuckDB JSON columns in the field metadata (output writes them as objects)."""
+    flags = [str(t) == "JSON" for t in types]
+    if not any(flags) or len(flags) != table.num_columns:
+        return table
+    fields = [f.with_metadata({**(f.metadata or {}), b"fbmem.json": b"1"}) if flag else f
+              for f, flag in zip(table.schema, flags, strict=True)]
+    return table.cast(pa.schema(fields, metadata=table.schema.metadata))
+
+
 def _sql_quote(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
 def coerce_param(value: Any) -> Any:
-    """CLI parameters arrive as strings: turn '0.8' into 0.8 and '3' into 3, leave other text."""
+    """Plug-in KEY=VALUE options arrive as strings: turn '0.8' into 0.8 and '3' into 3, leave other text.
+
+    Not used for SQL parameters: those keep their type (a prompt id of digits stays a string). Text that
+    reads as an id stays text: 16 characters or more (fbmem's ids are 16 hex digits, about 1 in 770 of
+    them all decimal digits) or a leading zero ('0012').
+    """
     if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if len(text) >= 16 or (len(text) > 1 and text[0] == "0" and text[1].isdigit()):
         return value
     for cast in (int, float):
         try:
@@ -117,6 +153,53 @@ def coerce_param(value: Any) -> Any:
         except ValueError:
             continue
     return value
+
+
+def _number(name: str, value: Any, kind: type) -> float:
+    """A view variable's value as a number, or a QueryError naming it."""
+    if isinstance(value, bool):
+        raise QueryError(f"parameter {name} must be a number, got {value!r}")
+    try:
+        number = kind(value) if kind is float else _whole(value)
+    except (TypeError, ValueError):
+        raise QueryError(f"parameter {name} must be a number, got {value!r}", hint=f"-p {name} {_EXAMPLES[name]}") from None
+    if number != number:  # NaN
+        raise QueryError(f"parameter {name} must be a number, got {value!r}", hint=f"-p {name} {_EXAMPLES[name]}")
+    return number
+
+
+def _whole(value: Any) -> int:
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError(value)
+        return int(value)
+    return int(str(value).strip())
+
+
+_EXAMPLES = {"tau": "0.8", "k": "5"}
+
+
+def check_view_params(params: Mapping[str, Any]) -> None:
+    """Check the values of the variables that the shipped views read (the views cannot say why a value
+    is unusable; a wrong tau would otherwise give a silently different table).
+
+    Raises:
+        QueryError: a name that is not an identifier, tau outside [0, 1] or not a number, k not a
+            positive whole number.
+    """
+    for name in params:
+        if not isinstance(name, str) or not _IDENT_RE.fullmatch(name):
+            raise QueryError(f"parameter name {name!r} is not an identifier", hint="use letters, digits and _, e.g. tau")
+    if params.get("tau") is not None:
+        tau = _number("tau", params["tau"], float)
+        if not 0.0 <= tau <= 1.0:
+            raise QueryError(f"tau must lie in [0, 1], got {params['tau']!r}", hint="-p tau 0.8")
+    if params.get("k") is not None and _number("k", params["k"], int) < 1:
+        raise QueryError(f"k must be at least 1, got {params['k']!r}", hint="-p k 5")
+
+
+class CatalogWarning(UserWarning):
+    """The DuckDB catalog file names another workspace's files and could not be rewritten."""
 
 
 class Workspace:
@@ -156,7 +239,7 @@ class Workspace:
             _atomic_write_bytes(marker, json.dumps({"format": WORKSPACE_FORMAT}).encode())
         ws = cls(root)
         ws.ensure_tables()
-        ws.refresh_catalog()
+        ws.refresh_catalog(strict=True)
         return ws
 
     @staticmethod
@@ -201,6 +284,7 @@ class Workspace:
             raise WorkspaceError(f"{root} has workspace format {fmt}; this fbmem reads format {WORKSPACE_FORMAT}")
         ws = cls(root)
         ws.ensure_tables()
+        ws._check_catalog_root()
         return ws
 
     @classmethod
@@ -230,12 +314,18 @@ class Workspace:
         return sorted(self.table_dir(table).glob("part-*.parquet"))
 
     def ensure_tables(self) -> None:
-        """Give every schema's table a directory with an empty part, so its glob always matches."""
+        """Give every schema's table a directory with an empty part, so its glob always matches.
+
+        The empty part carries the current schema: when a schema gained columns (a newer fbmem on an
+        older workspace), it is rewritten, so the views see the new columns (NULL in the older parts).
+        """
         for name, schema in all_schemas().items():
             tdir = self.table_dir(name)
             empty = tdir / EMPTY_PART
             if not empty.exists():
                 tdir.mkdir(parents=True, exist_ok=True)
+                self._write_part(tdir, EMPTY_PART, schema.empty())
+            elif _older_schema(_schema_version(empty), schema.version):
                 self._write_part(tdir, EMPTY_PART, schema.empty())
 
     # -- writing -------------------------------------------------------------------------------
@@ -432,44 +522,107 @@ class Workspace:
             self._con = con
         return self._con
 
-    def refresh_catalog(self) -> bool:
-        """Rewrite the views in fbmem.duckdb. Returns False if another process holds the file."""
+    def refresh_catalog(self, strict: bool = False) -> bool:
+        """Rewrite the views in fbmem.duckdb with this workspace's paths; record them in fbmem.json.
+
+        Returns False (strict=False) when the file could not be rewritten: another process holds it
+        (a DuckDB shell) or it is not a DuckDB database.
+
+        Raises:
+            WorkspaceError: strict=True and the catalog could not be rewritten (the message says why).
+        """
         import duckdb
 
         try:
             con = duckdb.connect(str(self.catalog_path))
-        except duckdb.IOException:
+        except duckdb.Error as exc:
+            if strict:
+                raise self._catalog_error(exc) from exc
             return False
         try:
             self._define_views(con)
         finally:
             con.close()
+        self._write_marker(catalog_root=str(self.root))
         return True
+
+    def _catalog_error(self, exc: Exception) -> WorkspaceError:
+        text = str(exc).strip("'\"")
+        if "lock" in text.lower():
+            return WorkspaceError(
+                f"cannot rewrite the catalog {self.catalog_path}: another process has it open ({text.splitlines()[0]})",
+                hint="close the DuckDB shell (or program) that has it open, then run `fbmem init` again",
+            )
+        return WorkspaceError(
+            f"cannot rewrite the catalog {self.catalog_path}: {text.splitlines()[0] if text else exc!r}",
+            hint=f"delete or rename {self.catalog_path} (it only holds views; fbmem rebuilds it), then run `fbmem init {self.root}`",
+        )
+
+    def _read_marker(self) -> dict[str, Any]:
+        try:
+            data = json.loads((self.root / MARKER).read_text())
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def _write_marker(self, **fields: Any) -> None:
+        data = {**self._read_marker(), **fields}
+        data.setdefault("format", WORKSPACE_FORMAT)
+        with contextlib.suppress(OSError):  # a read-only workspace: the check runs again next time
+            _atomic_write_bytes(self.root / MARKER, json.dumps(data).encode())
+
+    def _check_catalog_root(self) -> None:
+        """A copied or moved workspace's catalog still names the original's Parquet files: rewrite it,
+        or warn when that is not possible (a DuckDB shell holds it), so it never silently reads another
+        workspace. fbmem's own queries never read the catalog file; only the DuckDB shell does."""
+        recorded = self._read_marker().get("catalog_root")
+        if recorded == str(self.root):
+            return
+        if self.refresh_catalog():
+            return
+        if recorded is None:
+            return  # a workspace from before the root was recorded, its catalog busy: nothing known to be wrong
+        import warnings
+
+        warnings.warn(
+            f"the catalog {self.catalog_path} was written for the workspace at {recorded} and could not be "
+            f"rewritten (in use, or damaged): `duckdb {self.catalog_path}` reads that workspace's files. "
+            f"Close the DuckDB shell and run `fbmem init {self.root}`.",
+            CatalogWarning,
+            stacklevel=3,
+        )
 
     def sql(
         self,
         query: str,
         params: Mapping[str, Any] | None = None,
         *,
-        output: Literal["arrow", "polars"] = "arrow",
+        output: Literal["arrow", "polars", "pandas"] = "arrow",
     ) -> Any:
         """Run a query against the workspace's views.
 
         Args:
             query: DuckDB SQL. `$name` placeholders take values from params.
             params: values for `$name` placeholders; every entry is also set as a DuckDB variable,
-                which parameterised views read (e.g. `tau` for fbmem_labels).
-            output: "arrow" (pyarrow.Table) or "polars" (polars.DataFrame).
+                which parameterised views read (e.g. `tau` for fbmem_labels). Values keep their
+                type (the string '0012' stays a string); the views cast the variables they need
+                as numbers. Names must be identifiers; tau must lie in [0, 1], k be a positive
+                whole number, scoring_id / utility_id name a stored configuration.
+            output: "arrow" (pyarrow.Table), "polars" (polars.DataFrame) or "pandas" (pandas.DataFrame).
 
         Raises:
-            QueryError: DuckDB rejected the query.
+            QueryError: DuckDB rejected the query, or a parameter is unusable (see params).
         """
         import duckdb
 
+        if output not in ("arrow", "polars", "pandas"):
+            raise QueryError(f"output must be arrow, polars or pandas, not {output!r}")
         con = self.connection()
-        params = {k: coerce_param(v) for k, v in (params or {}).items()}
+        params = dict(params or {})
+        check_view_params(params)
         used = set(_PARAM_RE.findall(query))
         try:
+            self._check_configuration_ids(con, params)
             for name, value in params.items():
                 con.execute(f"SET VARIABLE {name} = ?", [value])
             bound = {k: v for k, v in params.items() if k in used}
@@ -477,7 +630,7 @@ class Workspace:
             if missing:
                 raise QueryError(f"query uses parameter(s) {sorted(missing)} with no value", hint="pass -p NAME VALUE")
             rel = con.sql(query, params=bound) if bound else con.sql(query)
-            table = rel.to_arrow_table() if rel is not None else pa.table({})
+            table = _mark_json(rel.to_arrow_table(), rel.types) if rel is not None else pa.table({})
         except duckdb.Error as exc:
             raise self.damaged_part_error(exc) or QueryError(f"query failed: {exc}") from exc
         finally:
@@ -488,7 +641,26 @@ class Workspace:
             import polars as pl
 
             return pl.from_arrow(table)
+        if output == "pandas":
+            return table.to_pandas()
         return table
+
+    def _check_configuration_ids(self, con: duckdb.DuckDBPyConnection, params: Mapping[str, Any]) -> None:
+        """An unknown scoring_id / utility_id would give empty tables that look like "nothing found"."""
+        for name, table in (("scoring_id", "region_scores"), ("utility_id", "utility_scores")):
+            value = params.get(name)
+            if value is None:
+                continue
+            # The usual case (a stored id) stops at its first row; only a miss lists them all.
+            if con.execute(f"SELECT 1 FROM {table} WHERE {name} = ? LIMIT 1", [str(value)]).fetchall():
+                continue
+            known = [r[0] for r in con.execute(f"SELECT DISTINCT {name} FROM {table} ORDER BY 1").fetchall()]
+            if str(value) not in known:
+                listed = ", ".join(known[:20]) + (f" ... ({len(known)} in all)" if len(known) > 20 else "")
+                raise QueryError(
+                    f"unknown {name} {value!r}",
+                    hint=f"known: {listed}" if known else f"the workspace has no {table} yet",
+                )
 
     def table(self, name: str) -> pl.LazyFrame:
         """A Polars LazyFrame over the table's Parquet parts."""

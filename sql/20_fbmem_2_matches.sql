@@ -24,4 +24,4 @@ SELECT generated_image_id, unnest(best)
 CREATE OR REPLACE VIEW top_k_matches AS
 SELECT generated_image_id, match_rank, train_image_id, fg_score, bg_score, pair_score, degenerate_rule, scoring_id
   FROM fbmem_ranked_matches
- WHERE match_rank <= coalesce(TRY_CAST(getvariable('k') AS INTEGER), 5);
+ WHERE match_rank <= coalesce(CAST(getvariable('k') AS INTEGER), 5);

@@ -18,12 +18,13 @@ SELECT * FROM (VALUES
 -- same image (a NeMo prompt without neurons, a Wen prompt already under its target).
 CREATE OR REPLACE VIEW mitigation_generation_labels AS
 SELECT g.generation_id, g.prompt_id, g.model_id, g.seed, g.steps, g.guidance, g.height, g.width,
-       g.mitigation, g.mitigation_params, l.label
+       g.mitigation, g.mitigation_params, l.label, m.match_key, m.compared
 FROM generations g
-JOIN fbmem_labels l ON l.generation_id = g.generation_id;
+JOIN fbmem_labels l ON l.generation_id = g.generation_id
+JOIN generation_matching m ON m.generation_id = g.generation_id;
 
 -- Before (mitigation 'none') -> after (each other mitigation and parameter set), same prompt, model,
--- seed and sampling settings.
+-- seed and sampler settings (match_key: steps, guidance, size, scheduler, dtype).
 CREATE OR REPLACE VIEW mitigation_transitions AS
 SELECT a.mitigation AS method, a.mitigation_params, a.prompt_id, a.model_id, a.seed,
        b.label AS label_before, a.label AS label_after, w.weight,
@@ -31,9 +32,7 @@ SELECT a.mitigation AS method, a.mitigation_params, a.prompt_id, a.model_id, a.s
 FROM mitigation_generation_labels a
 JOIN mitigation_generation_labels b
   ON b.mitigation = 'none' AND a.mitigation <> 'none'
- AND b.prompt_id = a.prompt_id AND b.model_id = a.model_id AND b.seed IS NOT DISTINCT FROM a.seed
- AND b.steps IS NOT DISTINCT FROM a.steps AND b.guidance IS NOT DISTINCT FROM a.guidance
- AND b.height IS NOT DISTINCT FROM a.height AND b.width IS NOT DISTINCT FROM a.width
+ AND b.model_id = a.model_id AND b.match_key = a.match_key
 JOIN mitigation_score_weights w ON w.label_before = b.label AND w.label_after = a.label;
 
 -- Transition matrix counts per method.
@@ -53,7 +52,9 @@ FROM mitigation_transitions
 GROUP BY ALL
 ORDER BY score DESC;
 
--- FB-Mem label rates per mitigation (every labelled generation, 'none' included).
+-- FB-Mem label rates per mitigation over every labelled generation, 'none' included: NOT matched (a
+-- `none` run over more prompts than a mitigation sits beside it; n says so). mitigation_comparison
+-- gives the matched rates.
 CREATE OR REPLACE VIEW fbmem_rates_by_method AS
 SELECT mitigation AS method, mitigation_params, model_id, count(*) AS n,
        avg((label = 'VM')::INT) AS vm_rate, avg((label = 'BM')::INT) AS bm_rate,

@@ -15,32 +15,35 @@ WHERE s.utility_id = coalesce(
      GROUP BY utility_id
      ORDER BY count(*) DESC, utility_id LIMIT 1));
 
--- One row per method (and parameter set, model): the mean utility of its generations, and the
--- relative change against no mitigation on the same prompts, seeds and sampler settings
--- (utility_change compares only the generations that have such a `none` twin: n_paired of n).
+-- One row per method (and parameter set, model): the mean utility of its compared generations
+-- (sql/15_generation_matching.sql: 'none' on the prompts, seeds and sampler settings that a mitigation
+-- also generated, each mitigation on those 'none' generated), so `none` is the baseline of the same
+-- generations, as in mitigation_comparison. utility_change: the method's values that have a 'none' twin
+-- value (same model, prompt, seed and sampler settings; n_paired of n) against those twins.
+-- n_generated and utility_all: every generation with a value, compared or not.
 CREATE OR REPLACE VIEW mitigation_utility AS
 WITH per_generation AS (
-    SELECT g.generation_id, g.prompt_id, g.model_id, g.seed, g.steps, g.guidance, g.height, g.width,
-           g.mitigation, g.mitigation_params, u.value, u.metric
-    FROM generations g
-    JOIN utility_current u ON u.generated_image_id = g.image_id AND u.prompt_id = g.prompt_id
+    SELECT m.generation_id, m.model_id, m.mitigation, m.mitigation_params, m.match_key, m.compared,
+           u.value, u.metric
+    FROM generation_matching m
+    JOIN utility_current u ON u.generated_image_id = m.image_id AND u.prompt_id = m.prompt_id
     WHERE u.status = 'ok'
 ),
 paired AS (
-    SELECT a.mitigation, a.mitigation_params, a.model_id, a.value, b.value AS value_none
+    SELECT a.*, b.value AS value_none
     FROM per_generation a
     LEFT JOIN per_generation b
-      ON b.mitigation = 'none' AND b.prompt_id = a.prompt_id AND b.model_id = a.model_id
-     AND b.seed IS NOT DISTINCT FROM a.seed AND b.steps IS NOT DISTINCT FROM a.steps
-     AND b.guidance IS NOT DISTINCT FROM a.guidance AND b.height IS NOT DISTINCT FROM a.height
-     AND b.width IS NOT DISTINCT FROM a.width
+      ON b.mitigation = 'none' AND b.model_id = a.model_id AND b.match_key = a.match_key
 )
 SELECT mitigation AS method, mitigation_params, model_id,
        (SELECT any_value(metric) FROM utility_current) AS utility_metric,
-       count(*) AS n, avg(value) AS utility,
+       count(*) FILTER (WHERE compared) AS n,
+       avg(value) FILTER (WHERE compared) AS utility,
        count(value_none) AS n_paired,
-       avg(value_none) AS utility_none_same_generations,
-       avg(value) FILTER (WHERE value_none IS NOT NULL) / nullif(avg(value_none), 0) - 1 AS utility_change
+       avg(value) FILTER (WHERE value_none IS NOT NULL) / nullif(avg(value_none), 0) - 1 AS utility_change,
+       count(*) AS n_generated,
+       avg(value) AS utility_all,
+       (SELECT any_value(utility_id) FROM utility_current) AS utility_id
 FROM paired
 GROUP BY ALL
 ORDER BY model_id, method, mitigation_params;

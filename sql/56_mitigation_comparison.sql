@@ -1,20 +1,14 @@
 -- One table comparing mitigations on the same prompts and seeds: FB-Mem rates, the paper's mitigation
--- score, utility (utility_current) and neurons deactivated. The baseline ('none') is restricted to the
--- (prompt, seed, sampler settings) that some mitigation also generated, so every row covers the same
--- generations. Uses the `scoring_id` / `tau` variables of fbmem_labels and `utility_id` of utility_current.
+-- score, utility (utility_current) and neurons deactivated. Only compared generations count
+-- (sql/15_generation_matching.sql): 'none' on the (prompt, seed, sampler settings) that some mitigation
+-- also generated, each mitigation on those that 'none' generated. Uses the `scoring_id` / `tau`
+-- variables of fbmem_labels and `utility_id` of utility_current.
 CREATE OR REPLACE VIEW mitigation_comparison AS
-WITH compared AS (
-    SELECT DISTINCT prompt_id, model_id, seed, steps, guidance, height, width
-    FROM generations WHERE mitigation <> 'none'
-),
-gens AS (
+WITH gens AS (
     SELECT l.*, g.image_id
     FROM mitigation_generation_labels l
     JOIN generations g USING (generation_id)
-    JOIN compared c
-      ON c.prompt_id = l.prompt_id AND c.model_id = l.model_id AND c.seed IS NOT DISTINCT FROM l.seed
-     AND c.steps IS NOT DISTINCT FROM l.steps AND c.guidance IS NOT DISTINCT FROM l.guidance
-     AND c.height IS NOT DISTINCT FROM l.height AND c.width IS NOT DISTINCT FROM l.width
+    WHERE l.compared
 ),
 rates AS (
     SELECT gens.mitigation AS method, gens.mitigation_params, gens.model_id, count(*) AS n,
@@ -30,7 +24,9 @@ SELECT r.method, r.mitigation_params, r.model_id, r.n, r.vm_rate, r.fm_rate, r.b
        CASE WHEN r.method = 'none' THEN 0.0 ELSE s.score END AS mitigation_score,
        r.utility,
        r.utility / nullif(b.utility, 0) - 1 AS utility_change,
-       CASE WHEN r.method = 'none' THEN 0.0 ELSE d.mean_neurons END AS mean_neurons
+       CASE WHEN r.method = 'none' THEN 0.0 ELSE d.mean_neurons END AS mean_neurons,
+       (SELECT scoring_id FROM fbmem_scoring_choice) AS scoring_id,
+       (SELECT any_value(utility_id) FROM utility_current) AS utility_id
 FROM rates r
 LEFT JOIN rates b ON b.method = 'none' AND b.model_id = r.model_id
 LEFT JOIN mitigation_score s

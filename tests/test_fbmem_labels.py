@@ -7,6 +7,7 @@ import itertools
 
 import pytest
 
+from fbmem_data.errors import QueryError
 from fbmem_data.fbmem import label_rows, labels
 from fbmem_data.fbmem.labelling import label_of
 from fbmem_data.workspace import Workspace
@@ -98,7 +99,9 @@ def test_scoring_choice_variable_or_most_recent(workspace: Workspace) -> None:
     workspace.write("region_scores", [_score_row("OLD", "g", "t", 0.9, 0.9, "old"), _score_row("NEW", "g", "t", 0.1, 0.1, "new")])
     assert [r["label"] for r in label_rows(workspace).to_pylist()] == ["NM"]  # most recent run wins
     assert [r["label"] for r in label_rows(workspace, scoring_id="OLD").to_pylist()] == ["VM"]
-    assert label_rows(workspace, scoring_id="nope").num_rows == 0
+    with pytest.raises(QueryError, match="unknown scoring_id 'nope'") as err:  # was: an empty table
+        label_rows(workspace, scoring_id="nope")
+    assert "NEW, OLD" in str(err.value)
 
 
 def test_rates_and_one_to_many(workspace: Workspace) -> None:

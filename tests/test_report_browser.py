@@ -125,3 +125,38 @@ def test_report_renders_filters_and_shows_evidence(chromium: str, tmp_path: Path
             "Array.from(document.querySelectorAll('#cards img')).every(i => i.complete && i.naturalWidth > 0)"
         )
         assert loaded and browser.errors == [], browser.errors
+
+
+def test_report_mitigation_utility_is_the_matched_comparison(chromium: str, tmp_path: Path) -> None:
+    """Demo-like: 'none' over every prompt (controls too), the mitigation over the memorized ones only. The
+    report's `none` utility is mitigation_comparison's (same prompts and seeds), not the mean over every
+    unmitigated generation, and its numbers are rounded."""
+    spec = SampleSpec(n_prompts=16, seeds=2, k=3, mitigated_sets=("memorized", "template"), utility=True)
+    ws = Workspace.init(tmp_path / "ws")
+    write_sample_workspace(ws, spec)
+    comparison = {r["method"]: r for r in ws.sql("SELECT * FROM mitigation_comparison").to_pylist()}
+    unmatched = ws.sql("SELECT avg(utility_all) AS u FROM mitigation_utility WHERE method = 'none'").column("u")[0].as_py()
+    assert abs(unmatched - comparison["none"]["utility"]) > 0.02  # the two rules give different numbers here
+    built = build_report_summary(ws, tmp_path / "report.html", k=spec.k)
+
+    with HeadlessChromium(chromium, width=1280, height=1000) as browser:
+        browser.open(built.path)
+        assert browser.evaluate("document.body.dataset.ready") == "1"
+        rows = browser.evaluate(
+            "Array.from(document.querySelectorAll('#mitigation-table tr')).slice(1)"
+            ".map(r => Array.from(r.children).map(c => c.textContent))"
+        )
+        shown = {r[0]: r for r in rows}
+        assert shown["none"][5] == f"{comparison['none']['utility']:.3f}"
+        assert shown["nemo"][5] == f"{comparison['nemo']['utility']:.3f}"
+        assert float(shown["none"][5]) > float(shown["nemo"][5])  # the mitigation costs utility, as planted
+        cells = browser.evaluate("Array.from(document.querySelectorAll('table.rates td')).map(c => c.textContent)")
+        assert not [c for c in cells if len(c.split(".")[-1]) > 4 and c.replace(".", "").isdigit()], cells
+        rates = browser.evaluate(
+            "Array.from(document.querySelectorAll('#rates-table tr')).slice(1)"
+            ".map(r => Array.from(r.children).map(c => c.textContent))"
+        )
+        # memorized: none counts only the prompts and seeds nemo also generated
+        memorized = {r[2]: (int(r[3]), int(r[4])) for r in rates if r[1] == "memorized"}
+        assert memorized["none"][0] == memorized["nemo"][0] == memorized["nemo"][1]
+        assert browser.errors == [], browser.errors

@@ -59,8 +59,19 @@ def join_param_pairs(argv: list[str]) -> list[str]:
     return out
 
 
+def _show_warning(message: Warning | str, category: type[Warning], *args: object, **kwargs: object) -> None:
+    typer.echo(f"Warning: {message}", err=True)
+
+
 def main(argv: list[str] | None = None) -> None:
+    import warnings
+
+    from fbmem_data.workspace import CatalogWarning
+
     argv = join_param_pairs(list(sys.argv[1:] if argv is None else argv))
+    previous = warnings.showwarning
+    # fbmem's own warnings as one line, like its errors (no file:line of the library).
+    warnings.showwarning = lambda m, c, *a, **k: (_show_warning if issubclass(c, CatalogWarning) else previous)(m, c, *a, **k)
     app = build_app()
     try:
         # standalone mode: click handles usage errors and --help itself; our errors arrive here.

@@ -150,16 +150,25 @@ def score(
 @output_options
 def labels(
     workspace: WorkspaceOption = None,
-    tau: Annotated[float, typer.Option("--tau", help="Label threshold on fg/bg scores (reference 0.8).")] = 0.8,
-    scoring_id: Annotated[str | None, typer.Option("--scoring-id", help="Which scoring configuration (default: the latest).")] = None,
+    tau: Annotated[float, typer.Option("--tau", help="Label threshold on fg/bg scores, in [0, 1] (reference 0.8).")] = 0.8,
+    scoring_id: Annotated[
+        str | None, typer.Option("--scoring-id", help="Which scoring configuration (default: the one whose latest run started last).")
+    ] = None,
     per_image: Annotated[bool, typer.Option("--per-image", help="Print every generated image's label instead of the rates.")] = False,
 ) -> pa.Table:
-    """Print FB-Mem label rates (VM/BM/FM/NM) by prompt set, model and mitigation."""
+    """Print FB-Mem label rates (VM/BM/FM/NM) by prompt set, model and mitigation, on matched generations.
+
+    Within a prompt set, n counts the prompts, seeds and sampler settings that every model and mitigation
+    of the set generated (n_generated: all). The scoring the labels come from is named on stderr.
+    """
     from fbmem_data.fbmem import label_rows
     from fbmem_data.fbmem import labels as rates
+    from fbmem_data.fbmem.labelling import describe_scoring
 
     ws = open_workspace(workspace)
-    return label_rows(ws, tau, scoring_id) if per_image else rates(ws, tau, scoring_id)
+    table = label_rows(ws, tau, scoring_id) if per_image else rates(ws, tau, scoring_id)
+    typer.echo(f"labels from {describe_scoring(ws, scoring_id)}; tau {tau:g}", err=True)
+    return table
 
 
 def register(app: typer.Typer) -> None:

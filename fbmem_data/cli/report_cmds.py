@@ -38,7 +38,10 @@ def report(
         ws, out, tau, scoring_id=scoring_id, k=k, images=images, thumb_size=thumb_size, limit=limit,
         progress=lambda msg: typer.echo(f"  {msg}", err=True),
     )
+    from fbmem_data.fbmem.labelling import describe_scoring
+
     typer.echo(f"report: {summary.path}")
+    typer.echo(f"  labels from {describe_scoring(ws, scoring_id)}; tau {tau:g}")
     typer.echo(
         f"  {summary.generations} generations, {summary.images} images ({summary.images_mode}), "
         f"{summary.html_bytes / 1e6:.2f} MB"

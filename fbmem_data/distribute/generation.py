@@ -56,7 +56,12 @@ class GenerateModel:
         settings = GenerationSettings(*self.settings)
 
         def generate_rows(rows: pa.Table) -> dict[str, list[dict[str, Any]]]:
-            jobs = [GenerationJob(**r) for r in rows.select(["generation_id", "prompt_id", "prompt", "seed"]).to_pylist()]
+            keys = ["generation_id", "prompt_id", "prompt", "seed", "scheduler", "dtype"]
+            jobs = [GenerationJob(**r) for r in rows.select([k for k in keys if k in rows.column_names]).to_pylist()]
+            for job in jobs:
+                if job.dtype is not None and job.dtype != loaded.dtype:  # the id promised another precision
+                    raise InputError(f"this worker loaded the model in {loaded.dtype}, the plan says {job.dtype}",
+                                     hint="pass --dtype fp16 or fp32 explicitly with --engine ray")
             images, applied = generate_batch(loaded.pipe, mitigation, jobs, settings)
             image_rows, generation_rows = batch_rows(
                 ws, self.run_id, self.model_id, jobs, images, applied, settings, mitigation, params_json
@@ -99,7 +104,7 @@ def generate_distributed(
         One row per mitigation: mitigation, mitigation_params, planned, already_stored, generated, run_id.
     """
     from fbmem_data.generate.generator import _stored_generation_ids, default_image_size, select_prompts
-    from fbmem_data.generate.loading import load_pipeline
+    from fbmem_data.generate.loading import load_pipeline, resolve_device, resolve_dtype
     from fbmem_data.generate.planning import parse_seeds, plan_jobs
     from fbmem_data.mitigate import create_mitigation, split_mitigation_params
 
@@ -113,6 +118,9 @@ def generate_distributed(
     probe = load_pipeline(model, device="cpu", dtype="fp32", scheduler=scheduler, model_id=model_id)
     default_h, default_w = default_image_size(probe.pipe)
     mid = probe.model_id
+    # The sampler and precision the actors will use (they load dtype_name, not "auto"): part of generation_id.
+    scheduler_name = type(probe.pipe.scheduler).__name__
+    dtype_name = resolve_dtype(dtype, resolve_device(device))
     del probe
     settings = (int(steps), float(guidance), int(height or default_h), int(width or default_w))
     all_prompt_ids = tuple(dict.fromkeys(pid for pid, _ in prompts))
@@ -128,11 +136,14 @@ def generate_distributed(
             mitigation.prepare(ws, mid, list(all_prompt_ids))
             params = mitigation.params()
             jobs = plan_jobs(prompts, seed_list, model_id=mid, steps=settings[0], guidance=settings[1], height=settings[2],
-                             width=settings[3], mitigation=name, mitigation_params=params)
+                             width=settings[3], mitigation=name, mitigation_params=params, scheduler=scheduler_name,
+                             dtype=dtype_name)
             pending = [j for j in jobs if j.generation_id not in stored]
             inputs = pa.Table.from_pylist(
-                [{"generation_id": j.generation_id, "prompt_id": j.prompt_id, "prompt": j.prompt, "seed": j.seed} for j in pending],
-                schema=pa.schema([("generation_id", pa.string()), ("prompt_id", pa.string()), ("prompt", pa.string()), ("seed", pa.int64())]),
+                [{"generation_id": j.generation_id, "prompt_id": j.prompt_id, "prompt": j.prompt, "seed": j.seed,
+                  "scheduler": j.scheduler, "dtype": j.dtype} for j in pending],
+                schema=pa.schema([("generation_id", pa.string()), ("prompt_id", pa.string()), ("prompt", pa.string()), ("seed", pa.int64()),
+                                  ("scheduler", pa.string()), ("dtype", pa.string())]),
             )
             job = ExtractorJob(
                 extractor="generate",
@@ -140,7 +151,7 @@ def generate_distributed(
                 tables=("images", "generations"),
                 inputs=inputs,
                 key=("generation_id",),
-                model=GenerateModel(model, mid, device, dtype, scheduler, name, dict(routed[name]), settings, all_prompt_ids, run.run_id),
+                model=GenerateModel(model, mid, device, dtype_name, scheduler, name, dict(routed[name]), settings, all_prompt_ids, run.run_id),
                 shard_rows=shard_rows or batch_size * 4,
                 batch_size=batch_size,
             )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -230,6 +231,8 @@ def batch_rows(
                 "mitigation": mitigation.name,
                 "mitigation_params": params_json,
                 "mitigation_detail": canonical_json(detail) if detail else None,
+                "scheduler": job.scheduler,
+                "dtype": job.dtype,
                 "run_id": run_id,
             }
         )
@@ -287,6 +290,8 @@ def generate(
     import pyarrow as pa
 
     seed_list = parse_seeds(seeds, n, seed_start)
+    if not math.isfinite(float(guidance)):
+        raise InputError(f"guidance must be a finite number, got {guidance!r}", hint="--guidance 7.0")
     prompts = select_prompts(ws, prompt_set, prompt_ids)
     names = [m if isinstance(m, str) else m.name for m in mitigations]
     if len(set(names)) != len(names):
@@ -338,6 +343,7 @@ def generate(
             jobs = plan_jobs(
                 prompts, seed_list, model_id=loaded.model_id, steps=settings.steps, guidance=settings.guidance,
                 height=settings.height, width=settings.width, mitigation=mitigation.name, mitigation_params=params,
+                scheduler=config["scheduler"], dtype=loaded.dtype,
             )
             pending = [j for j in jobs if j.generation_id not in stored]
             plans.append((mitigation, params, jobs, pending))

@@ -50,6 +50,11 @@ def parse_seeds(spec: str | Sequence[int] | None, n: int, seed_start: int = 0) -
     return seeds
 
 
+#: The sampler and precision every generation had before they were part of generation_id.
+DEFAULT_SCHEDULER = "DDIMScheduler"
+DEFAULT_DTYPE = "fp32"
+
+
 def generation_id(
     *,
     prompt_id: str,
@@ -61,21 +66,31 @@ def generation_id(
     width: int,
     mitigation: str,
     mitigation_params: dict[str, Any],
+    scheduler: str | None = None,
+    dtype: str | None = None,
 ) -> str:
-    """params_hash of every setting that determines the image (the generations primary key)."""
-    return params_hash(
-        {
-            "prompt_id": prompt_id,
-            "model_id": model_id,
-            "seed": int(seed),
-            "steps": int(steps),
-            "guidance": float(guidance),
-            "height": int(height),
-            "width": int(width),
-            "mitigation": mitigation,
-            "mitigation_params": mitigation_params,
-        }
-    )
+    """params_hash of every setting that determines the image (the generations primary key).
+
+    scheduler is the sampler's class name (DDIMScheduler ...), dtype the weights' precision (fp32, fp16).
+    They enter the hash only when they differ from DDIMScheduler / fp32, so the ids of generations
+    written before they were recorded (all DDIM; fp32 on CPU) stay the same and those runs still resume.
+    """
+    settings: dict[str, Any] = {
+        "prompt_id": prompt_id,
+        "model_id": model_id,
+        "seed": int(seed),
+        "steps": int(steps),
+        "guidance": float(guidance),
+        "height": int(height),
+        "width": int(width),
+        "mitigation": mitigation,
+        "mitigation_params": mitigation_params,
+    }
+    if scheduler is not None and scheduler != DEFAULT_SCHEDULER:
+        settings["scheduler"] = scheduler
+    if dtype is not None and dtype != DEFAULT_DTYPE:
+        settings["dtype"] = dtype
+    return params_hash(settings)
 
 
 @dataclass(frozen=True)
@@ -86,6 +101,8 @@ class GenerationJob:
     prompt_id: str
     prompt: str
     seed: int
+    scheduler: str | None = None
+    dtype: str | None = None
 
 
 def plan_jobs(
@@ -99,6 +116,8 @@ def plan_jobs(
     width: int,
     mitigation: str,
     mitigation_params: dict[str, Any],
+    scheduler: str | None = None,
+    dtype: str | None = None,
 ) -> list[GenerationJob]:
     """Every (prompt, seed) image of one mitigation, in prompt order then seed order."""
     return [
@@ -113,10 +132,14 @@ def plan_jobs(
                 width=width,
                 mitigation=mitigation,
                 mitigation_params=mitigation_params,
+                scheduler=scheduler,
+                dtype=dtype,
             ),
             pid,
             text,
             seed,
+            scheduler,
+            dtype,
         )
         for pid, text in prompts
         for seed in seeds

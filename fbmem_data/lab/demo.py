@@ -74,6 +74,7 @@ class DemoResult:
     report: Path | None = None  # the HTML evidence report (fbmem report) of the main scoring
     comparison: Any = None  # pyarrow Table: mitigation_comparison (None when no mitigation ran)
     notes: list[str] = field(default_factory=list)  # mitigations left out, and why
+    scoring: str = ""  # the main scoring's id, metric, size, segmenter and preset (describe_scoring)
 
 
 def _choose_prompts(ws: Workspace, cfg: DemoConfig) -> list[str]:
@@ -201,13 +202,18 @@ def run_demo(
     done()
     counts = {**written, "prompts_generated": len(prompt_ids), "generations": ws.count("generations"),
               "region_scores": ws.count("region_scores")}
+    from fbmem_data.fbmem.labelling import describe_scoring
+
     return DemoResult(ws.root, asdict(cfg), confusion, one_to_many, scoring_ids, counts, seconds, report,
-                      comparison, notes)
+                      comparison, notes, describe_scoring(ws, scored["scoring_id"]))
 
 
 def format_result(result: DemoResult) -> str:
     """The demo's printed report: confusion by planted group, one-to-many, where things are."""
-    lines = ["", "FB-Mem labels of the lab's generations by planted group (tau 0.8):", ""]
+    lines = ["", "FB-Mem labels of the lab's generations by planted group (tau 0.8):"]
+    if result.scoring:
+        lines.append(f"labels from {result.scoring}")
+    lines.append("")
     header = f"{'planted':<10}{'n':>5}{'VM':>6}{'FM':>6}{'BM':>6}{'NM':>6}   hit    target"
     lines.append(header)
     for row in result.confusion.to_pylist():

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 #: A view or table of this name, if the workspace defines one, gives the utility of each mitigation
 #: for the mitigation comparison. Columns: method, utility (required); mitigation_params, model_id,
-#: utility_metric (optional).
+#: utility_metric, n (optional). The shipped view averages matched generations only (sql/55_utility.sql).
 UTILITY_RELATION = "mitigation_utility"
 
 
@@ -59,12 +59,14 @@ def _mitigation_rows(ws: Workspace, params: dict[str, Any]) -> tuple[list[dict[s
 
     by_key = {key(u): u for u in utility}
     metric = next((u.get("utility_metric") for u in utility if u.get("utility_metric")), None) or "utility"
-    rows = [{**s, "utility": by_key.get(key(s), {}).get("utility")} for s in scores]
-    # No mitigation: score 0 by definition (nothing changes), utility as measured.
+    rows = [{**s, "utility": by_key.get(key(s), {}).get("utility"), "utility_n": by_key.get(key(s), {}).get("n")}
+            for s in scores]
+    # No mitigation: score 0 by definition (nothing changes), utility as measured on the generations
+    # the mitigations are compared on (mitigation_utility matches them).
     for u in utility:
         if u["method"] == "none":
             rows.append({"method": "none", "mitigation_params": None, "model_id": u.get("model_id"), "n_pairs": None,
-                         "score": 0.0, "utility": u["utility"]})
+                         "score": 0.0, "utility": u["utility"], "utility_n": u.get("n")})
     return rows, metric
 
 
@@ -99,7 +101,14 @@ def gather(
             + (f" for scoring_id {scoring_id!r}" if scoring_id else ""),
             hint="run `fbmem segment` and `fbmem score` first (or `fbmem demo`)",
         )
-    provenance = {**provenance_rows[0], "k": int(k)}
+    configurations = ws.sql("SELECT * FROM scoring_configurations", params).to_pylist()
+    provenance = {
+        **provenance_rows[0],
+        "k": int(k),
+        "scorings": len(configurations),
+        "scoring_choice": "chosen with scoring_id" if scoring_id is not None else "the latest",
+        "other_scorings": [c["scoring_id"] for c in configurations if not c["chosen"]],
+    }
     limit_sql = f" LIMIT {int(limit)}" if limit is not None else ""
     generations = ws.sql(f"SELECT * FROM report_generations{limit_sql}", params)
     top_k = ws.sql(

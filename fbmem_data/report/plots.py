@@ -28,12 +28,59 @@ def _group_name(row: dict[str, Any], keys: Sequence[str]) -> str:
     return " · ".join(str(row.get(k) if row.get(k) is not None else "—") for k in keys)
 
 
+def short_params(params: Any, width: int = 10) -> str:
+    """mitigation_params JSON as `k=v, ...` with long values (ids) cut to `width` characters."""
+    import json
+
+    if params in (None, "", "{}"):
+        return ""
+    try:
+        items = json.loads(params) if isinstance(params, str) else params
+    except ValueError:
+        return str(params)
+    if not isinstance(items, dict):
+        return str(items)
+    parts = []
+    for key, value in items.items():
+        text = json.dumps(value) if isinstance(value, (dict, list)) else str(value)
+        parts.append(f"{key}={text if len(text) <= width else text[:width] + '…'}")
+    return ", ".join(parts)
+
+
+def method_labels(rows: Sequence[dict[str, Any]], method_key: str = "method") -> list[str]:
+    """A readable name per row: the method alone, with its model when several models are shown, and
+    with its parameters when the method appears with several parameter sets (never cut to `wen …`)."""
+    models = {r.get("model_id") for r in rows}
+    params_of: dict[Any, set[Any]] = {}
+    for r in rows:
+        params_of.setdefault(r[method_key], set()).add(r.get("mitigation_params"))
+    names = []
+    for r in rows:
+        name = str(r[method_key])
+        if len(params_of[r[method_key]]) > 1 and short_params(r.get("mitigation_params")):
+            name += f" ({short_params(r.get('mitigation_params'))})"
+        if len(models) > 1:
+            name += f" · {r.get('model_id')}"
+        names.append(name)
+    return names
+
+
+def n_label(row: dict[str, Any]) -> str:
+    """`n=32`, or `n=32 of 64` when only some of the row's generations are matched."""
+    n, total = row.get("n"), row.get("n_generated")
+    return f"n={n}" if total is None or total == n else f"n={n} of {total}"
+
+
 def rates_figure(rates: list[dict[str, Any]]) -> Figure | None:
     """VM/BM/FM/NM shares per model, prompt set and mitigation (fbmem_rates), stacked horizontal bars."""
     if not rates:
         return None
     keys = [k for k in ("model_id", "prompt_set", "mitigation") if len({r.get(k) for r in rates}) > 1] or ["mitigation"]
-    names = [f"{_group_name(r, keys)}  (n={r['n']})" for r in rates]
+    mitigations = method_labels([{**r, "model_id": None} for r in rates], "mitigation")  # with parameters where needed
+    names = [
+        " · ".join(m if k == "mitigation" else _group_name(r, [k]) for k in keys) + f"  ({n_label(r)})"
+        for r, m in zip(rates, mitigations, strict=True)
+    ]
     fig = _figure(7.5, 0.9 + 0.38 * len(rates))
     ax = fig.add_subplot()
     left = [0.0] * len(rates)
@@ -50,6 +97,8 @@ def rates_figure(rates: list[dict[str, Any]]) -> Figure | None:
     ax.set_xlim(0, 1)
     ax.set_xlabel("share of generations")
     tau = rates[0].get("tau")
+    if any(r.get("n_generated") not in (None, r.get("n")) for r in rates):
+        ax.set_xlabel("share of matched generations (same prompts, seeds, sampler settings)", fontsize=9)
     ax.set_title(f"FB-Mem labels by {' · '.join(keys)}" + (f" (tau = {tau:g})" if tau is not None else ""), fontsize=10)
     ax.legend(ncols=4, loc="lower center", bbox_to_anchor=(0.5, 1.08), fontsize=8, frameon=False)
     return fig
@@ -93,23 +142,27 @@ def mitigation_figure(rows: list[dict[str, Any]], utility_metric: str | None) ->
     if not rows:
         return None
 
+    labels = dict(zip(map(id, rows), method_labels(rows), strict=True))
+
     def name(r: dict[str, Any]) -> str:
-        params = r.get("mitigation_params")
-        return str(r["method"]) + (f" {params}" if params and len(str(params)) <= 24 else (" …" if params else ""))
+        return labels[id(r)]
 
     with_utility = [r for r in rows if r.get("utility") is not None]
-    fig = _figure(6.5, 3.6 if utility_metric and with_utility else 1.1 + 0.35 * len(rows))
+    fig = _figure(7.5, 4.0 if utility_metric and with_utility else 1.1 + 0.35 * len(rows))
     ax = fig.add_subplot()
-    with_utility = [r for r in rows if r.get("utility") is not None]
     if utility_metric and with_utility:
         for r in with_utility:
             ax.scatter([r["utility"]], [r["score"]], s=40, color="#444" if r["method"] == "none" else "#d62728", zorder=3)
-            ax.annotate(name(r), (r["utility"], r["score"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+            # Text left of points in the right half, so no label runs off the axes.
+            right = r["utility"] > sum(x["utility"] for x in with_utility) / len(with_utility)
+            ax.annotate(name(r), (r["utility"], r["score"]), textcoords="offset points",
+                        xytext=(-5 if right else 5, 4), ha="right" if right else "left", fontsize=8)
         ax.set_xlabel(utility_metric)
         ax.set_ylabel("mitigation score (higher = better)")
         ax.axhline(0, color="#bbb", lw=0.8)
-        ax.set_title("Mitigation score against utility, one point per method", fontsize=10)
-        ax.margins(0.2)
+        ax.set_title("Mitigation score against utility, one point per method\n"
+                     "(matched generations: same prompts, seeds and sampler settings)", fontsize=10)
+        ax.margins(0.25)
     else:
         names = [name(r) for r in rows]
         ax.barh(list(range(len(rows)))[::-1], [float(r["score"]) for r in rows], color="#d62728", height=0.6)

@@ -130,6 +130,12 @@ def provenance_html(data: ReportData, extra: dict[str, Any]) -> str:
         f"compared at <b>{p['size']}</b> px",
         f"scoring_id <code>{e(str(p['scoring_id']))}</code>",
     ]
+    if p.get("scorings", 1) > 1:
+        others = ", ".join(f"<code>{e(str(o))}</code>" for o in p.get("other_scorings", []))
+        parts.append(
+            f"{e(p['scoring_choice'])} of <b>{p['scorings']}</b> scorings (others: {others}; "
+            "choose with <code>fbmem report --scoring-id ID</code>)"
+        )
     line2 = [
         f"{extra['n_generations']} generations shown" + (f" (the {extra['limit']} worst)" if extra.get("limit") else ""),
         f"{p['generated_images']} generated and {p['train_images']} training images scored, {p['scored_pairs']} pairs, top-{p['k']} kept",
@@ -145,34 +151,62 @@ def rates_table_html(data: ReportData) -> str:
     rows = data.rates.to_pylist()
     if not rows:
         return ""
-    head = "<tr><th>model</th><th>prompt set</th><th>mitigation</th><th>n</th>" + "".join(
+    from fbmem_data.report.plots import method_labels
+
+    head = "<tr><th>model</th><th>prompt set</th><th>mitigation</th><th>n (matched)</th><th>generated</th>" + "".join(
         f'<th><span class="badge {x}">{x}</span></th>' for x in ("VM", "BM", "FM", "NM")
     ) + "</tr>"
     body = []
-    for r in rows:
-        cells = [html.escape(str(r[k]) if r[k] is not None else "—") for k in ("model_id", "prompt_set", "mitigation")]
-        shares = [f"{r[x]} ({float(r[x + '_share'] or 0):.1%})" for x in ("vm", "bm", "fm", "nm")]
-        body.append("<tr>" + "".join(f"<td>{c}</td>" for c in [*cells, str(r["n"]), *shares]) + "</tr>")
-    return f'<h3>FB-Mem rates</h3><table class="rates" id="rates-table">{head}{"".join(body)}</table>'
+    mitigations = method_labels([{**r, "model_id": None} for r in rows], "mitigation")
+    for r, mitigation in zip(rows, mitigations, strict=True):
+        cells = [html.escape(str(r[k]) if r[k] is not None else "—") for k in ("model_id", "prompt_set")]
+        cells.append(html.escape(mitigation if r["mitigation"] is not None else "—"))
+        shares = [f"{r[x]} ({float(r[x + '_share'] or 0):.1%})" if r["n"] else "—" for x in ("vm", "bm", "fm", "nm")]
+        generated = r.get("n_generated", r["n"])
+        body.append("<tr>" + "".join(f"<td>{c}</td>" for c in [*cells, str(r["n"]), str(generated), *shares]) + "</tr>")
+    note = (
+        '<p class="note">Rates count matched generations: within a prompt set, only the prompts, seeds and sampler '
+        "settings that every model and mitigation of the set generated (n of the generated).</p>"
+    )
+    return f'<h3>FB-Mem rates</h3><table class="rates" id="rates-table">{head}{"".join(body)}</table>{note}'
+
+
+def format_number(value: Any, digits: int = 3) -> str:
+    """Cells of the summary tables: floats to `digits` decimals (never 0.26041666666666663), '—' for none."""
+    if value is None or (isinstance(value, float) and value != value):
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
 
 
 def mitigation_table_html(data: ReportData) -> str:
     rows = data.mitigation
     if not rows:
         return ""
+    from fbmem_data.report.plots import short_params
+
     metric = data.utility_metric
     head = "<tr><th>method</th><th>parameters</th><th>model</th><th>pairs</th><th>mitigation score</th>"
-    head += f"<th>{html.escape(metric)}</th></tr>" if metric else "</tr>"
+    head += f"<th>{html.escape(metric)}</th><th>n (utility)</th></tr>" if metric else "</tr>"
     body = []
     for r in rows:
-        cells = [r["method"], r.get("mitigation_params"), r.get("model_id"), r.get("n_pairs"), r.get("score")]
+        params = r.get("mitigation_params")
+        cells = [r["method"], short_params(params, 16) or None, r.get("model_id"), r.get("n_pairs"), format_number(r.get("score"), 1)]
         if metric:
-            cells.append(r.get("utility"))
-        body.append("<tr>" + "".join(f"<td>{html.escape('—' if c is None else str(c))}</td>" for c in cells) + "</tr>")
+            cells += [format_number(r.get("utility")), r.get("utility_n")]
+        title = f' title="{html.escape(str(params))}"' if params else ""
+        body.append(f"<tr{title}>" + "".join(f"<td>{html.escape('—' if c is None else str(c))}</td>" for c in cells) + "</tr>")
     note = "" if metric else (
         '<p class="note">No utility is recorded in this workspace (a <code>mitigation_utility</code> view with '
         "columns method and utility), so the comparison shows the mitigation score alone.</p>"
     )
+    if metric:
+        note += (
+            '<p class="note">Utility over matched generations: <code>none</code> on the prompts, seeds and sampler '
+            "settings that a mitigation also generated, each mitigation on those <code>none</code> generated "
+            "(as in <code>mitigation_comparison</code>).</p>"
+        )
     return f'<h3>Mitigation comparison</h3><table class="rates" id="mitigation-table">{head}{"".join(body)}</table>{note}'
 
 

@@ -36,6 +36,11 @@ class SampleSpec:
     k: int = 3
     template_group: int = 4  # prompts of the 'template' set share this many training images
     seed: int = 0
+    #: Prompt sets the mitigations other than 'none' run on (None: every set), as the demo runs them on
+    #: the memorized prompts only while 'none' covers the controls too.
+    mitigated_sets: tuple[str, ...] | None = None
+    #: Write a utility value per generation (utility_scores), lower for mitigated and memorized ones.
+    utility: bool = False
 
 
 def _png(img: np.ndarray) -> bytes:
@@ -85,6 +90,7 @@ def write_sample_workspace(ws: Workspace, spec: SampleSpec = SampleSpec()) -> di
     scores: list[dict[str, Any]] = []
     train_ids: list[str] = []
     planted: list[tuple[str, int]] = []  # (truth, planted seed) per prompt
+    utilities: list[dict[str, Any]] = []
 
     def add_image(img: np.ndarray, mask: np.ndarray, role: str, run_id: str) -> str:
         data = _png(img)
@@ -116,6 +122,8 @@ def write_sample_workspace(ws: Workspace, spec: SampleSpec = SampleSpec()) -> di
             truth = planted[i][0]
             group = list(range(i - i % spec.template_group, min(i - i % spec.template_group + spec.template_group, len(prompts))))
             for m_index, mitigation in enumerate(spec.mitigations):
+                if mitigation != "none" and spec.mitigated_sets is not None and prompt["prompt_set"] not in spec.mitigated_sets:
+                    continue
                 for s in range(spec.seeds):
                     label = _mitigated_truth(truth, mitigation, rng)
                     # A template prompt's generations copy different training images of its group, by seed.
@@ -132,6 +140,14 @@ def write_sample_workspace(ws: Workspace, spec: SampleSpec = SampleSpec()) -> di
                          "width": spec.size, "mitigation": mitigation,
                          "mitigation_params": None if mitigation == "none" else '{"sample": true}', "run_id": run.run_id}
                     )
+                    if spec.utility:
+                        base = 0.95 if prompt["prompt_set"] == "control" else 0.7
+                        value = base - (0.15 if mitigation != "none" else 0.0) - 0.01 * s - 0.001 * i
+                        utilities.append(
+                            {"utility_id": "sample-utility", "generated_image_id": gen_id, "prompt_id": prompt["prompt_id"],
+                             "plugin": "sample", "metric": "sample utility", "params": "{}", "value": value,
+                             "status": "ok", "run_id": run.run_id}
+                        )
                     best = train_ids[source]
                     others = [t for t in train_ids if t != best]
                     picks = rng.choice(len(others), size=min(spec.k - 1, len(others)), replace=False)
@@ -152,4 +168,6 @@ def write_sample_workspace(ws: Workspace, spec: SampleSpec = SampleSpec()) -> di
         ws.write("masks", masks)
         ws.write("generations", generations)
         ws.write("region_scores", scores)
+        if utilities:
+            ws.write("utility_scores", utilities)
     return {"prompts": len(prompts), "generations": len(generations), "train_images": len(set(train_ids)), "scoring_id": scoring_id}
