@@ -94,7 +94,7 @@ def score(
         str | None,
         typer.Option("--pairing", help="pairing_id of the candidates to score (default: the latest); 'exhaustive' creates exhaustive candidates when there are none."),
     ] = None,
-    metric: Annotated[str | None, typer.Option("--metric", help="msssim (paper), ssim, msssim-masked (default).")] = None,
+    metric: Annotated[str | None, typer.Option("--metric", help="msssim (paper), ssim, msssim-masked, msssim-regions (default).")] = None,
     size: Annotated[int | None, typer.Option("--size", min=16, help="Side the parts are compared at (reference 512).")] = None,
     preset: Annotated[str | None, typer.Option("--preset", help="paper: the reference settings exactly (msssim, 512, birefnet); default: fbmem's best.")] = None,
     segmenter: SegmenterOption = None,

@@ -70,7 +70,9 @@ class Bed:
     extra: dict[str, Any] = field(default_factory=dict)  # what the truth checks need (donor photos ...)
 
 
-def make_bed(name: str, seed: int = 0, *, small: bool = False, cache_dir: Path | None = None, device: str = "cpu") -> Bed:
+def make_bed(
+    name: str, seed: int = 0, *, small: bool = False, cache_dir: Path | None = None, device: str = "cpu"
+) -> Bed:
     """Build bed `name` from `seed`. small=True: a few cases per label (tests)."""
     if name == "planted":
         return planted_bed(seed, per_label=2 if small else 8)
@@ -99,9 +101,19 @@ def planted_bed(seed: int = 0, per_label: int = 8, size: int = 256) -> Bed:
             train[tkey] = to_uint8(pp.train)
             gen = jpeg(to_uint8(pp.generated), 90)
             # region: FM: the shared object; BM: where the two objects lie (the rest is the shared background)
-            region = {"FM": pp.train_mask > 0.5, "BM": (pp.train_mask > 0.5) | (pp.generated_mask > 0.5)}.get(truth)
-            cases.append(Case(f"{truth.lower()}{i:02d}", gen, truth, () if truth == "NM" else (tkey,),
-                              f"seed {case_seed}, area {(0.12, 0.35)[i % 2]:.0%}", region))
+            region = {"FM": pp.train_mask > 0.5, "BM": (pp.train_mask > 0.5) | (pp.generated_mask > 0.5)}.get(
+                truth
+            )
+            cases.append(
+                Case(
+                    f"{truth.lower()}{i:02d}",
+                    gen,
+                    truth,
+                    () if truth == "NM" else (tkey,),
+                    f"seed {case_seed}, area {(0.12, 0.35)[i % 2]:.0%}",
+                    region,
+                )
+            )
     return Bed("planted", seed, train, cases)
 
 
@@ -125,7 +137,9 @@ def load_photo(name: str) -> np.ndarray:
 
     path = skimage_photo_dir() / name
     if not path.is_file():
-        raise InputError(f"scikit-image does not ship {name} in {path.parent}", hint="install scikit-image >= 0.21")
+        raise InputError(
+            f"scikit-image does not ship {name} in {path.parent}", hint="install scikit-image >= 0.21"
+        )
     with Image.open(path) as im:
         return np.asarray(im.convert("RGB"))
 
@@ -169,17 +183,35 @@ def real_photos_bed(seed: int = 0, small: bool = False) -> Bed:
             family = families[(i * copies + j) % len(families)]
             img, note = degrade(photos[key], family, np.random.default_rng([seed, i, j]))
             cases.append(Case(f"vm-{key}-{j}", img, "VM", (key,), note))
-    for i, key in enumerate(train):
+    for key in train:
         region = object_region(photos[key])
         r3 = region[..., None]
         bg_donor = others[int(rng.integers(len(others)))]
         fm = np.where(r3, photos[key], photos[bg_donor])
-        cases.append(Case(f"fm-{key}", jpeg(fm, 90), "FM", (key,), f"object of {key} on {bg_donor}, {region.mean():.0%}",
-                          region, bg_donor))
+        cases.append(
+            Case(
+                f"fm-{key}",
+                jpeg(fm, 90),
+                "FM",
+                (key,),
+                f"object of {key} on {bg_donor}, {region.mean():.0%}",
+                region,
+                bg_donor,
+            )
+        )
         fill_donor = others[int(rng.integers(len(others)))]
         bm = np.where(r3, photos[fill_donor], photos[key])
-        cases.append(Case(f"bm-{key}", jpeg(bm, 90), "BM", (key,), f"{key} with its object region from {fill_donor}",
-                          region, fill_donor))
+        cases.append(
+            Case(
+                f"bm-{key}",
+                jpeg(bm, 90),
+                "BM",
+                (key,),
+                f"{key} with its object region from {fill_donor}",
+                region,
+                fill_donor,
+            )
+        )
     for key in others:
         cases.append(Case(f"nm-{key}", jpeg(photos[key], 90), "NM", (), "an unrelated photo (jpeg q90)"))
     cases.sort(key=lambda c: ("VM", "FM", "BM", "NM").index(c.truth))
@@ -207,7 +239,7 @@ def lab_prompt_plan(small: bool = False) -> list[tuple[str, str, int, bool]]:
     groups = [("vm", cfg.vm_groups, "VM"), ("fm", cfg.fm_groups, "FM"), ("bm", cfg.bm_groups, "BM")]
     for prefix, n, truth in groups:
         for g in range(1 if small else n):
-            plan += [(f"{prefix}{g}", truth, s, True) for s in LAB_DEMO_SEEDS[: 1]]
+            plan += [(f"{prefix}{g}", truth, s, True) for s in LAB_DEMO_SEEDS[:1]]
             plan += [(f"{prefix}{g}", truth, s, False) for s in LAB_NEW_SEEDS[: 1 if small else 2]]
     n_nm = 1 if small else 5
     plan += [(f"u{i:04d}", "NM", 0, True) for i in range(n_nm)]
@@ -230,20 +262,40 @@ def lab_bed(seed: int = 0, small: bool = False, cache_dir: Path | None = None, d
     cases = []
     for (key, truth, s, used), rgb in zip(plan, images, strict=True):
         sources = tuple(prompts[key].image_keys) if truth != "NM" else ()
-        cases.append(Case(f"{key}-s{s}", rgb, truth, sources, f"{prompts[key].group} prompt, seed {s}"
-                          + (" (demo)" if used and seed == 0 else " (new)")))
-    return Bed("lab", seed, train, cases, segmenter="lab", size=LAB_SIZE, lenient=True, targets=dict(LAB_TARGETS),
-               extra={"dataset": ds, "plan": plan})
+        cases.append(
+            Case(
+                f"{key}-s{s}",
+                rgb,
+                truth,
+                sources,
+                f"{prompts[key].group} prompt, seed {s}" + (" (demo)" if used and seed == 0 else " (new)"),
+            )
+        )
+    return Bed(
+        "lab",
+        seed,
+        train,
+        cases,
+        segmenter="lab",
+        size=LAB_SIZE,
+        lenient=True,
+        targets=dict(LAB_TARGETS),
+        extra={"dataset": ds, "plan": plan},
+    )
 
 
-def _lab_generations(ds: Any, plan: list[tuple[str, str, int, bool]], cache_dir: Path | None, device: str) -> list[np.ndarray]:
+def _lab_generations(
+    ds: Any, plan: list[tuple[str, str, int, bool]], cache_dir: Path | None, device: str
+) -> list[np.ndarray]:
     """Generate (or read from the cache) one image per plan entry."""
     from fbmem_data.generate.loading import _lab_revision
     from fbmem_data.lab.pipeline import default_weights_dir
 
     revision = _lab_revision(Path(default_weights_dir())) or "none"
     texts = {p.key: p.text for p in ds.prompts}
-    digest = hashlib.sha256(repr((revision, LAB_STEPS, LAB_GUIDANCE, [(texts[k], s) for k, _, s, _ in plan])).encode())
+    digest = hashlib.sha256(
+        repr((revision, LAB_STEPS, LAB_GUIDANCE, [(texts[k], s) for k, _, s, _ in plan])).encode()
+    )
     path = (cache_dir / f"lab-{digest.hexdigest()[:16]}.npz") if cache_dir is not None else None
     if path is not None and path.is_file():
         with np.load(path) as data:

@@ -33,7 +33,7 @@ def jpeg(img: np.ndarray, quality: int) -> np.ndarray:
 def crop(img: np.ndarray, fraction: float) -> np.ndarray:
     """Cut `fraction` of the side off (split over the two edges) and resize back."""
     h, w = img.shape[:2]
-    dy, dx = int(round(h * fraction / 2)), int(round(w * fraction / 2))
+    dy, dx = round(h * fraction / 2), round(w * fraction / 2)
     return square(img[dy : h - dy, dx : w - dx], h)
 
 
@@ -87,7 +87,9 @@ def degrade(img: np.ndarray, family: str, rng: np.random.Generator) -> tuple[np.
         "shift": lambda: (lambda d: (shift(img, int(d[0]), int(d[1])), f"shift {d[0]},{d[1]} px"))(
             rng.integers(2, 7, 2) * rng.choice([-1, 1], 2)
         ),
-        "gain": lambda: (lambda g: (gain(img, g), "gain " + "/".join(f"{v:.2f}" for v in g)))(rng.uniform(0.9, 1.1, 3)),
+        "gain": lambda: (lambda g: (gain(img, g), "gain " + "/".join(f"{v:.2f}" for v in g)))(
+            rng.uniform(0.9, 1.1, 3)
+        ),
         "noise": lambda: (lambda s: (noise(img, s, rng), f"noise sigma {s:.1f}"))(float(rng.uniform(2, 6))),
         "blur": lambda: (lambda s: (blur(img, s), f"blur sigma {s:.2f}"))(float(rng.uniform(0.5, 1.2))),
         "vae": lambda: (vae_round_trip(img), "lab-VAE round trip"),

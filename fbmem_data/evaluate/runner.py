@@ -158,9 +158,18 @@ def evaluate(
     photo_segmenter = segmenter or DEFAULT_SEGMENTER
     if cache_dir is None and ws is not None:
         cache_dir = ws.root / "eval_cache"
-    config = {"preset": cfg.preset, "metric": cfg.metric, "metric_params": region_metric.params(), "size": cfg.size,
-              "segmenter": photo_segmenter, "tau": float(tau), "k": int(k), "seed": int(seed), "small": bool(small),
-              "version": EVAL_VERSION}
+    config = {
+        "preset": cfg.preset,
+        "metric": cfg.metric,
+        "metric_params": region_metric.params(),
+        "size": cfg.size,
+        "segmenter": photo_segmenter,
+        "tau": float(tau),
+        "k": int(k),
+        "seed": int(seed),
+        "small": bool(small),
+        "version": EVAL_VERSION,
+    }
     results: list[CaseResult] = []
     rows: list[dict[str, Any]] = []
     seconds: dict[str, float] = {}
@@ -174,7 +183,9 @@ def evaluate(
         seg_hash = params_hash(seg.params())
         masks = _masks(bed, seg, seg_hash)
         bed_size = int(size) if size is not None else (bed.size or cfg.size)
-        scorer = PairScorer(region_metric, bed_size, lambda i, bed=bed, masks=masks: _load(bed, masks, i), device=device)
+        scorer = PairScorer(
+            region_metric, bed_size, lambda i, bed=bed, masks=masks: _load(bed, masks, i), device=device
+        )
         cands = _candidates(bed, k + 2 if bed.lenient else k)
         if log:
             log(f"[{bed_name}] scoring {sum(map(len, cands))} pairs at {bed_size} ...")
@@ -191,8 +202,15 @@ def evaluate(
             for i in chunk:
                 bed_cases.append(_judge(bed, bed.cases[i], by_case[bed.cases[i].key], tau))
         results += bed_cases
-        eval_id = params_hash({**config, "bed": bed_name, "bed_size": bed_size, "bed_segmenter": seg_name,
-                               "mask_params_hash": seg_hash})
+        eval_id = params_hash(
+            {
+                **config,
+                "bed": bed_name,
+                "bed_size": bed_size,
+                "bed_segmenter": seg_name,
+                "mask_params_hash": seg_hash,
+            }
+        )
         rows += _summary_rows(bed, bed_cases, eval_id, config, bed_size, seg_name, seg_hash)
         seconds[bed_name] = round(time.perf_counter() - started, 1)
     if ws is not None:
@@ -223,16 +241,46 @@ def _judge(bed: Bed, case: Any, rows: list[dict[str, Any]], tau: float) -> CaseR
         best_ok = best_label == "NM"
     else:
         best_ok = best_train in case.sources and _hit(case.truth, best_label, bed.lenient)
-    return CaseResult(bed.name, case.key, case.truth, label, correct, best_train, best_label, best_ok,
-                      ref["fg_score"], ref["bg_score"], best["fg_score"], best["bg_score"], case.note)
+    return CaseResult(
+        bed.name,
+        case.key,
+        case.truth,
+        label,
+        correct,
+        best_train,
+        best_label,
+        best_ok,
+        ref["fg_score"],
+        ref["bg_score"],
+        best["fg_score"],
+        best["bg_score"],
+        case.note,
+    )
 
 
-def _summary_rows(bed: Bed, cases: list[CaseResult], eval_id: str, config: dict[str, Any], size: int, seg: str,
-                  seg_hash: str) -> list[dict[str, Any]]:
-    base = {"eval_id": eval_id, "bed": bed.name, "bed_seed": bed.seed, "preset": config["preset"],
-            "metric": config["metric"], "metric_params": json.dumps(config["metric_params"], sort_keys=True),
-            "size": size, "segmenter": seg, "mask_params_hash": seg_hash, "tau": config["tau"], "k": config["k"],
-            "small": config["small"]}
+def _summary_rows(
+    bed: Bed,
+    cases: list[CaseResult],
+    eval_id: str,
+    config: dict[str, Any],
+    size: int,
+    seg: str,
+    seg_hash: str,
+) -> list[dict[str, Any]]:
+    base = {
+        "eval_id": eval_id,
+        "bed": bed.name,
+        "bed_seed": bed.seed,
+        "preset": config["preset"],
+        "metric": config["metric"],
+        "metric_params": json.dumps(config["metric_params"], sort_keys=True),
+        "size": size,
+        "segmenter": seg,
+        "mask_params_hash": seg_hash,
+        "tau": config["tau"],
+        "k": config["k"],
+        "small": config["small"],
+    }
     rows = []
     accs, bests = [], []
     for truth in TRUTHS:
@@ -243,18 +291,44 @@ def _summary_rows(bed: Bed, cases: list[CaseResult], eval_id: str, config: dict[
         bm = sum(c.best_correct for c in sub) / len(sub)
         accs.append(acc)
         bests.append(bm)
-        wrong = sorted((c for c in sub if not c.correct or not c.best_correct), key=lambda c: (c.correct, c.fg + c.bg))
-        rows.append({**base, "truth": truth, "n": len(sub), "correct": sum(c.correct for c in sub), "accuracy": acc,
-                     "best_match_correct": sum(c.best_correct for c in sub), "best_match_accuracy": bm,
-                     "target": bed.targets.get(truth), "worst": [_case_text(c) for c in wrong[:3]]})
-    rows.append({**base, "truth": "all", "n": len(cases), "correct": sum(c.correct for c in cases),
-                 "accuracy": float(np.mean(accs)), "best_match_correct": sum(c.best_correct for c in cases),
-                 "best_match_accuracy": float(np.mean(bests)), "target": None, "worst": []})
+        wrong = sorted(
+            (c for c in sub if not c.correct or not c.best_correct), key=lambda c: (c.correct, c.fg + c.bg)
+        )
+        rows.append(
+            {
+                **base,
+                "truth": truth,
+                "n": len(sub),
+                "correct": sum(c.correct for c in sub),
+                "accuracy": acc,
+                "best_match_correct": sum(c.best_correct for c in sub),
+                "best_match_accuracy": bm,
+                "target": bed.targets.get(truth),
+                "worst": [_case_text(c) for c in wrong[:3]],
+            }
+        )
+    rows.append(
+        {
+            **base,
+            "truth": "all",
+            "n": len(cases),
+            "correct": sum(c.correct for c in cases),
+            "accuracy": float(np.mean(accs)),
+            "best_match_correct": sum(c.best_correct for c in cases),
+            "best_match_accuracy": float(np.mean(bests)),
+            "target": None,
+            "worst": [],
+        }
+    )
     return rows
 
 
 def _case_text(c: CaseResult) -> str:
-    best = "" if c.best_correct else f"; best match {c.best_train} {c.best_label} fg {c.best_fg:.3f} bg {c.best_bg:.3f}"
+    best = (
+        ""
+        if c.best_correct
+        else f"; best match {c.best_train} {c.best_label} fg {c.best_fg:.3f} bg {c.best_bg:.3f}"
+    )
     return f"{c.key} ({c.note}): {c.label} fg {c.fg:.3f} bg {c.bg:.3f}{best}"
 
 
@@ -262,11 +336,14 @@ def format_table(result: EvalResult) -> str:
     """The printed table: per bed and truth label, then macro rows, then the worst cases."""
     cfg = result.config
     opts = {k: v for k, v in cfg["metric_params"].items() if k != "metric"}
-    lines = [f"fbmem eval: preset {cfg['preset']}, metric {cfg['metric']}, size {cfg['size']}, "
-             f"segmenter {cfg['segmenter']} (lab bed: lab), tau {cfg['tau']}, k {cfg['k']}, seed {cfg['seed']}",
-             f"metric params: {json.dumps(opts, sort_keys=True)}", "",
-             f"| {'bed':<11} | {'truth':<5} | {'n':>3} | {'accuracy':>8} | {'best match':>10} | {'target':>6} |",
-             f"|{'-' * 13}|{'-' * 7}|{'-' * 5}|{'-' * 10}|{'-' * 12}|{'-' * 8}|"]
+    lines = [
+        f"fbmem eval: preset {cfg['preset']}, metric {cfg['metric']}, size {cfg['size']}, "
+        f"segmenter {cfg['segmenter']} (lab bed: lab), tau {cfg['tau']}, k {cfg['k']}, seed {cfg['seed']}",
+        f"metric params: {json.dumps(opts, sort_keys=True)}",
+        "",
+        f"| {'bed':<11} | {'truth':<5} | {'n':>3} | {'accuracy':>8} | {'best match':>10} | {'target':>6} |",
+        f"|{'-' * 13}|{'-' * 7}|{'-' * 5}|{'-' * 10}|{'-' * 12}|{'-' * 8}|",
+    ]
     for r in result.rows:
         truth = "macro" if r["truth"] == "all" else r["truth"]
         target = f"{r['target']:.2f}" if r.get("target") is not None else "-"

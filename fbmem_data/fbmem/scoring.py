@@ -28,8 +28,13 @@ if TYPE_CHECKING:
 
 #: The preset that reproduces the reference (method.md §1.3): torchmetrics' MS-SSIM defaults, 512, BiRefNet.
 PAPER_PRESET: dict[str, Any] = {"metric": "msssim", "metric_options": {}, "size": 512, "segmenter": "birefnet"}
-#: fbmem's default: the configuration that measured best on planted truth (docs/fbmem.md).
-DEFAULT_PRESET: dict[str, Any] = {"metric": "msssim-masked", "metric_options": {}, "size": 512, "segmenter": "saliency"}
+#: fbmem's default: the configuration `fbmem eval` measured best over its test beds (docs/fbmem.md, section 6).
+DEFAULT_PRESET: dict[str, Any] = {
+    "metric": "msssim-regions",
+    "metric_options": {"align": 0.02, "zoom": 0.06, "smooth": 0.022},
+    "size": 256,
+    "segmenter": "saliency",
+}
 PRESETS = {"paper": PAPER_PRESET, "default": DEFAULT_PRESET}
 SCORING_VERSION = 1
 
@@ -74,11 +79,15 @@ def resolve_config(
     if name not in PRESETS:
         raise InputError(f"unknown preset {name!r}", hint=f"one of {sorted(PRESETS)}")
     base = PRESETS[name]
+    chosen_metric = metric or base["metric"]
+    if metric_options is None:
+        # the preset's options belong to the preset's metric: another metric starts from its own defaults
+        metric_options = base["metric_options"] if chosen_metric == base["metric"] else {}
     chosen = {
-        "metric": metric or base["metric"],
+        "metric": chosen_metric,
         "size": int(size or base["size"]),
         "segmenter": segmenter or base["segmenter"],
-        "metric_options": dict(metric_options if metric_options is not None else base["metric_options"]),
+        "metric_options": dict(metric_options),
     }
     label = name if all(chosen[k] == base[k] for k in ("metric", "size", "metric_options")) else "custom"
     return ScoringConfig(mask_params_hash=None, preset=label, **chosen)
@@ -311,7 +320,7 @@ def score_pairs(
         ws: the workspace.
         pairing_id: which candidates; default the most recently written pairing.
         preset: "paper" (reference: msssim, 512, birefnet, torchmetrics defaults) or "default"
-            (msssim-masked, 512, saliency). metric/size/segmenter override the preset's choice.
+            (msssim-regions with registration, 256, saliency). metric/size/segmenter override the preset's choice.
         metric_options: SSIMConfig fields for the metric (e.g. {"data_range": 1.0}).
         segmenter_options: options of the segmenter plug-in (e.g. {"model_path": ...}).
         create_exhaustive: with no candidates at all, create exhaustive ones via the pairing module.

@@ -43,12 +43,13 @@ class RegionsMSSSIMMetric(RegionMetric):
     name = "msssim-regions"
 
     def __init__(
-                self,
+        self,
         config: SSIMConfig | None = None,
         min_region: float = 0.02,
         align: float = 0.0,
         zoom: float = 0.0,
         smooth: float = 0.0,
+        fg_region: str = "union",
         budget_mb: float = 256.0,
     ) -> None:
         self.config = config or SSIMConfig(data_range=1.0)
@@ -59,13 +60,26 @@ class RegionsMSSSIMMetric(RegionMetric):
         self.zoom = float(zoom)
         if not 0 <= self.zoom <= 0.2:
             raise InputError(f"zoom must be in [0, 0.2], got {zoom}")
+        if fg_region not in ("union", "mean"):
+            raise InputError(f"fg_region must be union or mean, got {fg_region!r}")
+        self.fg_region = fg_region
         self.smooth = float(smooth)
         if not 0 <= self.smooth <= 0.05:
-            raise InputError(f"smooth must be in [0, 0.05] (a Gaussian sigma as a fraction of the side), got {smooth}")
+            raise InputError(
+                f"smooth must be in [0, 0.05] (a Gaussian sigma as a fraction of the side), got {smooth}"
+            )
         self.budget_mb = budget_mb
 
     def params(self) -> dict[str, Any]:
-        return {"metric": self.name, "min_region": self.min_region, "align": self.align, "zoom": self.zoom, "smooth": self.smooth, **self.config.as_dict()}
+        return {
+            "metric": self.name,
+            "min_region": self.min_region,
+            "align": self.align,
+            "zoom": self.zoom,
+            "smooth": self.smooth,
+            "fg_region": self.fg_region,
+            **self.config.as_dict(),
+        }
 
     def prepare(self, batch: RegionBatch) -> dict[str, torch.Tensor]:
         # the parts are (R m, G m, B m, m) and (R (1-m) + m, ..., 1): their RGB sum minus m is the image
@@ -74,7 +88,9 @@ class RegionsMSSSIMMetric(RegionMetric):
             rgb = gaussian_blur(rgb, self.smooth * int(rgb.shape[-1]))
         return {"rgb": rgb, "mask": batch.mask, "fg": batch.fg, "bg": batch.bg}
 
-    def score(self, gen: Any, gen_index: torch.Tensor, train: Any, train_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def score(
+        self, gen: Any, gen_index: torch.Tensor, train: Any, train_index: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         import torch
 
         h, w = gen["rgb"].shape[-2:]
@@ -88,13 +104,16 @@ class RegionsMSSSIMMetric(RegionMetric):
             if self.align > 0 or self.zoom > 0:
                 scales, shifts = register_pair(x, y, math.ceil(self.align * int(h)), self.zoom)
                 y, mg, yfg, ybg = (translate(rescale(t, scales), shifts) for t in (y, mg, yfg, ybg))
-            fg = self._region(x, y, torch.maximum(mg, mt), train["fg"][ti], yfg)
+            wfg = torch.maximum(mg, mt) if self.fg_region == "union" else (mg + mt) / 2
+            fg = self._region(x, y, wfg, train["fg"][ti], yfg)
             bg = self._region(x, y, (1 - mg) * (1 - mt), train["bg"][ti], ybg)
             fgs.append(fg)
             bgs.append(bg)
         return torch.cat(fgs), torch.cat(bgs)
 
-    def _region(self, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, part_x: torch.Tensor, part_y: torch.Tensor) -> torch.Tensor:
+    def _region(
+        self, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, part_x: torch.Tensor, part_y: torch.Tensor
+    ) -> torch.Tensor:
         import torch
 
         small = w.flatten(1).mean(1) < self.min_region
@@ -106,11 +125,15 @@ class RegionsMSSSIMMetric(RegionMetric):
         return out
 
 
-def register_pair(x: torch.Tensor, y: torch.Tensor, limit: int, zoom: float) -> tuple[list[float], list[tuple[int, int]]]:
+def register_pair(
+    x: torch.Tensor, y: torch.Tensor, limit: int, zoom: float
+) -> tuple[list[float], list[tuple[int, int]]]:
     """Per pair, the scale (1 +- k 0.02 up to zoom) and shift (|dy|, |dx| <= limit) of y that best match x."""
     import torch
 
-    candidates = [1.0] + [1 + sign * 0.02 * k for k in range(1, int(round(zoom / 0.02)) + 1) for sign in (-1, 1)]
+    candidates = [1.0] + [
+        1 + sign * 0.02 * k for k in range(1, round(zoom / 0.02) + 1) for sign in (-1, 1)
+    ]
     n = x.shape[0]
     best_peak = torch.full((n,), -float("inf"))
     scales, shifts = [1.0] * n, [(0, 0)] * n
@@ -166,7 +189,10 @@ def phase_shifts(x: torch.Tensor, y: torch.Tensor, limit: int, with_peak: bool =
         return g - g.mean(dim=(1, 2), keepdim=True)
 
     h, w = x.shape[-2:]
-    win = torch.outer(torch.hann_window(h, dtype=x.dtype, device=x.device), torch.hann_window(w, dtype=x.dtype, device=x.device))
+    win = torch.outer(
+        torch.hann_window(h, dtype=x.dtype, device=x.device),
+        torch.hann_window(w, dtype=x.dtype, device=x.device),
+    )
     fx, fy = torch.fft.rfft2(grey(x) * win), torch.fft.rfft2(grey(y) * win)
     cross = fx * fy.conj()
     corr = torch.fft.irfft2(cross / cross.abs().clamp_min(1e-12), s=(h, w))
@@ -194,12 +220,21 @@ def translate(t: torch.Tensor, shifts: list[tuple[int, int]]) -> torch.Tensor:
     h, w = t.shape[-2:]
     s = max(max(abs(dy), abs(dx)) for dy, dx in shifts)
     padded = F.pad(t, (s, s, s, s), mode="replicate")
-    return torch.stack([padded[p, :, s - dy : s - dy + h, s - dx : s - dx + w] for p, (dy, dx) in enumerate(shifts)])
+    return torch.stack(
+        [padded[p, :, s - dy : s - dy + h, s - dx : s - dx + w] for p, (dy, dx) in enumerate(shifts)]
+    )
 
 
 @register("metric", "msssim-regions")
 def make_msssim_regions(
-    min_region: float = 0.02, align: float = 0.0, zoom: float = 0.0, smooth: float = 0.0, **kwargs: Any
+    min_region: float = 0.02,
+    align: float = 0.0,
+    zoom: float = 0.0,
+    smooth: float = 0.0,
+    fg_region: str = "union",
+    **kwargs: Any,
 ) -> RegionsMSSSIMMetric:
     cfg = SSIMConfig(**{"data_range": 1.0, **kwargs})
-    return RegionsMSSSIMMetric(cfg, min_region=min_region, align=align, zoom=zoom, smooth=smooth)
+    return RegionsMSSSIMMetric(
+        cfg, min_region=min_region, align=align, zoom=zoom, smooth=smooth, fg_region=fg_region
+    )
