@@ -259,3 +259,20 @@ def test_naming_another_metric_drops_the_default_presets_options() -> None:
     assert (
         resolve_config("default", None, None, None, None).metric_options == DEFAULT_PRESET["metric_options"]
     )
+
+
+def test_a_bed_whose_data_is_missing_is_skipped_only_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fbmem_data.errors import InputError
+    from fbmem_data.evaluate import evaluate, format_table
+
+    def missing() -> None:
+        raise InputError(
+            "the real-photos test bed needs scikit-image's sample photos", hint="pip install 'fbmem[test]'"
+        )
+
+    monkeypatch.setattr(bedmod, "skimage_photo_dir", missing)
+    with pytest.raises(InputError):
+        evaluate(beds=("real-photos",), small=True, size=176)
+    result = evaluate(beds=("real-photos",), small=True, size=176, skip_unavailable=True)
+    assert result.rows == [] and "scikit-image" in result.skipped["real-photos"]
+    assert "left out" in format_table(result)

@@ -201,6 +201,7 @@ def eval_cmd(
         device=resolve_device(device),
         cache_dir=cache,
         log=lambda m: typer.echo(m, err=True),
+        skip_unavailable=not bed,  # all beds by default: one whose data is missing is reported, not fatal
     )
     typer.echo(format_table(result))
     where = f"stored in eval_results of {ws.root}" if ws is not None else "not stored (pass -w DIR to keep them in eval_results)"

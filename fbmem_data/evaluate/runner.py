@@ -61,6 +61,7 @@ class EvalResult:
     cases: list[CaseResult]
     rows: list[dict[str, Any]]  # one per bed and truth label, plus one per bed with truth 'all'
     seconds: dict[str, float] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)  # bed -> why it was left out (skip_unavailable)
 
 
 def _hit(truth: str, label: str, lenient: bool) -> bool:
@@ -128,6 +129,7 @@ def evaluate(
     device: str = "cpu",
     cache_dir: Path | None = None,
     log: Callable[[str], None] | None = None,
+    skip_unavailable: bool = False,
 ) -> EvalResult:
     """Score a configuration on the test beds; write `eval_results` rows into `ws` when given.
 
@@ -137,11 +139,13 @@ def evaluate(
         beds: which beds (lab, planted, real-photos). small: 2-3 cases per label (tests).
         k: thumbnail candidates per generated image (the lab uses k + 2, as the demo keeps 5).
         cache_dir: where lab generations are cached (default: `<workspace>/eval_cache`).
+        skip_unavailable: leave out (and report in `skipped`) a bed whose data is missing, e.g. the
+            real-photos bed without scikit-image, instead of raising.
 
     Raises:
         InputError: unknown bed/preset/metric, or a bed's data is unavailable (scikit-image, lab weights).
     """
-    from fbmem_data.errors import InputError
+    from fbmem_data.errors import FbmemError, InputError
     from fbmem_data.fbmem.masks import make_segmenter
     from fbmem_data.fbmem.scoring import PairScorer, make_metric, resolve_config
     from fbmem_data.ids import params_hash
@@ -173,11 +177,18 @@ def evaluate(
     results: list[CaseResult] = []
     rows: list[dict[str, Any]] = []
     seconds: dict[str, float] = {}
+    skipped: dict[str, str] = {}
     for bed_name in beds:
         started = time.perf_counter()
         if log:
             log(f"[{bed_name}] building the bed ...")
-        bed = bed_cached(bed_name, seed, small, cache_dir, device)
+        try:
+            bed = bed_cached(bed_name, seed, small, cache_dir, device)
+        except FbmemError as exc:
+            if not skip_unavailable:
+                raise
+            skipped[bed_name] = exc.message + (f"; {exc.hint}" if exc.hint else "")
+            continue
         seg_name = bed.segmenter or photo_segmenter
         seg = make_segmenter(seg_name, device, segmenter_options if seg_name == photo_segmenter else None)
         seg_hash = params_hash(seg.params())
@@ -218,7 +229,7 @@ def evaluate(
             for r in rows:
                 r["run_id"] = run.run_id
             ws.write("eval_results", rows)
-    return EvalResult(config, results, rows, seconds)
+    return EvalResult(config, results, rows, seconds, skipped)
 
 
 def _load(bed: Bed, masks: dict[str, np.ndarray], image_id: str) -> tuple[np.ndarray, np.ndarray]:
@@ -351,6 +362,7 @@ def format_table(result: EvalResult) -> str:
         if r["truth"] == "all":
             acc, bm = f"**{acc}**", f"**{bm}**"
         lines.append(f"| {r['bed']:<11} | {truth:<5} | {r['n']:>3} | {acc:>8} | {bm:>10} | {target:>6} |")
+    lines += [f"| {bed:<11} | (left out: {why})" for bed, why in result.skipped.items()]
     worst = [(r["bed"], w) for r in result.rows for w in r["worst"]]
     if worst:
         lines += ["", "worst cases (label counted, fg/bg of the truth pair; best match when it is wrong):"]

@@ -175,6 +175,9 @@ def run_demo(
             pairing_id = pair(ws, method="ann", embedder=cfg.embedder, k=cfg.k, device=device)
             score_pairs(ws, pairing_id, preset="paper", metric=cfg.metric, size=cfg.size, segmenter=cfg.segmenter,
                         segmenter_options=segmenter_options, device=device, batch_size=cfg.batch_size)
+            for preset in cfg.extra_presets:  # every scoring covers the same pairs (a re-run then adds nothing)
+                score_pairs(ws, pairing_id, preset=preset, segmenter=cfg.segmenter, size=cfg.size,
+                            segmenter_options=segmenter_options, device=device, batch_size=cfg.batch_size)
         done()
         utility_id = None
         if cfg.utility:
