@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 EVAL_VERSION = 1
 TRUTHS = ("VM", "FM", "BM", "NM")
 DEFAULT_SEGMENTER = "saliency"  # beds are compared on the same weights-free masks whatever the preset names
-_MASK_CACHE: dict[tuple[str, int, bool, str, str], dict[str, np.ndarray]] = {}
+_MASK_CACHE: dict[tuple[str, int, int, str, str], dict[str, np.ndarray]] = {}
 _BED_CACHE: dict[tuple[str, int, bool], Bed] = {}
 
 
@@ -79,7 +79,7 @@ def bed_cached(name: str, seed: int, small: bool, cache_dir: Path | None, device
 
 def _masks(bed: Bed, seg: Any, seg_hash: str) -> dict[str, np.ndarray]:
     """uint8 masks of every image of the bed (as `masks` stores them), cached per bed and segmenter."""
-    key = (bed.name, bed.seed, len(bed.cases) < 20, seg.name, seg_hash)
+    key = (bed.name, bed.seed, len(bed.cases), seg.name, seg_hash)  # case count tells small from full
     if key not in _MASK_CACHE:
         images = [("t:" + k, v) for k, v in bed.train.items()] + [("g:" + c.key, c.rgb) for c in bed.cases]
         out: dict[str, np.ndarray] = {}
