@@ -128,6 +128,7 @@ def test_lab_bed_plan_and_truth(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_fbmem_eval_cli_on_a_tiny_bed(workspace) -> None:
     from fbmem_data.cli.app import build_app
+    from fbmem_data.fbmem.scoring import DEFAULT_PRESET
 
     app = build_app()
     runner = CliRunner()
@@ -154,6 +155,12 @@ def test_fbmem_eval_cli_on_a_tiny_bed(workspace) -> None:
     assert all(0 <= r["accuracy"] <= 1 for r in rows)
     again = runner.invoke(app, args)  # deterministic: the same rows, not stored twice
     assert again.exit_code == 0 and workspace.count("eval_results") == 5
+    paper = runner.invoke(app, [*args, "--preset", "paper"])  # the paper metric on the same bed, beside it
+    assert paper.exit_code == 0, paper.output
+    metrics = (
+        workspace.sql("SELECT DISTINCT metric FROM eval_results ORDER BY 1").column("metric").to_pylist()
+    )
+    assert metrics == sorted(["msssim", DEFAULT_PRESET["metric"]]) and workspace.count("eval_results") == 10
 
 
 def test_fbmem_eval_bad_bed_is_one_error_line(capsys: pytest.CaptureFixture[str]) -> None:
