@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from fbmem_data.cli.app import build_app
 from fbmem_data.errors import InputError, ModelNotFoundError
 from fbmem_data.fbmem import label_rows, score_pairs, segment_images
+from fbmem_data.fbmem.scoring import DEFAULT_PRESET
 from fbmem_data.fbmem.synthetic import planted_pair, to_uint8
 from fbmem_data.workspace import Workspace
 
@@ -62,7 +63,7 @@ def test_default_preset_labels_planted_truth(planted_ws: tuple[Workspace, dict[s
     ws, truth, broken = planted_ws
     summary = score_pairs(ws, size=SIZE, device="cpu", batch_size=3)
     assert summary["pending"] == 20 and summary["ok"] == 16 and summary["error"] == 4
-    assert summary["config"]["metric"]["metric"] == "msssim-masked"
+    assert summary["config"]["metric"]["metric"] == DEFAULT_PRESET["metric"]
     rows = label_rows(ws).to_pylist()
     assert len(rows) == 4
     for r in rows:

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from fbmem_data.cli.app import build_app
 from fbmem_data.errors import InputError
+from fbmem_data.fbmem.scoring import DEFAULT_PRESET
 from fbmem_data.report import build_report, build_report_summary
 from fbmem_data.report.synthetic import SampleSpec, write_sample_workspace
 from fbmem_data.workspace import Workspace
@@ -262,7 +263,7 @@ def test_report_over_real_segmenter_and_scorer(tmp_path: Path) -> None:
     assert summary.thumbnail_errors == {} and summary.images == 4
     assert ws.sql("SELECT count(*) FROM report_masks").column(0)[0].as_py() == 4
     meta = page_blob(summary.path)["meta"]
-    assert (meta["segmenter"], meta["metric"], meta["size"]) == ("saliency", "msssim-masked", 176)
+    assert (meta["segmenter"], meta["metric"], meta["size"]) == ("saliency", DEFAULT_PRESET["metric"], 176)
     rows = rows_of(page_blob(summary.path))
     assert {r["label"] for r in rows} <= {"VM", "BM", "FM", "NM"} and len(rows) == 2
     assert all(len(r["topk"]) == 1 for r in rows)

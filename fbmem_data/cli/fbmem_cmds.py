@@ -94,7 +94,7 @@ def score(
         str | None,
         typer.Option("--pairing", help="pairing_id of the candidates to score (default: the latest); 'exhaustive' creates exhaustive candidates when there are none."),
     ] = None,
-    metric: Annotated[str | None, typer.Option("--metric", help="msssim (paper), ssim, msssim-masked (default).")] = None,
+    metric: Annotated[str | None, typer.Option("--metric", help="msssim (paper), ssim, msssim-masked, msssim-regions (default).")] = None,
     size: Annotated[int | None, typer.Option("--size", min=16, help="Side the parts are compared at (reference 512).")] = None,
     preset: Annotated[
         str | None,
@@ -171,7 +171,62 @@ def labels(
     return table
 
 
+def eval_cmd(
+    workspace: Annotated[
+        Path | None,
+        typer.Option("--workspace", "-w", help="Workspace to store eval_results in (default $FBMEM_WORKSPACE; none: print only)."),
+    ] = None,
+    preset: Annotated[str | None, typer.Option("--preset", help="default or paper; --metric/--size/-M override it.")] = None,
+    metric: Annotated[str | None, typer.Option("--metric", help="msssim (paper), ssim, msssim-masked, msssim-regions ...")] = None,
+    size: Annotated[int | None, typer.Option("--size", min=16, help="Comparison side for every bed (default: the preset's; the lab bed: 256).")] = None,
+    segmenter: Annotated[str | None, typer.Option("--segmenter", help="Segmenter of the planted and real-photos beds (default saliency; the lab bed uses lab).")] = None,
+    weights: WeightsOption = None,
+    option: OptionOption = None,
+    metric_option: Annotated[
+        list[str] | None,
+        typer.Option("--metric-option", "-M", help="KEY=VALUE metric setting (repeatable).", metavar="KEY=VALUE"),
+    ] = None,
+    bed: Annotated[list[str] | None, typer.Option("--bed", help="lab, planted, real-photos (repeatable; default all).")] = None,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="Seed the beds are built from.")] = 0,
+    tau: Annotated[float, typer.Option("--tau", help="Label threshold (reference 0.8).")] = 0.8,
+    k: Annotated[int, typer.Option("--k", min=1, help="Thumbnail candidates per generated image (lab: k+2).")] = 3,
+    small: Annotated[bool, typer.Option("--small", help="A few cases per label (a smoke test, not a measurement).")] = False,
+    device: DeviceOption = "auto",
+) -> None:
+    """Score a preset or configuration on the built-in test beds with known truth and print accuracy tables."""
+    import os
+
+    from fbmem_data.evaluate import BEDS, evaluate, format_table
+    from fbmem_data.segment.base import resolve_device
+
+    ws = open_workspace(workspace) if workspace is not None or os.environ.get("FBMEM_WORKSPACE") else None
+    cache = None if ws is not None else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fbmem" / "eval"
+    seg_name = segmenter or "saliency"
+    result = evaluate(
+        ws,
+        preset=preset,
+        metric=metric,
+        size=size,
+        segmenter=segmenter,
+        metric_options=_key_values(metric_option, "--metric-option", "data_range=1.0") if metric_option else None,
+        segmenter_options=_segmenter_options(seg_name, weights, option),
+        beds=tuple(bed) if bed else BEDS,
+        seed=seed,
+        small=small,
+        tau=tau,
+        k=k,
+        device=resolve_device(device),
+        cache_dir=cache,
+        log=lambda m: typer.echo(m, err=True),
+        skip_unavailable=not bed,  # all beds by default: one whose data is missing is reported, not fatal
+    )
+    typer.echo(format_table(result))
+    where = f"stored in eval_results of {ws.root}" if ws is not None else "not stored (pass -w DIR to keep them in eval_results)"
+    typer.echo(f"\nresults {where}; seconds per bed: {result.seconds}")
+
+
 def register(app: typer.Typer) -> None:
     app.command("segment")(segment)
     app.command("score")(score)
     app.command("labels")(labels)
+    app.command("eval")(eval_cmd)

@@ -39,8 +39,14 @@ PAPER_PRESET: dict[str, Any] = {
 #: The paper's metric on fbmem's cleaner parts (one alpha rule for every part, score-level degenerate rule,
 #: current torchmetrics, BiRefNet's own processing): a documented deviation, kept reachable.
 PAPER_CLEAN_PRESET: dict[str, Any] = {"metric": "msssim", "metric_options": {}, "size": 512, "segmenter": "birefnet", "composition": "fbmem"}
-#: fbmem's default: the configuration that measured best on planted truth (docs/fbmem.md).
-DEFAULT_PRESET: dict[str, Any] = {"metric": "msssim-masked", "metric_options": {}, "size": 512, "segmenter": "saliency", "composition": "fbmem"}
+#: fbmem's default: the configuration `fbmem eval` measured best over its test beds (docs/fbmem.md, section 6).
+DEFAULT_PRESET: dict[str, Any] = {
+    "metric": "msssim-regions",
+    "metric_options": {"align": 0.02, "zoom": 0.06, "smooth": 0.022},
+    "size": 256,
+    "segmenter": "saliency",
+    "composition": "fbmem",
+}
 PRESETS = {"paper": PAPER_PRESET, "paper-clean": PAPER_CLEAN_PRESET, "default": DEFAULT_PRESET}
 SCORING_VERSION = 1
 
@@ -106,11 +112,15 @@ def resolve_config(
     if name not in PRESETS:
         raise InputError(f"unknown preset {name!r}", hint=f"one of {sorted(PRESETS)}")
     base = PRESETS[name]
+    chosen_metric = metric or base["metric"]
+    if metric_options is None:
+        # the preset's options belong to the preset's metric: another metric starts from its own defaults
+        metric_options = base["metric_options"] if chosen_metric == base["metric"] else {}
     chosen = {
-        "metric": metric or base["metric"],
+        "metric": chosen_metric,
         "size": int(size or base["size"]),
         "segmenter": segmenter or base["segmenter"],
-        "metric_options": dict(metric_options if metric_options is not None else base["metric_options"]),
+        "metric_options": dict(metric_options),
         "composition": "whole-image" if whole_image else base["composition"],
     }
     if chosen["composition"] != "fbmem" and chosen["metric"] not in ("msssim", "ssim"):
@@ -425,7 +435,8 @@ def score_pairs(
         pairing_id: which candidates; default the most recently written pairing.
         preset: "paper" (the released code's computation: msssim as torchmetrics 1.3.2, 512, birefnet
             with rembg's processing, reference parts), "paper-clean" (the paper's metric on fbmem's
-            parts) or "default" (msssim-masked, 512, saliency). metric/size/segmenter override the
+            parts) or "default" (msssim-regions with registration, 256,
+            saliency). metric/size/segmenter override the
             preset's choice.
         metric_options: SSIMConfig fields for the metric (e.g. {"data_range": 1.0}).
         segmenter_options: options of the segmenter plug-in (e.g. {"model_path": ...}).

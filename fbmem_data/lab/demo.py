@@ -41,7 +41,7 @@ class DemoConfig:
     size: int = 256  # parts compared at this side (the paper: 512; 64x64 lab images upsample either way)
     segmenter: str = "lab"
     batch_size: int = 8
-    extra_presets: tuple[str, ...] = ()  # also score under these presets (e.g. "default")
+    extra_presets: tuple[str, ...] = ("paper", "default")  # also scored and printed beside the main scoring
     mitigations: tuple[str, ...] = ("nemo", "nemo-c", "wen", "rta")  # compared on the planted prompts
     mitigation_seeds: int | None = 2  # seeds per planted prompt under each mitigation (None = seeds)
     nemo_c_k: int | str = 4  # NeMo-C clusters of the planted captions ("auto": best silhouette)
@@ -58,7 +58,7 @@ class DemoConfig:
 
     @classmethod
     def full(cls) -> DemoConfig:
-        return cls(seeds=8, steps=50, unique_prompts=None, control_prompts=None, size=512, extra_presets=("default",),
+        return cls(seeds=8, steps=50, unique_prompts=None, control_prompts=None, size=512, extra_presets=("paper", "default"),
                    mitigation_seeds=None)
 
 
@@ -75,6 +75,7 @@ class DemoResult:
     comparison: Any = None  # pyarrow Table: mitigation_comparison (None when no mitigation ran)
     notes: list[str] = field(default_factory=list)  # mitigations left out, and why
     scoring: str = ""  # the main scoring's id, metric, size, segmenter and preset (describe_scoring)
+    extra_confusions: dict[str, Any] = field(default_factory=dict)  # preset -> lab_confusion, same pairs
 
 
 def _choose_prompts(ws: Workspace, cfg: DemoConfig) -> list[str]:
@@ -153,8 +154,8 @@ def run_demo(
     scored = score_pairs(ws, pairing_id, preset=cfg.preset, metric=cfg.metric, size=cfg.size, segmenter=cfg.segmenter,
                          segmenter_options=segmenter_options, device=device, batch_size=cfg.batch_size,
                          progress=progress)
-    scoring_ids = {"paper-metric": scored["scoring_id"]}
-    for preset in cfg.extra_presets:
+    scoring_ids = {"main": scored["scoring_id"]}
+    for preset in (p for p in cfg.extra_presets if p != cfg.preset):
         extra = score_pairs(ws, pairing_id, preset=preset, segmenter=cfg.segmenter, size=cfg.size,
                             segmenter_options=segmenter_options, device=device, batch_size=cfg.batch_size)
         scoring_ids[preset] = extra["scoring_id"]
@@ -179,6 +180,9 @@ def run_demo(
             pairing_id = pair(ws, method="ann", embedder=cfg.embedder, k=cfg.k, device=device)
             score_pairs(ws, pairing_id, preset=cfg.preset, metric=cfg.metric, size=cfg.size, segmenter=cfg.segmenter,
                         segmenter_options=segmenter_options, device=device, batch_size=cfg.batch_size)
+            for preset in (p for p in cfg.extra_presets if p != cfg.preset):  # every scoring covers the same pairs (a re-run then adds nothing)
+                score_pairs(ws, pairing_id, preset=preset, segmenter=cfg.segmenter, size=cfg.size,
+                            segmenter_options=segmenter_options, device=device, batch_size=cfg.batch_size)
         done()
         utility_id = None
         if cfg.utility:
@@ -191,6 +195,8 @@ def run_demo(
             comparison = comparison_table(ws, scored["scoring_id"], utility_id)
     params = {"scoring_id": scored["scoring_id"]}
     confusion = ws.sql("SELECT * FROM lab_confusion WHERE mitigation = 'none'", params)
+    extra_confusions = {name: ws.sql("SELECT * FROM lab_confusion WHERE mitigation = 'none'", {"scoring_id": sid})
+                        for name, sid in scoring_ids.items() if name != "main"}
     one_to_many = ws.sql(
         "SELECT n_distinct_best, prompts, generations, vm, bm, fm, nm FROM one_to_many_histogram "
         "WHERE mitigation = 'none' ORDER BY n_distinct_best", params,
@@ -205,23 +211,32 @@ def run_demo(
     from fbmem_data.fbmem.labelling import describe_scoring
 
     return DemoResult(ws.root, asdict(cfg), confusion, one_to_many, scoring_ids, counts, seconds, report,
-                      comparison, notes, describe_scoring(ws, scored["scoring_id"]))
+                      comparison, notes, describe_scoring(ws, scored["scoring_id"]), extra_confusions)
 
 
 def format_result(result: DemoResult) -> str:
     """The demo's printed report: confusion by planted group, one-to-many, where things are."""
-    lines = ["", "FB-Mem labels of the lab's generations by planted group (tau 0.8):"]
+    # the paper metric and every extra preset side by side: same generations, same candidate pairs
+    tables = {f"{result.config.get('preset', 'main')} (main)": result.confusion, **result.extra_confusions}
+    lines = ["", "FB-Mem labels of the lab's generations by planted group (tau 0.8), per scoring:"]
     if result.scoring:
-        lines.append(f"labels from {result.scoring}")
+        lines.append(f"main scoring: {result.scoring}")
     lines.append("")
-    header = f"{'planted':<10}{'n':>5}{'VM':>6}{'FM':>6}{'BM':>6}{'NM':>6}   hit    target"
-    lines.append(header)
+    lines.append(f"{'':<10}{'':>5}" + "".join(f"   {name[:28]:<28}" for name in tables) + "   target")
+    lines.append(f"{'planted':<10}{'n':>5}" + f"   {'VM':>4}{'FM':>4}{'BM':>4}{'NM':>4}   hit      " * len(tables))
+    by_group = {name: {r["planted_group"]: r for r in t.to_pylist()} for name, t in tables.items()}
     for row in result.confusion.to_pylist():
+        group = row["planted_group"]
         target = f"{float(row['target']):.2f}" if row["target"] is not None else "  -"
-        lines.append(
-            f"{row['planted_group']:<10}{row['n']:>5}{row['vm']:>6}{row['fm']:>6}{row['bm']:>6}{row['nm']:>6}"
-            f"   {row['hit_share']:.2f}   {target}"
-        )
+        cells = ""
+        for name in tables:
+            r = by_group[name].get(group)
+            cells += (f"   {r['vm']:>4}{r['fm']:>4}{r['bm']:>4}{r['nm']:>4}   {r['hit_share']:.2f}     " if r
+                      else f"   {'(not scored)':<28}")
+        lines.append(f"{group:<10}{row['n']:>5}{cells}   {target}")
+    if result.extra_confusions:
+        ids = ", ".join(f"{name}: {sid}" for name, sid in result.scoring_ids.items())
+        lines += ["", f"scoring ids ({ids}); the mitigation comparison below uses the main scoring."]
     lines += ["", "hit = VM for VM; FM or VM for FM; BM or VM for BM; NM for unique and control.", "",
               "One prompt to many training images (distinct best matches per prompt):", ""]
     lines.append(f"{'distinct':>8}{'prompts':>9}{'gens':>6}{'VM':>5}{'BM':>5}{'FM':>5}{'NM':>5}")

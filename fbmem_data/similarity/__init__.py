@@ -5,6 +5,8 @@
 - `ssim`: single-scale SSIM, same engine.
 - `msssim-masked`: the stricter variant: MS-SSIM with statistics restricted to a region by normalized
   convolution (the mask union for foregrounds, the shared background for backgrounds).
+- `msssim-regions`: the default: masked MS-SSIM of the images themselves (not the cut-outs) inside the
+  mask union and the shared background, so masks that disagree a little do not matter (regions.py).
 
 See base.py for the `RegionMetric` protocol and docs/fbmem.md for the measurements behind the default.
 """
@@ -17,4 +19,4 @@ __all__ = ["RegionMetric", "register_builtin_metrics"]
 
 
 def register_builtin_metrics() -> None:
-    from fbmem_data.similarity import msssim  # noqa: F401
+    from fbmem_data.similarity import msssim, regions  # noqa: F401
