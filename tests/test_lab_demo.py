@@ -68,9 +68,12 @@ def test_demo_path_with_random_weights(workspace, tmp_path: Path) -> None:
     assert all(r["vm"] + r["fm"] + r["bm"] + r["nm"] == r["n"] for r in rows)
     text = format_result(result)
     assert "planted" in text and str(workspace.root) in text
-    # the default preset is scored on the same generations and pairs and printed beside the paper metric
-    assert sum(r["n"] for r in result.extra_confusions["default"].to_pylist()) == 4
-    assert "paper metric" in text and "default" in text and result.scoring_ids["default"] in text
+    # the exact paper preset and the default are scored on the same generations and pairs and printed beside
+    # the main scoring (paper-clean)
+    for preset in ("paper", "default"):
+        assert sum(r["n"] for r in result.extra_confusions[preset].to_pylist()) == 4
+        assert result.scoring_ids[preset] in text
+    assert "paper-clean (main)" in text and "main scoring: scoring" in text
     # re-running on the same workspace adds nothing
     again = run_demo(workspace, cfg, model=model, segmenter_options={"weights": str(seg_path)},
                      nemo_neurons=neurons, log=None)
