@@ -202,6 +202,17 @@ class CatalogWarning(UserWarning):
     """The DuckDB catalog file names another workspace's files and could not be rewritten."""
 
 
+def _is_interrupt(exc: BaseException) -> bool:
+    """Ctrl-C or SIGTERM, also when DuckDB caught it inside a query and raised its own error."""
+    if isinstance(exc, KeyboardInterrupt):
+        return True
+    import duckdb
+
+    return isinstance(exc, getattr(duckdb, "InterruptException", ())) or (
+        isinstance(exc, RuntimeError) and str(exc).strip() == "Query interrupted"
+    )
+
+
 class Workspace:
     """A directory of Parquet tables that DuckDB and Polars read directly."""
 
@@ -689,7 +700,13 @@ class Workspace:
             try:
                 yield recorder
             except BaseException as exc:
-                recorder.finish("interrupted" if isinstance(exc, KeyboardInterrupt) else "failed", error=str(exc))
+                if _is_interrupt(exc):
+                    recorder.finish("interrupted", error=str(exc))
+                    if not isinstance(exc, KeyboardInterrupt):
+                        # DuckDB turns a Ctrl-C/SIGTERM that lands inside a query into its own error
+                        raise KeyboardInterrupt(str(exc)) from exc
+                    raise
+                recorder.finish("failed", error=str(exc))
                 raise
             else:
                 recorder.finish("ok")

@@ -102,3 +102,21 @@ def test_killed_ingest_leaves_no_workers_no_running_run_no_temp_files(
     assert sorted(ws.sql("SELECT status FROM runs").column("status").to_pylist()) == ["interrupted", "ok"]
     assert not list(ws.root.glob("images/*/.tmp-*")) and not list(ws.root.glob("tables/*/.tmp-*"))
     assert ws.count("images") == N
+
+
+def test_sigterm_inside_a_duckdb_query_records_the_run_interrupted(tmp_path: Path) -> None:
+    """DuckDB catches a signal that lands inside a query and raises its own 'Query interrupted'
+    error; the run must still read `interrupted` (not `failed`) and surface as an interrupt."""
+    import threading
+
+    ws = Workspace.init(tmp_path / "ws")
+    con = ws.connection()
+    timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGTERM))
+    with pytest.raises(KeyboardInterrupt):
+        with ws.run("test", {}):
+            timer.start()
+            try:
+                con.sql("SELECT count(*) FROM range(100000000000) a").fetchall()
+            finally:
+                timer.cancel()
+    assert ws.sql("SELECT status FROM runs").column("status").to_pylist() == ["interrupted"]
