@@ -30,7 +30,7 @@ class Engine(str, Enum):
     ray = "ray"
 
 
-# The engine options every extractor command takes (issue 8; docs/scale.md).
+# The engine options every extractor command takes (docs/scale.md).
 EngineOption = Annotated[
     Engine, typer.Option("--engine", help="Where the model work runs: local (this process) or ray (Ray Data; pip install 'fbmem[ray]').")
 ]

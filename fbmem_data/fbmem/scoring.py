@@ -388,7 +388,7 @@ def resolve_pairing(ws: Workspace, pairing_id: str | None, create_exhaustive: bo
 
 
 def _create_exhaustive(ws: Workspace) -> str:
-    """Ask the pairing module (issue 3's pairing helper) for exhaustive candidates, if it is installed."""
+    """Ask the pairing module (fbmem_data.pairing) for exhaustive candidates, if it is installed."""
     try:
         pairing = importlib.import_module("fbmem_data.pairing")
     except ImportError:
