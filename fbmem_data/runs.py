@@ -204,7 +204,16 @@ def show_run(ws: Workspace, run_id: str):
         )
     row = rows[0]
     out: list[tuple[str, str]] = []
-    for key in ("run_id", "command", "status", "started_at", "ended_at", "error", "fbmem_version", "config_hash"):
+    for key in (
+        "run_id",
+        "command",
+        "status",
+        "started_at",
+        "ended_at",
+        "error",
+        "fbmem_version",
+        "config_hash",
+    ):
         if row.get(key) is not None:
             out.append((key, str(row[key])))
     for column in ("config", "model_versions", "package_versions"):

@@ -27,7 +27,9 @@ def test_runs_list_and_show(workspace: Workspace) -> None:
     assert listed.returncode == 0, listed.stderr
     rows = json.loads(listed.stdout)
     assert [r["run_id"] for r in rows] == [second.run_id, first.run_id]  # newest first
-    assert rows[1]["config"] == {"model": "lab", "seeds": [0, 1], "steps": 50} and rows[0]["status"] == "failed"
+    assert (
+        rows[1]["config"] == {"model": "lab", "seeds": [0, 1], "steps": 50} and rows[0]["status"] == "failed"
+    )
     only = json.loads(_fbmem("runs", "list", "--command", "generate", "-w", ws, "-f", "json").stdout)
     assert [r["run_id"] for r in only] == [first.run_id]
 
