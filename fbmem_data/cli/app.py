@@ -28,6 +28,7 @@ _COMMAND_MODULES = (
     "fbmem_data.cli.doctor_cmds",
     "fbmem_data.cli.check_cmds",
     "fbmem_data.cli.runs_cmds",
+    "fbmem_data.cli.export_cmds",
 )
 
 
