@@ -24,7 +24,7 @@ def report(
         str,
         typer.Option("--images", help="auto (embed up to 2,000 generations), embed (one self-contained file) or folder."),
     ] = "auto",
-    thumb_size: Annotated[int, typer.Option("--thumb-size", min=32, max=512, help="Thumbnail side in pixels.")] = 128,
+    thumb_size: Annotated[int, typer.Option("--thumb-size", min=32, max=512, help="Thumbnail side in pixels.")] = 256,
     limit: Annotated[
         int | None, typer.Option("--limit", min=1, help="Only the N worst generations as cards and table rows.")
     ] = None,
