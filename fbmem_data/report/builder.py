@@ -22,7 +22,7 @@ ImagesMode = Literal["auto", "embed", "folder"]
 THUMB_SIZE = 256
 #: With images="auto", thumbnails are embedded in the HTML up to this many generations, and written to
 #: the folder beside it above (a 10,000-generation page with embedded thumbnails weighs tens of MB).
-EMBED_MAX_GENERATIONS = 2000
+EMBED_MAX_GENERATIONS = 800
 PLOT_DPI = 200  # the PNG files for papers
 EMBED_DPI = 80  # the copies inside the page
 
@@ -185,7 +185,7 @@ def build_report(
         out_path: the HTML file to write (its folder is created).
         tau: the label threshold.
         **options: scoring_id (default the latest scoring), k (top-k matches shown, default 5),
-            images ("auto": embedded up to 2,000 generations, else thumbnails in the folder beside;
+            images ("auto": embedded up to 800 generations, else thumbnails in the folder beside;
             "embed"; "folder"), thumb_size (px, default 256), limit (only the N worst generations as
             cards and rows), title, workers (thumbnail threads), progress (a callable given status lines).
 
