@@ -119,6 +119,7 @@ def score(
     ray_address: RayAddressOption = None,
     num_gpus: NumGpusOption = 0.0,
     concurrency: ConcurrencyOption = 1,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Write nothing: print the pending pairs and images and an estimated CPU time.")] = False,
 ) -> None:
     """Score candidate pairs into region_scores: fg, bg and pair score per pair (resumes)."""
     from fbmem_data.fbmem import score_pairs
@@ -138,7 +139,7 @@ def score(
         device=device,
         batch_size=batch_size,
     )
-    if engine is Engine.ray:
+    if engine is Engine.ray and not dry_run:
         from fbmem_data.distribute.extractors import score_distributed
 
         if whole_image:
@@ -146,7 +147,7 @@ def score(
         options = engine_options(ray_address, num_gpus, concurrency)
         summary = score_distributed(ws, None if create else pairing, engine=engine.value, engine_options=options, **common)
     else:
-        summary = score_pairs(ws, None if create else pairing, progress=True, whole_image=whole_image, **common)
+        summary = score_pairs(ws, None if create else pairing, progress=not dry_run, whole_image=whole_image, dry_run=dry_run, **common)
     _print_summary(summary)
 
 
