@@ -52,6 +52,9 @@ def test_score_dry_run_writes_nothing_and_counts_what_is_pending(
     assert plan["estimated_cpu_s"] == pytest.approx(expected, abs=0.05) and "ok" not in plan
     assert _written(workspace) == (0, 0, 0)
 
+    seg = _fbmem("segment", "--dry-run", "-w", ws)
+    assert seg.returncode == 0 and "pending=2" in seg.stdout and "dry_run=True" in seg.stdout, seg.stderr
+    assert _written(workspace) == (0, 0, 0)
     out = _fbmem("score", "--dry-run", "--size", "256", "-w", ws)
     assert out.returncode == 0 and "pending=2" in out.stdout and "estimated_cpu_s=" in out.stdout, out.stderr
     assert _written(workspace) == (0, 0, 0)

@@ -71,6 +71,7 @@ def segment(
     ray_address: RayAddressOption = None,
     num_gpus: NumGpusOption = 0.0,
     concurrency: ConcurrencyOption = 1,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Write nothing: print how many images would be segmented.")] = False,
 ) -> None:
     """Segment every ok image that has no mask yet for this segmenter and settings (resumes)."""
     from fbmem_data.fbmem import segment_images
@@ -78,7 +79,7 @@ def segment(
     ws = open_workspace(workspace)
     name = segmenter or "saliency"
     options = _segmenter_options(name, weights, option)
-    if engine is Engine.ray:
+    if engine is Engine.ray and not dry_run:
         from fbmem_data.distribute.extractors import segment_distributed
 
         summary = segment_distributed(
@@ -86,7 +87,9 @@ def segment(
             roles=role, device=device, batch_size=batch_size, options=options,
         )
     else:
-        summary = segment_images(ws, name, roles=role, device=device, batch_size=batch_size, options=options, progress=True)
+        summary = segment_images(
+            ws, name, roles=role, device=device, batch_size=batch_size, options=options, progress=not dry_run, dry_run=dry_run
+        )
     _print_summary(summary)
 
 
