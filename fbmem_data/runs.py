@@ -162,3 +162,64 @@ def _remove_dead_temp_files(root: Path, min_age_s: float) -> None:
             with contextlib.suppress(OSError):
                 if now - path.stat().st_mtime >= min_age_s:
                     path.unlink()
+
+
+def list_runs(ws: Workspace, command: str | None = None, status: str | None = None, last: int | None = None):
+    """What ran, newest first: command, status, when, how long, and the settings that differ from a default."""
+    where, params = ["TRUE"], {}
+    if command:
+        where.append("command = $command")
+        params["command"] = command
+    if status:
+        where.append("status = $status")
+        params["status"] = status
+    limit = f"LIMIT {int(last)}" if last else ""
+    return ws.sql(
+        "SELECT run_id, command, status, started_at, "
+        "round(epoch(ended_at) - epoch(started_at), 1) AS seconds, config "
+        f"FROM runs WHERE {' AND '.join(where)} ORDER BY started_at DESC, run_id DESC {limit}",
+        params,
+    )
+
+
+def show_run(ws: Workspace, run_id: str):
+    """One run as (key, value) rows: its identity, status, every config setting and the versions it ran with.
+
+    A unique prefix of the run id is enough."""
+    import json
+
+    import pyarrow as pa
+
+    from fbmem_data.errors import InputError
+
+    rows = ws.sql(
+        "SELECT * FROM runs WHERE starts_with(run_id, $id) ORDER BY run_id", {"id": run_id}
+    ).to_pylist()
+    if len(rows) != 1:
+        recent = list_runs(ws, last=5).column("run_id").to_pylist()
+        what = "no run" if not rows else f"{len(rows)} runs"
+        raise InputError(
+            f"{what} with id {run_id!r}",
+            hint=f"fbmem runs list shows them; most recent: {', '.join(recent) or 'none'}",
+        )
+    row = rows[0]
+    out: list[tuple[str, str]] = []
+    for key in (
+        "run_id",
+        "command",
+        "status",
+        "started_at",
+        "ended_at",
+        "error",
+        "fbmem_version",
+        "config_hash",
+    ):
+        if row.get(key) is not None:
+            out.append((key, str(row[key])))
+    for column in ("config", "model_versions", "package_versions"):
+        value = row.get(column)
+        data = json.loads(value) if isinstance(value, str) else (value or {})
+        for name, setting in sorted(data.items()):
+            text = setting if isinstance(setting, str) else json.dumps(setting, sort_keys=True)
+            out.append((f"{column}.{name}", text))
+    return pa.table({"key": [k for k, _ in out], "value": [v for _, v in out]})

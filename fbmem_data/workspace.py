@@ -469,6 +469,11 @@ class Workspace:
             stmts.append(
                 (f"table {name}", f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM read_parquet({glob}, union_by_name=true)")
             )
+        # The workspace's absolute root, for views that give image paths a tool outside fbmem can open
+        # (images.store_path is relative); rewritten with the catalog when the workspace moves.
+        stmts.append(
+            ("workspace root", f"CREATE OR REPLACE MACRO fbmem_workspace_root() AS {_sql_quote(str(self.root))}")
+        )
         for path in sorted(sql_dir().glob("*.sql")):
             stmts.append((f"sql/{path.name}", path.read_text(encoding="utf-8")))
         return stmts

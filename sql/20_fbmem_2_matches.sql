@@ -5,7 +5,7 @@ SELECT s.*,
                           ORDER BY s.pair_score DESC, s.train_image_id) AS match_rank
   FROM fbmem_scores s;
 
--- best_match: the single best training image of every generated image (method.md §1.4): the row that
+-- best_match: the single best training image of every generated image (the paper's method): the row that
 -- is match_rank 1 above (pair_score descending, NaN first and NULL last as DuckDB sorts them, ties by
 -- train_image_id), found with one hash aggregate (arg_min over that order as a struct key) instead of
 -- the window's sort of every pair: about 6x faster over 10 M rows (benchmarks/bench_sql.py).

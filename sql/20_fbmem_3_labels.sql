@@ -1,4 +1,4 @@
--- fbmem_labels: the FB-Mem label of every generated image from its best match (method.md §1.5).
+-- fbmem_labels: the FB-Mem label of every generated image from its best match (the paper's method).
 -- tau from the variable tau (default 0.8). Rule order: VM (bg and fg >= tau), BM (bg >= tau),
 -- FM (fg >= tau), NM. Generation settings joined when the image has a generations row (one row per
 -- generation that produced these bytes); prompt_set from prompts.

@@ -1,6 +1,6 @@
 -- one_to_many: per prompt (and model, mitigation), how many generations, how many distinct training
 -- images they best-match (n_distinct_best, 1..20 in the reference setting) and their labels
--- (method.md §1.6; the reference uses the unmodified model: filter mitigation = 'none').
+-- (the paper's method; the reference uses the unmodified model: filter mitigation = 'none').
 CREATE OR REPLACE VIEW one_to_many AS
 SELECT prompt_id,
        any_value(prompt_set) AS prompt_set,

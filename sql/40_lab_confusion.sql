@@ -1,6 +1,6 @@
 -- lab_confusion: FB-Mem labels of the lab's generations against the planted truth (docs/lab.md).
 -- One row per scoring configuration, model, mitigation and planted group: label counts and shares,
--- and `hit_share`, the share the issue's targets are stated on (VM -> VM; FM -> FM or VM;
+-- and `hit_share`, the share the planted targets are stated on (VM -> VM; FM -> FM or VM;
 -- BM -> BM or VM; unique and control -> NM; template -> anything memorized: VM, BM or FM).
 CREATE OR REPLACE VIEW lab_confusion AS
 SELECT l.scoring_id,

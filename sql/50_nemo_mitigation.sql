@@ -1,10 +1,10 @@
 -- Mitigation evaluation: label transitions (before -> after, same prompt and seed), the paper's
--- mitigation score (method.md §1.7) and FB-Mem rates per method.
+-- mitigation score (the paper's method) and FB-Mem rates per method.
 --
 -- Labels come from the FB-Mem views' `fbmem_labels` (sql/20_fbmem_3_labels.sql: generated_image_id,
 -- label, ...; tau via the `tau` variable).
 
--- method.md §1.7: row = label before, column = label after.
+-- the paper's method: row = label before, column = label after.
 CREATE OR REPLACE VIEW mitigation_score_weights AS
 SELECT * FROM (VALUES
     ('VM', 'VM', 0.0), ('VM', 'BM', 1.5), ('VM', 'FM', 0.5), ('VM', 'NM', 2.0),

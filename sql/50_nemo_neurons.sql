@@ -18,7 +18,7 @@ CROSS JOIN stages st
 LEFT JOIN counts c USING (localization_id, prompt_id, stage)
 LEFT JOIN prompts p USING (prompt_id);
 
--- Neurons per prompt by memorization type (VM/TM) - the figures of method.md §2.
+-- Neurons per prompt by memorization type (VM/TM) - the NeMo paper's figures.
 CREATE OR REPLACE VIEW nemo_neuron_stats AS
 SELECT localization_id, stage, memorization_type,
        count(*) AS n_prompts,

@@ -43,7 +43,7 @@ HUB = ModelSpec(
     kind="hub",
     hub_id="owner/tiny-model",
     required=(("config.json",), ("model.safetensors", "pytorch_model.bin")),
-    how_to_get="huggingface-cli download owner/tiny-model",
+    how_to_get="hf download owner/tiny-model",
 )
 
 

@@ -202,7 +202,7 @@ def test_missing_models_raise_model_not_found(tmp_path: Path, monkeypatch) -> No
         load_pipeline("CompVis/stable-diffusion-v1-4", device="cpu")
     text = str(info.value)
     assert "not in the local Hugging Face cache" in text and str(tmp_path / "hf-cache") in text
-    assert "huggingface-cli download CompVis/stable-diffusion-v1-4" in text
+    assert "hf download CompVis/stable-diffusion-v1-4" in text
 
 
 def _fake_hub_cache(cache: Path, repo_id: str, saved: Path, commit: str) -> None:
@@ -227,7 +227,7 @@ def test_local_directory_and_cached_hub_id_load(tmp_path: Path, monkeypatch) -> 
     assert (hub.model_id, hub.revision) == ("fbmem-test/tiny-sd", commit)
     # A snapshot with a weight file missing names the download command.
     (tmp_path / "hf-cache" / "models--fbmem-test--tiny-sd" / "snapshots" / commit / "unet" / "config.json").unlink()
-    with pytest.raises(ModelNotFoundError, match="huggingface-cli download fbmem-test/tiny-sd"):
+    with pytest.raises(ModelNotFoundError, match="hf download fbmem-test/tiny-sd"):
         load_pipeline("fbmem-test/tiny-sd", device="cpu")
 
 
@@ -250,7 +250,7 @@ def test_cli_generate_from_a_directory(tmp_path: Path, monkeypatch, capsys) -> N
     assert ws.sql("SELECT DISTINCT model_id FROM generations").column("model_id").to_pylist() == ["tiny-dir"]
     monkeypatch.setattr(loading_module, "hf_cache_dir", lambda: tmp_path / "empty-cache")
     bad = run_cli([*args[:3], "--model", "CompVis/stable-diffusion-v1-4", "--prompts", "t"], capsys)
-    assert bad.returncode == 1 and "huggingface-cli download CompVis/stable-diffusion-v1-4" in bad.stderr
+    assert bad.returncode == 1 and "hf download CompVis/stable-diffusion-v1-4" in bad.stderr
 
 
 def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> subprocess.CompletedProcess[str]:

@@ -267,3 +267,21 @@ def test_report_over_real_segmenter_and_scorer(tmp_path: Path) -> None:
     rows = rows_of(page_blob(summary.path))
     assert {r["label"] for r in rows} <= {"VM", "BM", "FM", "NM"} and len(rows) == 2
     assert all(len(r["topk"]) == 1 for r in rows)
+
+
+def test_summary_html_is_escaped_by_the_template(tmp_path: Path) -> None:
+    # Names a user chose (prompt set, title) reach the server-rendered tables and header: Jinja2 autoescape.
+    ws = Workspace.init(tmp_path / "ws")
+    write_sample_workspace(ws, SampleSpec(n_prompts=4, seeds=1, mitigations=("none",), k=2))
+    evil_set = '<img src=x onerror="alert(1)">'
+    pid = ws.sql("SELECT prompt_id FROM prompts LIMIT 1").column(0)[0].as_py()
+    ws.write("prompts", [{"prompt_id": "evil0000evil0001", "prompt_set": evil_set, "text": "a prompt", "source_key": "y"}])
+    gen = ws.sql("SELECT * FROM generations WHERE prompt_id = $p LIMIT 1", {"p": pid}).to_pylist()[0]
+    gen.update(generation_id="evil-generation-2", prompt_id="evil0000evil0001", seed=98)
+    ws.write("generations", [gen])
+    out = build_report(ws, tmp_path / "r.html", title="<b>my</b> & report")
+    text = out.read_text()
+    assert evil_set not in text and "&lt;img src=x onerror=&#34;alert(1)&#34;&gt;" in text
+    assert "<title>&lt;b&gt;my&lt;/b&gt; &amp; report</title>" in text
+    table = re.search(r'<table class="rates" id="rates-table">(.*?)</table>', text, re.S)
+    assert table and table.group(1).count("<tr>") >= 3, "the rates table lost its rows"

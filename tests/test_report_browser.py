@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from collections import Counter
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 import pytest
 
 from fbmem_data.report import build_report_summary
 from fbmem_data.report.browser import HeadlessChromium, find_chromium
+from fbmem_data.report.builder import THUMB_SIZE
 from fbmem_data.report.synthetic import SampleSpec, write_sample_workspace
 from fbmem_data.workspace import Workspace
 
@@ -47,7 +50,9 @@ def test_report_renders_filters_and_shows_evidence(chromium: str, tmp_path: Path
     labels = Counter(ws.sql("SELECT label FROM fbmem_labels", {"tau": 0.8}).column("label").to_pylist())
     total = sum(labels.values())
     embedded = build_report_summary(ws, tmp_path / "report.html", k=SPEC.k)
-    folder = build_report_summary(ws, tmp_path / "folder.html", k=SPEC.k, images="folder", limit=24)  # one page
+    folder = build_report_summary(
+        ws, tmp_path / "folder.html", k=SPEC.k, images="folder", limit=24
+    )  # one page
 
     with HeadlessChromium(chromium, width=1280, height=1000) as browser:
         browser.open(embedded.path)
@@ -55,7 +60,9 @@ def test_report_renders_filters_and_shows_evidence(chromium: str, tmp_path: Path
         assert browser.errors == [], browser.errors
 
         # Summary plots: present and decoded.
-        plots = browser.evaluate("Array.from(document.querySelectorAll('img.plot')).map(i => [i.id, i.naturalWidth])")
+        plots = browser.evaluate(
+            "Array.from(document.querySelectorAll('img.plot')).map(i => [i.id, i.naturalWidth])"
+        )
         assert {p[0] for p in plots} == {"plot-rates", "plot-one_to_many", "plot-mitigation"}
         assert all(width > 100 for _, width in plots)
 
@@ -64,8 +71,33 @@ def test_report_renders_filters_and_shows_evidence(chromium: str, tmp_path: Path
         images = browser.evaluate(
             "Array.from(document.querySelectorAll('#cards .card .pair img')).map(i => i.complete && i.naturalWidth)"
         )
-        assert len(images) == 2 * min(24, total) and all(w == SampleSpec.size * 2 for w in images)
-        assert browser.evaluate("document.getElementById('match-count').textContent") == f"{total} of {total} generations"
+        assert len(images) == 2 * min(24, total) and all(w == THUMB_SIZE for w in images)
+
+        # Each thumbnail links to its full-size original, a file that exists.
+        links = browser.evaluate(
+            "Array.from(document.querySelectorAll('#cards .card .pair a.full')).map(a => a.href)"
+        )
+        assert len(links) == 2 * min(24, total)
+        assert all(Path(unquote(urlparse(u).path)).is_file() for u in links), links[:2]
+
+        # A difference map per card, drawn once both thumbnails decode; an exact copy is near white.
+        for _ in range(50):
+            states = browser.evaluate(
+                "Array.from(document.querySelectorAll('#cards .diff-figure')).map(f => f.dataset.diff)"
+            )
+            if states and all(s == "ok" for s in states):
+                break
+            time.sleep(0.1)
+        assert len(states) == min(24, total) and set(states) == {"ok"}, states
+        means = browser.evaluate(
+            "Array.from(document.querySelectorAll('#cards .card')).map(c => [c.querySelector('.badge').textContent, "
+            "parseFloat(c.querySelector('.diff-figure').dataset.meanDiff)])"
+        )
+        assert max(m for label, m in means if label == "NM") > min(m for label, m in means if label == "VM")
+        assert (
+            browser.evaluate("document.getElementById('match-count').textContent")
+            == f"{total} of {total} generations"
+        )
         pair_scores = browser.evaluate(
             "Array.from(document.querySelectorAll('#cards .card .head')).map(h => parseFloat(h.textContent.split('pair ')[1]))"
         )
@@ -85,17 +117,35 @@ def test_report_renders_filters_and_shows_evidence(chromium: str, tmp_path: Path
             "for (const l of ['VM', 'BM', 'FM']) { const c = document.getElementById('filter-label-' + l); "
             "c.checked = false; c.dispatchEvent(new Event('change')); }"
         )
-        assert browser.evaluate("document.getElementById('match-count').textContent") == f"{labels['NM']} of {total} generations"
+        assert (
+            browser.evaluate("document.getElementById('match-count').textContent")
+            == f"{labels['NM']} of {total} generations"
+        )
         assert set(_labels_in_view(browser, "#cards .card .head .badge")) == {"NM"}
         assert set(_labels_in_view(browser, "#gen-table tbody .badge")) == {"NM"}
-        assert browser.evaluate("document.querySelectorAll('#gen-table tbody tr').length") == min(100, labels["NM"])
+        assert browser.evaluate("document.querySelectorAll('#gen-table tbody tr').length") == min(
+            100, labels["NM"]
+        )
+        # The CSV download holds every filtered row (all pages), with full ids.
+        assert browser.evaluate("!!document.getElementById('download-csv')")
+        csv_lines = browser.evaluate("window.fbmemReport.csv()").strip().split("\r\n")
+        assert csv_lines[0].startswith("label,pair,fg,bg,prompt_set") and len(csv_lines) == labels["NM"] + 1
+        assert {line.split(",")[0] for line in csv_lines[1:]} == {"NM"}
+        assert all(len(line.split(",")[-1]) == 64 for line in csv_lines[1:])
 
         # A select filter combined with it, then back to all labels.
         browser.evaluate(
             "const s = document.getElementById('filter-mitigation'); s.value = 'nemo'; s.dispatchEvent(new Event('change'));"
         )
-        nm_nemo = ws.sql("SELECT count(*) FROM fbmem_labels WHERE label = 'NM' AND mitigation = 'nemo'").column(0)[0].as_py()
-        assert browser.evaluate("document.getElementById('match-count').textContent") == f"{nm_nemo} of {total} generations"
+        nm_nemo = (
+            ws.sql("SELECT count(*) FROM fbmem_labels WHERE label = 'NM' AND mitigation = 'nemo'")
+            .column(0)[0]
+            .as_py()
+        )
+        assert (
+            browser.evaluate("document.getElementById('match-count').textContent")
+            == f"{nm_nemo} of {total} generations"
+        )
         browser.evaluate(
             "for (const l of ['VM', 'BM', 'FM']) { const c = document.getElementById('filter-label-' + l); "
             "c.checked = true; c.dispatchEvent(new Event('change')); }"
@@ -135,7 +185,11 @@ def test_report_mitigation_utility_is_the_matched_comparison(chromium: str, tmp_
     ws = Workspace.init(tmp_path / "ws")
     write_sample_workspace(ws, spec)
     comparison = {r["method"]: r for r in ws.sql("SELECT * FROM mitigation_comparison").to_pylist()}
-    unmatched = ws.sql("SELECT avg(utility_all) AS u FROM mitigation_utility WHERE method = 'none'").column("u")[0].as_py()
+    unmatched = (
+        ws.sql("SELECT avg(utility_all) AS u FROM mitigation_utility WHERE method = 'none'")
+        .column("u")[0]
+        .as_py()
+    )
     assert abs(unmatched - comparison["none"]["utility"]) > 0.02  # the two rules give different numbers here
     built = build_report_summary(ws, tmp_path / "report.html", k=spec.k)
 
@@ -150,7 +204,9 @@ def test_report_mitigation_utility_is_the_matched_comparison(chromium: str, tmp_
         assert shown["none"][5] == f"{comparison['none']['utility']:.3f}"
         assert shown["nemo"][5] == f"{comparison['nemo']['utility']:.3f}"
         assert float(shown["none"][5]) > float(shown["nemo"][5])  # the mitigation costs utility, as planted
-        cells = browser.evaluate("Array.from(document.querySelectorAll('table.rates td')).map(c => c.textContent)")
+        cells = browser.evaluate(
+            "Array.from(document.querySelectorAll('table.rates td')).map(c => c.textContent)"
+        )
         assert not [c for c in cells if len(c.split(".")[-1]) > 4 and c.replace(".", "").isdigit()], cells
         rates = browser.evaluate(
             "Array.from(document.querySelectorAll('#rates-table tr')).slice(1)"

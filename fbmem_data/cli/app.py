@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib
+import os
 import sys
+from typing import Annotated
 
 import typer
 
@@ -25,7 +27,65 @@ _COMMAND_MODULES = (
     "fbmem_data.cli.fetch_cmds",
     "fbmem_data.cli.doctor_cmds",
     "fbmem_data.cli.check_cmds",
+    "fbmem_data.cli.runs_cmds",
+    "fbmem_data.cli.export_cmds",
 )
+
+
+# What diffusers, transformers and huggingface_hub print by default: "modules ... should be kept in
+# float32", weight-loading bars, advisory notes. Environment variables so that worker processes inherit them;
+# a user's own setting wins.
+QUIET_ENV = {
+    "DIFFUSERS_VERBOSITY": "error",
+    "TRANSFORMERS_VERBOSITY": "error",
+    "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+}
+_NOISY_MODULES = r"(diffusers|transformers|huggingface_hub|torch|torchvision|timm|open_clip|onnxruntime)(\.|$)"
+
+
+def quiet_dependencies(verbose: bool) -> None:
+    """Silence the dependencies' warnings and progress bars unless verbose (fbmem's own output stays)."""
+    if verbose:
+        return
+    import warnings
+
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    warnings.filterwarnings("ignore", module=_NOISY_MODULES)
+    # Already imported (in-process callers): their loggers read the environment only once.
+    if "diffusers" in sys.modules:
+        from diffusers.utils import logging as dlog
+
+        dlog.set_verbosity_error()
+        dlog.disable_progress_bar()
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as tlog
+
+        tlog.set_verbosity_error()
+        tlog.disable_progress_bar()
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from fbmem_data import __version__
+
+        typer.echo(f"fbmem {__version__}")
+        raise typer.Exit()
+
+
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print fbmem's version and exit.")
+    ] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose", "-v", help="Show the warnings and progress bars of diffusers, transformers and torch (fbmem -v CMD)."
+        ),
+    ] = False,
+) -> None:
+    quiet_dependencies(verbose)
 
 
 def build_app() -> typer.Typer:
@@ -33,9 +93,11 @@ def build_app() -> typer.Typer:
         name="fbmem",
         help="Measure and mitigate foreground/background memorization in text-to-image diffusion models.",
         no_args_is_help=True,
-        add_completion=False,
+        add_completion=True,
+        rich_markup_mode=None,
         pretty_exceptions_enable=False,
     )
+    app.callback()(_root)
     for module_name in _COMMAND_MODULES:
         importlib.import_module(module_name).register(app)
     return app

@@ -21,6 +21,26 @@ DeviceOption = Annotated[str, typer.Option("--device", help="torch device: auto,
 BatchSizeOption = Annotated[int, typer.Option("--batch-size", min=1, help="Rows per batch.")]
 
 
+def _apply_threads(value: int | None) -> int | None:
+    # Set while the options are parsed, so a command needs no code for it; torch only when asked.
+    if value is not None:
+        import torch
+
+        torch.set_num_threads(value)
+    return value
+
+
+ThreadsOption = Annotated[
+    int | None,
+    typer.Option(
+        "--threads",
+        min=1,
+        callback=_apply_threads,
+        help="torch CPU threads (default: torch's choice; 1 is fastest on a busy machine).",
+    ),
+]
+
+
 def open_workspace(path: Path | None) -> Workspace:
     return Workspace.open(path)
 
@@ -30,7 +50,7 @@ class Engine(str, Enum):
     ray = "ray"
 
 
-# The engine options every extractor command takes (issue 8; docs/scale.md).
+# The engine options every extractor command takes (docs/scale.md).
 EngineOption = Annotated[
     Engine, typer.Option("--engine", help="Where the model work runs: local (this process) or ray (Ray Data; pip install 'fbmem[ray]').")
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from enum import Enum
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -24,6 +25,11 @@ def _split_model_args(model: list[str] | None) -> tuple[list[str], dict[str, str
         if sep:
             paths[name] = path
     return names, paths
+
+
+class DoctorFormat(str, Enum):
+    table = "table"
+    json = "json"
 
 
 def _gib(value: Any) -> str:
@@ -87,7 +93,10 @@ def doctor(
             metavar="NAME[=PATH]",
         ),
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of text.")] = False,
+    fmt: Annotated[
+        DoctorFormat, typer.Option("--format", "-f", help="table (text for people) or json (one JSON object).")
+    ] = DoctorFormat.table,
+    as_json: Annotated[bool, typer.Option("--json", help="Same as --format json.")] = False,
     hash_files: Annotated[bool, typer.Option("--hash/--no-hash", help="Hash weight files against published sha256 (--no-hash: sizes only).")] = True,
     list_models: Annotated[bool, typer.Option("--list", help="List the models fbmem knows and exit.")] = False,
 ) -> None:
@@ -101,7 +110,7 @@ def doctor(
         return
     names, paths = _split_model_args(model)
     report = diagnose(names or None, paths, hash_files=hash_files)
-    if as_json:
+    if as_json or fmt is DoctorFormat.json:
         typer.echo(json.dumps(report.to_dict(), indent=2, default=str))
     else:
         typer.echo("\n".join([*_system_lines(report), *_model_lines(report)]))

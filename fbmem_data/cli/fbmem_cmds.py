@@ -16,6 +16,7 @@ from fbmem_data.cli.common import (
     EngineOption,
     NumGpusOption,
     RayAddressOption,
+    ThreadsOption,
     WorkspaceOption,
     engine_options,
     open_workspace,
@@ -64,11 +65,13 @@ def segment(
     weights: WeightsOption = None,
     option: OptionOption = None,
     device: DeviceOption = "auto",
+    threads: ThreadsOption = None,
     batch_size: BatchSizeOption = 8,
     engine: EngineOption = Engine.local,
     ray_address: RayAddressOption = None,
     num_gpus: NumGpusOption = 0.0,
     concurrency: ConcurrencyOption = 1,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Write nothing: print how many images would be segmented.")] = False,
 ) -> None:
     """Segment every ok image that has no mask yet for this segmenter and settings (resumes)."""
     from fbmem_data.fbmem import segment_images
@@ -76,7 +79,7 @@ def segment(
     ws = open_workspace(workspace)
     name = segmenter or "saliency"
     options = _segmenter_options(name, weights, option)
-    if engine is Engine.ray:
+    if engine is Engine.ray and not dry_run:
         from fbmem_data.distribute.extractors import segment_distributed
 
         summary = segment_distributed(
@@ -84,7 +87,9 @@ def segment(
             roles=role, device=device, batch_size=batch_size, options=options,
         )
     else:
-        summary = segment_images(ws, name, roles=role, device=device, batch_size=batch_size, options=options, progress=True)
+        summary = segment_images(
+            ws, name, roles=role, device=device, batch_size=batch_size, options=options, progress=not dry_run, dry_run=dry_run
+        )
     _print_summary(summary)
 
 
@@ -111,11 +116,13 @@ def score(
         typer.Option("--metric-option", "-M", help="KEY=VALUE metric setting, e.g. data_range=1.0, normalize=none (repeatable).", metavar="KEY=VALUE"),
     ] = None,
     device: DeviceOption = "auto",
+    threads: ThreadsOption = None,
     batch_size: BatchSizeOption = 8,
     engine: EngineOption = Engine.local,
     ray_address: RayAddressOption = None,
     num_gpus: NumGpusOption = 0.0,
     concurrency: ConcurrencyOption = 1,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Write nothing: print the pending pairs and images and an estimated CPU time.")] = False,
 ) -> None:
     """Score candidate pairs into region_scores: fg, bg and pair score per pair (resumes)."""
     from fbmem_data.fbmem import score_pairs
@@ -135,7 +142,7 @@ def score(
         device=device,
         batch_size=batch_size,
     )
-    if engine is Engine.ray:
+    if engine is Engine.ray and not dry_run:
         from fbmem_data.distribute.extractors import score_distributed
 
         if whole_image:
@@ -143,7 +150,7 @@ def score(
         options = engine_options(ray_address, num_gpus, concurrency)
         summary = score_distributed(ws, None if create else pairing, engine=engine.value, engine_options=options, **common)
     else:
-        summary = score_pairs(ws, None if create else pairing, progress=True, whole_image=whole_image, **common)
+        summary = score_pairs(ws, None if create else pairing, progress=not dry_run, whole_image=whole_image, dry_run=dry_run, **common)
     _print_summary(summary)
 
 

@@ -15,6 +15,7 @@ from fbmem_data.cli.common import (
     EngineOption,
     NumGpusOption,
     RayAddressOption,
+    ThreadsOption,
     WorkspaceOption,
     engine_options,
     open_workspace,
@@ -45,7 +46,7 @@ def _split_ids(values: list[str] | None) -> list[str] | None:
 
 @output_options
 def generate(
-    model: Annotated[str, typer.Option("--model", help="`lab`, a diffusers directory, or a hub id in the local cache.")],
+    model: Annotated[str, typer.Option("--model", "-m", help="`lab`, a diffusers directory, or a hub id in the local cache.")],
     workspace: WorkspaceOption = None,
     prompts: Annotated[str | None, typer.Option("--prompts", help="Prompt set (prompts.prompt_set).")] = None,
     prompt_ids: Annotated[
@@ -60,11 +61,12 @@ def generate(
     width: Annotated[int | None, typer.Option("--width", help="Image width (default: the model's).")] = None,
     batch_size: BatchSizeOption = 4,
     device: DeviceOption = "auto",
+    threads: ThreadsOption = None,
     dtype: Annotated[str, typer.Option("--dtype", help="auto (fp16 on CUDA, fp32 on CPU), fp16 or fp32.")] = "auto",
     scheduler: Annotated[str, typer.Option("--scheduler", help="ddim (reference) or keep the pipeline's.")] = "ddim",
     mitigation: Annotated[
         list[str] | None,
-        typer.Option("--mitigation", "-m", help="none, rta, wen, nemo, nemo-c ... (repeat for several)."),
+        typer.Option("--mitigation", help="none, rta, wen, nemo, nemo-c ... (repeat for several)."),
     ] = None,
     mitigation_param: Annotated[
         list[str] | None,

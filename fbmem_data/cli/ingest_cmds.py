@@ -28,7 +28,7 @@ class Role(str, Enum):
 def ingest_prompts_cmd(
     file: Annotated[Path, typer.Argument(help="NeMo/COCO ';'-CSV, Wen JSONL, plain CSV or Parquet prompt file.")],
     prompt_set: Annotated[str | None, typer.Option("--set", help="Prompt set name (default: the file name without extension).")] = None,
-    fmt: Annotated[PromptFormat, typer.Option("--format", help="File format; auto decides from the extension and header.")] = PromptFormat.auto,
+    fmt: Annotated[PromptFormat, typer.Option("--input-format", help="The prompt file's format; auto decides from the extension and header.")] = PromptFormat.auto,
     text_column: Annotated[str | None, typer.Option("--text-column", help="Caption column, if not caption/text/prompt.")] = None,
     id_column: Annotated[str | None, typer.Option("--id-column", help="Row id column, if not ''/Unnamed: 0/idx/id.")] = None,
     workspace: WorkspaceOption = None,

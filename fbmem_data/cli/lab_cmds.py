@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from fbmem_data.cli.common import WorkspaceOption
+from fbmem_data.cli.common import ThreadsOption, WorkspaceOption
 
 DEFAULT_DEMO_DIR = Path("fbmem-demo")
 
@@ -66,7 +66,6 @@ def lab_train_cmd(
         typer.echo(f"lab segmenter written to {out}: held-out IoU {meta['heldout_iou_mean']:.3f}")
 
 
-ThreadsOption = Annotated[int | None, typer.Option("--threads", min=1, help="torch CPU threads (default: torch's choice; 1 is fastest on a busy machine).")]
 
 
 def _set_threads(threads: int | None) -> None:

@@ -10,7 +10,7 @@ from typing import Annotated
 import pyarrow as pa
 import typer
 
-from fbmem_data.cli.common import WorkspaceOption, open_workspace
+from fbmem_data.cli.common import ThreadsOption, WorkspaceOption, open_workspace
 from fbmem_data.cli.nemo_cmds import SD_V14, nemo_c_app
 from fbmem_data.cli.output import output_options
 from fbmem_data.errors import InputError
@@ -125,6 +125,7 @@ def transfer(
         bool, typer.Option("--fit", help="Print the line against centroid distance per source cluster.")
     ] = False,
     device: Annotated[str, typer.Option("--device", help="torch device: auto, cpu, cuda ...")] = "auto",
+    threads: ThreadsOption = None,
 ) -> pa.Table:
     """A cluster's mask on other clusters' prompts: change per (source, target) cluster against centroid distance."""
     from fbmem_data.nemo.transfer import compute_centroids, mask_clustering, transfer_table

@@ -18,6 +18,7 @@ from fbmem_data.cli.common import (
     EngineOption,
     NumGpusOption,
     RayAddressOption,
+    ThreadsOption,
     WorkspaceOption,
     engine_options,
     open_workspace,
@@ -69,6 +70,7 @@ def activations(
     model_id: ModelIdOption = None,
     stats: Annotated[bool, typer.Option("--stats", help="Also store per-neuron mean/std over this set in neuron_stats.")] = False,
     device: DeviceOption = "auto",
+    threads: ThreadsOption = None,
     batch_size: BatchSizeOption = 32,
 ) -> pa.Table:
     """Store each prompt's NeMo activations (mean |to_v(E)| per neuron) in `activations`."""
@@ -127,6 +129,7 @@ def detect(
     latent_size: Annotated[int | None, typer.Option("--latent-size", help="Default: the UNet's sample_size.")] = None,
     preset: Annotated[str, typer.Option("--preset", help="'paper' (NeMo's MS-SSIM exactly) or 'paper-clean' (data range 1).")] = "paper",
     device: DeviceOption = "auto",
+    threads: ThreadsOption = None,
 ) -> pa.Table:
     """Score memorization per prompt into detection_scores (NeMo's noise-difference MS-SSIM or Wen's norm)."""
     from fbmem_data.nemo.detect import record_detection_scores
@@ -187,6 +190,7 @@ def localize(
     force: Annotated[bool, typer.Option("--force", help="Localize prompts whose detection score is below tau too.")] = False,
     limit: Annotated[int | None, typer.Option("--limit", min=1)] = None,
     device: DeviceOption = "auto",
+    threads: ThreadsOption = None,
     engine: EngineOption = Engine.local,
     ray_address: RayAddressOption = None,
     num_gpus: NumGpusOption = 0.0,
@@ -256,6 +260,7 @@ def cluster(
     random_state: Annotated[int, typer.Option("--random-state")] = 1,
     max_iter: Annotated[int, typer.Option("--max-iter")] = 500,
     device: DeviceOption = "auto",
+    threads: ThreadsOption = None,
 ) -> pa.Table:
     """Cluster a prompt set by its text embeddings (KMeans) into prompt_clusters."""
     from fbmem_data.nemo.clusters import cluster_prompts

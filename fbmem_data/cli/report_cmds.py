@@ -22,9 +22,9 @@ def report(
     k: Annotated[int, typer.Option("--k", min=1, help="Top-k training matches shown per generation.")] = 5,
     images: Annotated[
         str,
-        typer.Option("--images", help="auto (embed up to 2,000 generations), embed (one self-contained file) or folder."),
+        typer.Option("--images", help="auto (embed up to 800 generations), embed (one self-contained file) or folder."),
     ] = "auto",
-    thumb_size: Annotated[int, typer.Option("--thumb-size", min=32, max=512, help="Thumbnail side in pixels.")] = 128,
+    thumb_size: Annotated[int, typer.Option("--thumb-size", min=32, max=512, help="Thumbnail side in pixels.")] = 256,
     limit: Annotated[
         int | None, typer.Option("--limit", min=1, help="Only the N worst generations as cards and table rows.")
     ] = None,

@@ -12,7 +12,13 @@ from typing import Annotated, Any
 import pyarrow as pa
 import typer
 
-from fbmem_data.cli.common import BatchSizeOption, DeviceOption, WorkspaceOption, open_workspace
+from fbmem_data.cli.common import (
+    BatchSizeOption,
+    DeviceOption,
+    ThreadsOption,
+    WorkspaceOption,
+    open_workspace,
+)
 from fbmem_data.cli.output import output_options
 from fbmem_data.errors import InputError
 
@@ -66,6 +72,7 @@ def score(
     ] = None,
     model_id: Annotated[str | None, typer.Option("--model-id", help="Only generations of this model.")] = None,
     device: DeviceOption = "auto",
+    threads: ThreadsOption = None,
     batch_size: BatchSizeOption = 32,
 ) -> None:
     """Score every generation not yet scored under this plug-in configuration into utility_scores."""

@@ -113,8 +113,8 @@ BUILTIN_MODELS: tuple[ModelSpec, ...] = (
         env_var="FBMEM_SD_MODEL",
         required=_SD_FILES,
         how_to_get=(
-            "huggingface-cli download CompVis/stable-diffusion-v1-4 --exclude '*.ckpt' "
-            "(accept the licence at https://huggingface.co/CompVis/stable-diffusion-v1-4 and `huggingface-cli login` "
+            "hf download CompVis/stable-diffusion-v1-4 --exclude '*.ckpt' "
+            "(accept the licence at https://huggingface.co/CompVis/stable-diffusion-v1-4 and `hf auth login` "
             "first), or pass a local diffusers directory as --model"
         ),
     ),
@@ -129,7 +129,7 @@ BUILTIN_MODELS: tuple[ModelSpec, ...] = (
         known_files=(KnownFile("BiRefNet-general-epoch_244.onnx"),),
         pointer_needed=True,
         how_to_get=(
-            "huggingface-cli download ZhengPeng7/BiRefNet --local-dir birefnet && export FBMEM_BIREFNET=$PWD/birefnet "
+            "hf download ZhengPeng7/BiRefNet --local-dir birefnet && export FBMEM_BIREFNET=$PWD/birefnet "
             "(pass it to `fbmem segment --segmenter birefnet --weights`), or an ONNX export (e.g. BiRefNet-general-epoch_244.onnx "
             "from https://github.com/ZhengPeng7/BiRefNet/releases) with FBMEM_BIREFNET=/path/to/file.onnx"
         ),
@@ -176,7 +176,7 @@ BUILTIN_MODELS: tuple[ModelSpec, ...] = (
         required=(("open_clip_model.safetensors", "open_clip_pytorch_model.bin", "open_clip_pytorch_model.safetensors"),),
         pointer_needed=True,
         how_to_get=(
-            "huggingface-cli download timm/vit_base_patch32_clip_224.openai open_clip_model.safetensors --local-dir clip-b32 "
+            "hf download timm/vit_base_patch32_clip_224.openai open_clip_model.safetensors --local-dir clip-b32 "
             "and export FBMEM_OPENCLIP=$PWD/clip-b32/open_clip_model.safetensors"
         ),
     ),

@@ -1,4 +1,4 @@
-"""FB-Mem: fg/bg composition, region scoring and labels (method.md §1).
+"""FB-Mem: fg/bg composition, region scoring and labels (the FB-Mem paper).
 
 Library entry points (the CLI commands `fbmem segment|score|labels` are thin layers over them):
 

@@ -1,4 +1,4 @@
-"""Foreground/background split of FB-Mem (method.md §1.1-1.2), batched in torch.
+"""Foreground/background split of FB-Mem (the paper's method), batched in torch.
 
 Alpha handling (one rule, used everywhere, whether a part is fresh or cached):
 - foreground cut-out = the image over transparent black with the soft mask m as alpha, stored as
@@ -46,7 +46,7 @@ def grayscale(rgba_or_rgb: torch.Tensor) -> torch.Tensor:
 
 
 def degenerate_rules(fg: torch.Tensor, bg: torch.Tensor) -> list[str]:
-    """The rule of each (generated) image: "fg_both", "bg_both" or "none" (method.md §1.2)."""
+    """The rule of each (generated) image: "fg_both", "bg_both" or "none" (the paper's method)."""
     white = (grayscale(bg) > WHITE_LEVEL).float().flatten(1).mean(1)
     black = (grayscale(fg) < BLACK_LEVEL).float().flatten(1).mean(1)
     rules = []

@@ -14,7 +14,7 @@ LABELS = ("VM", "BM", "FM", "NM")
 
 
 def label_of(fg_score: float, bg_score: float, tau: float = DEFAULT_TAU) -> str:
-    """method.md §1.5, in this order: VM (bg and fg >= tau), BM (bg >= tau), FM (fg >= tau), NM."""
+    """The paper's rule, in this order: VM (bg and fg >= tau), BM (bg >= tau), FM (fg >= tau), NM."""
     if bg_score >= tau and fg_score >= tau:
         return "VM"
     if bg_score >= tau:

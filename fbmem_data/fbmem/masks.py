@@ -55,8 +55,9 @@ def segment_images(
     batch_size: int = 8,
     options: dict[str, Any] | None = None,
     progress: bool = False,
+    dry_run: bool = False,
 ) -> dict[str, Any]:
-    """Segment every ok image that has no mask yet for this segmenter and settings.
+    """Segment every ok image that has no mask yet for this segmenter and settings (dry_run: only count them).
 
     Args:
         ws: the workspace.
@@ -83,6 +84,8 @@ def segment_images(
     mask_hash = params_hash(params)
     todo = pending_images(ws, seg.name, mask_hash, roles, image_ids)
     summary = {"segmenter": seg.name, "params_hash": mask_hash, "pending": todo.num_rows, "ok": 0, "error": 0}
+    if dry_run:  # counts only: a segmenter's time per image depends on it and the device (docs/performance.md)
+        return {"segmenter": seg.name, "params_hash": mask_hash, "pending": todo.num_rows, "dry_run": True}
     if todo.num_rows == 0:
         return summary
     ids = todo.column("image_id").to_pylist()

@@ -375,6 +375,30 @@ class WorkspaceImageLoader:
         return rgb, m
 
 
+#: The scorer's cost model (docs/performance.md, "Cost model"): measured on one CPU core at 512 px,
+#: per image whose statistics are computed and per pair compared.
+COST_S_PER_IMAGE_512 = 0.126
+COST_S_PER_PAIR_512 = 0.0196
+
+
+def _dry_run_estimate(ws: Workspace, seg: Any, needed: list[str], n_pairs: int, size: int) -> dict[str, Any]:
+    """What a score run would do, and an estimate of its CPU time (pixels scale with size squared)."""
+    from fbmem_data.fbmem.masks import pending_images
+
+    without_masks = 0
+    if seg is not None and needed:
+        without_masks = pending_images(ws, seg.name, params_hash(seg.params()), image_ids=needed).num_rows
+    scale = (size / 512) ** 2
+    seconds = (len(needed) * COST_S_PER_IMAGE_512 + n_pairs * COST_S_PER_PAIR_512) * scale
+    return {
+        "dry_run": True,
+        "images": len(needed),
+        "images_without_masks": without_masks,
+        "estimated_cpu_s": round(seconds, 1),
+        "estimate": "one CPU core, scorer only (segmentation not included), from docs/performance.md; a GPU differs",
+    }
+
+
 def resolve_pairing(ws: Workspace, pairing_id: str | None, create_exhaustive: bool = False) -> str:
     """The pairing to score: the one named, else the most recently written one.
 
@@ -398,7 +422,7 @@ def resolve_pairing(ws: Workspace, pairing_id: str | None, create_exhaustive: bo
 
 
 def _create_exhaustive(ws: Workspace) -> str:
-    """Ask the pairing module (issue 3's pairing helper) for exhaustive candidates, if it is installed."""
+    """Ask the pairing module (fbmem_data.pairing) for exhaustive candidates, if it is installed."""
     try:
         pairing = importlib.import_module("fbmem_data.pairing")
     except ImportError:
@@ -425,6 +449,7 @@ def score_pairs(
     device: str = "auto",
     batch_size: int = 8,
     progress: bool = False,
+    dry_run: bool = False,
 ) -> dict[str, Any]:
     """Score every candidate pair of a pairing that has no row under this scoring_id yet.
 
@@ -445,6 +470,8 @@ def score_pairs(
         create_exhaustive: with no candidates at all, create exhaustive ones via the pairing module.
         device: torch device; batch_size: generated images per batch (all their candidates are scored
             in that batch and written as one Parquet part).
+        dry_run: write nothing; return what would be done (pending pairs, images, images without masks)
+            and `estimated_cpu_s`, an estimate from the cost model of docs/performance.md.
 
     Returns:
         {"scoring_id", "pairing_id", "pending", "ok", "error", "config"}.
@@ -459,7 +486,9 @@ def score_pairs(
 
     device = resolve_device(device)
     cfg = resolve_config(preset, metric, size, segmenter, metric_options, whole_image=whole_image, segmenter_options=segmenter_options)
-    pairing_id = resolve_pairing(ws, pairing_id, create_exhaustive)
+    if dry_run and create_exhaustive and pairing_id is None and not ws.count("candidates"):
+        raise InputError("--dry-run cannot show exhaustive candidates that do not exist yet", hint="run `fbmem pair --method exhaustive` first")
+    pairing_id = resolve_pairing(ws, pairing_id, create_exhaustive and not dry_run)
     region_metric = make_metric(cfg.metric, cfg.metric_options)
     seg = None if whole_image else make_segmenter(cfg.segmenter, device, cfg.segmenter_options)
     cfg.mask_params_hash = params_hash(seg.params()) if seg is not None else None
@@ -472,11 +501,14 @@ def score_pairs(
         {"p": pairing_id, "sid": scoring_id},
     )
     summary = {"scoring_id": scoring_id, "pairing_id": pairing_id, "pending": pending.num_rows, "ok": 0, "error": 0, "config": config}
-    if pending.num_rows == 0:
+    if pending.num_rows == 0 and not dry_run:
         return summary
     gens = pending.column("g").to_pylist()
     trains = pending.column("t").to_pylist()
     needed = sorted(set(gens) | set(trains))
+    if dry_run:
+        base = {k: v for k, v in summary.items() if k not in ("ok", "error")}  # nothing ran
+        return {**base, **_dry_run_estimate(ws, seg, needed, len(gens), cfg.size)}
     if seg is not None:
         segment_images(ws, seg, image_ids=needed, device=device, batch_size=max(1, batch_size), progress=progress)
     by_gen: dict[str, list[str]] = {}

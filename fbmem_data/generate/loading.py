@@ -76,7 +76,7 @@ def hf_cache_dir() -> Path:
 
 def _download_hint(repo_id: str) -> str:
     return (
-        f"fetch it once with `huggingface-cli download {repo_id}` (or `hf download {repo_id}`) on a machine "
+        f"fetch it once with `hf download {repo_id}` on a machine "
         "with network access into this cache, or pass a local diffusers directory as --model"
     )
 

@@ -1,6 +1,6 @@
 """`wen`: Wen et al. (ICLR 2024) inference-time mitigation, and their detection score.
 
-Mitigation (method.md §4): at the first DDIM step, on each image's own x_T, optimise the prompt
+Mitigation (the paper's method): at the first DDIM step, on each image's own x_T, optimise the prompt
 embedding e to reduce the text-conditional noise norm
 
     L(e) = || eps(x_T, t_0, e) - eps(x_T, t_0, e_empty) ||_2

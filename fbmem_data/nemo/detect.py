@@ -1,6 +1,6 @@
 """Memorization scores: NeMo's noise-difference MS-SSIM and Wen et al.'s text-conditional noise norm.
 
-NeMo (method.md §2): draw n_seeds initial latents x_T from one generator (seed 1); predict the noise
+NeMo (the paper's method): draw n_seeds initial latents x_T from one generator (seed 1); predict the noise
 with the text branch only (guidance 0) at DDIM timestep index 1 of a 50-step schedule (t = 961 for SD)
 on the unchanged x_T; noise_diff = eps(x_T, t, c) - x_T, min-max normalised per sample and channel over
 HxW; compare with 3-scale MS-SSIM (kernel 11, betas 0.33 x 3). The detection score of a prompt is the

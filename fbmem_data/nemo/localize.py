@@ -1,4 +1,4 @@
-"""NeMo localization: initial neuron selection and greedy refinement (method.md §2).
+"""NeMo localization: initial neuron selection and greedy refinement (the paper's method).
 
 Both stages test "blocking hypotheses" - neuron sets whose channels are zeroed - by predicting noise
 for the prompt on n_seeds fixed latents and comparing the blocked noise differences with the
@@ -20,7 +20,7 @@ Two algorithms reach the same decisions:
   the UNet returns the same values for a sample whatever batch it is in (true up to float rounding; a
   score within rounding of the threshold could flip).
 
-Interpretations (where method.md leaves a detail open; all are LocalizationConfig fields):
+Interpretations (where the paper leaves a detail open; all are LocalizationConfig fields):
 - candidates per layer are {z > theta} union the top-k neurons by raw activation |a| (`topk_by`);
 - kept seeds (`seed_filter="memorized"`) are the seeds whose max pairwise similarity to another seed
   exceeds the threshold at detection; if none do, all seeds are kept;

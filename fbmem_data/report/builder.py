@@ -18,9 +18,11 @@ if TYPE_CHECKING:
     from fbmem_data.workspace import Workspace
 
 ImagesMode = Literal["auto", "embed", "folder"]
+#: Thumbnail side in px: SD images are 512 px; 256 keeps the evidence legible in a card.
+THUMB_SIZE = 256
 #: With images="auto", thumbnails are embedded in the HTML up to this many generations, and written to
 #: the folder beside it above (a 10,000-generation page with embedded thumbnails weighs tens of MB).
-EMBED_MAX_GENERATIONS = 2000
+EMBED_MAX_GENERATIONS = 800
 PLOT_DPI = 200  # the PNG files for papers
 EMBED_DPI = 80  # the copies inside the page
 
@@ -65,7 +67,7 @@ def build_report_summary(
     scoring_id: str | None = None,
     k: int = 5,
     images: ImagesMode = "auto",
-    thumb_size: int = 128,
+    thumb_size: int = THUMB_SIZE,
     limit: int | None = None,
     title: str | None = None,
     workers: int | None = None,
@@ -146,7 +148,8 @@ def build_report_summary(
     }
     prov = {k: (str(v) if isinstance(v, dt.datetime) else v) for k, v in data.provenance.items()}
     meta = {**prov, **extra, "tau": float(tau), "thumb_size": thumb_size}
-    blob = data_blob(data, image_src, meta)
+    # Full-size originals, linked from each card (file:// URIs: the page is opened where the workspace is).
+    blob = data_blob(data, image_src, meta, {i: f.resolve().as_uri() for i, f in files.items()})
     page = render_html(
         title or f"fbmem report — {ws.root.name}",
         provenance_html(data, extra),
@@ -182,8 +185,8 @@ def build_report(
         out_path: the HTML file to write (its folder is created).
         tau: the label threshold.
         **options: scoring_id (default the latest scoring), k (top-k matches shown, default 5),
-            images ("auto": embedded up to 2,000 generations, else thumbnails in the folder beside;
-            "embed"; "folder"), thumb_size (px, default 128), limit (only the N worst generations as
+            images ("auto": embedded up to 800 generations, else thumbnails in the folder beside;
+            "embed"; "folder"), thumb_size (px, default 256), limit (only the N worst generations as
             cards and rows), title, workers (thumbnail threads), progress (a callable given status lines).
 
     Returns:

@@ -3,11 +3,12 @@ that the page's script renders lazily (a page of cards and a page of table rows 
 
 from __future__ import annotations
 
-import html
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from markupsafe import Markup
 
 from fbmem_data.report.gather import ReportData
 
@@ -38,11 +39,16 @@ def _escape_json(blob: str) -> str:
     return blob.replace("<", "\\u003c")
 
 
-def data_blob(data: ReportData, image_src: dict[str, str], meta: dict[str, Any]) -> dict[str, Any]:
-    """The page's data: rows worst first, images and prompts stored once and referenced by index."""
+def data_blob(
+    data: ReportData, image_src: dict[str, str], meta: dict[str, Any], image_files: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """The page's data: rows worst first, images and prompts stored once and referenced by index.
+
+    image_files: the full-size original of each image (a URI the card links to)."""
     image_index: dict[str, int] = {}
     images: list[str | None] = []
     image_ids: list[str] = []
+    files: list[str | None] = []
 
     def img(image_id: str | None) -> int | None:
         if image_id is None:
@@ -51,6 +57,7 @@ def data_blob(data: ReportData, image_src: dict[str, str], meta: dict[str, Any])
             image_index[image_id] = len(images)
             images.append(image_src.get(image_id))
             image_ids.append(image_id[:16])
+            files.append((image_files or {}).get(image_id))
         return image_index[image_id]
 
     prompt_index: dict[str, int] = {}
@@ -104,6 +111,7 @@ def data_blob(data: ReportData, image_src: dict[str, str], meta: dict[str, Any])
         "prompt_matches": prompt_matches,
         "images": images,
         "image_ids": image_ids,
+        "files": files,
     }
 
 
@@ -119,56 +127,69 @@ def needed_images(data: ReportData) -> list[str]:
     return [i for i in dict.fromkeys(ids) if i is not None]
 
 
-def provenance_html(data: ReportData, extra: dict[str, Any]) -> str:
-    p = data.provenance
-    e = html.escape
-    parts = [
-        f"Labels from segmenter <b>{e(str(p['segmenter']))}</b>",
-        f"metric <b>{e(str(p['metric']))}</b>",
-        f"tau <b>{p['tau']:g}</b>",
-        f"preset <b>{e(str(p['preset']))}</b>",
-        f"compared at <b>{p['size']}</b> px",
-        f"scoring_id <code>{e(str(p['scoring_id']))}</code>",
-    ]
-    if p.get("scorings", 1) > 1:
-        others = ", ".join(f"<code>{e(str(o))}</code>" for o in p.get("other_scorings", []))
-        parts.append(
-            f"{e(p['scoring_choice'])} of <b>{p['scorings']}</b> scorings (others: {others}; "
-            "choose with <code>fbmem report --scoring-id ID</code>)"
-        )
-    line2 = [
-        f"{extra['n_generations']} generations shown" + (f" (the {extra['limit']} worst)" if extra.get("limit") else ""),
-        f"{p['generated_images']} generated and {p['train_images']} training images scored, {p['scored_pairs']} pairs, top-{p['k']} kept",
-        f"scored {e(str(p['scored_at'] or 'at an unrecorded time'))}",
-        f"workspace <code>{e(extra['workspace'])}</code>",
-        f"report built {e(extra['created_at'])} by fbmem {e(extra['fbmem_version'])}",
-        f"PNG plots{' and thumbnails' if extra['images_mode'] == 'folder' else ''} in <code>{e(extra['files_dir'])}/</code>",
-    ]
-    return " · ".join(parts) + "<br>" + " · ".join(line2)
+def _env() -> Any:
+    """Jinja2 with autoescape: every value is escaped unless it is Markup from another fragment."""
+    import jinja2
+
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATE.parent),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
 
 
-def rates_table_html(data: ReportData) -> str:
+def _fragment(source: str, **context: Any) -> Markup:
+    return Markup(_env().from_string(source).render(**context).strip())
+
+
+_PROVENANCE = """
+Labels from segmenter <b>{{ p.segmenter }}</b> · metric <b>{{ p.metric }}</b> · tau <b>{{ "%g"|format(p.tau) }}</b>
+ · preset <b>{{ p.preset }}</b> · compared at <b>{{ p.size }}</b> px · scoring_id <code>{{ p.scoring_id }}</code>
+{% if p.get("scorings", 1) > 1 %}
+ · {{ p.scoring_choice }} of <b>{{ p.scorings }}</b> scorings (others: {% for o in p.get("other_scorings", []) %}<code>{{ o }}</code>{{ ", " if not loop.last }}{% endfor %}; choose with <code>fbmem report --scoring-id ID</code>)
+{% endif %}
+<br>{{ e.n_generations }} generations shown{% if e.get("limit") %} (the {{ e.limit }} worst){% endif %}
+ · {{ p.generated_images }} generated and {{ p.train_images }} training images scored, {{ p.scored_pairs }} pairs, top-{{ p.k }} kept
+ · scored {{ p.scored_at or "at an unrecorded time" }} · workspace <code>{{ e.workspace }}</code>
+ · report built {{ e.created_at }} by fbmem {{ e.fbmem_version }}
+ · PNG plots{{ " and thumbnails" if e.images_mode == "folder" }} in <code>{{ e.files_dir }}/</code>
+"""
+
+
+def provenance_html(data: ReportData, extra: dict[str, Any]) -> Markup:
+    return _fragment(_PROVENANCE, p=data.provenance, e=extra)
+
+
+_RATES = """
+<h3>FB-Mem rates</h3><table class="rates" id="rates-table"><tr><th>model</th><th>prompt set</th><th>mitigation</th><th>n (matched)</th><th>generated</th>
+{%- for x in labels %}<th><span class="badge {{ x }}">{{ x }}</span></th>{% endfor %}</tr>
+{% for r in rows %}<tr>{% for c in r %}<td>{{ c }}</td>{% endfor %}</tr>
+{% endfor %}</table>
+<p class="note">Rates count matched generations: within a prompt set, only the prompts, seeds and sampler settings that every model and mitigation of the set generated (n of the generated).</p>
+"""
+
+
+def rates_table_html(data: ReportData) -> Markup:
     rows = data.rates.to_pylist()
     if not rows:
-        return ""
+        return Markup("")
     from fbmem_data.report.plots import method_labels
 
-    head = "<tr><th>model</th><th>prompt set</th><th>mitigation</th><th>n (matched)</th><th>generated</th>" + "".join(
-        f'<th><span class="badge {x}">{x}</span></th>' for x in ("VM", "BM", "FM", "NM")
-    ) + "</tr>"
-    body = []
     mitigations = method_labels([{**r, "model_id": None} for r in rows], "mitigation")
+    cells = []
     for r, mitigation in zip(rows, mitigations, strict=True):
-        cells = [html.escape(str(r[k]) if r[k] is not None else "—") for k in ("model_id", "prompt_set")]
-        cells.append(html.escape(mitigation if r["mitigation"] is not None else "—"))
         shares = [f"{r[x]} ({float(r[x + '_share'] or 0):.1%})" if r["n"] else "—" for x in ("vm", "bm", "fm", "nm")]
-        generated = r.get("n_generated", r["n"])
-        body.append("<tr>" + "".join(f"<td>{c}</td>" for c in [*cells, str(r["n"]), str(generated), *shares]) + "</tr>")
-    note = (
-        '<p class="note">Rates count matched generations: within a prompt set, only the prompts, seeds and sampler '
-        "settings that every model and mitigation of the set generated (n of the generated).</p>"
-    )
-    return f'<h3>FB-Mem rates</h3><table class="rates" id="rates-table">{head}{"".join(body)}</table>{note}'
+        cells.append([
+            "—" if r["model_id"] is None else str(r["model_id"]),
+            "—" if r["prompt_set"] is None else str(r["prompt_set"]),
+            mitigation if r["mitigation"] is not None else "—",
+            str(r["n"]),
+            str(r.get("n_generated", r["n"])),
+            *shares,
+        ])
+    return _fragment(_RATES, rows=cells, labels=("VM", "BM", "FM", "NM"))
 
 
 def format_number(value: Any, digits: int = 3) -> str:
@@ -180,55 +201,58 @@ def format_number(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
-def mitigation_table_html(data: ReportData) -> str:
+_MITIGATION = """
+<h3>Mitigation comparison</h3><table class="rates" id="mitigation-table"><tr><th>method</th><th>parameters</th><th>model</th><th>pairs</th><th>mitigation score</th>
+{%- if metric %}<th>{{ metric }}</th><th>n (utility)</th>{% endif %}</tr>
+{% for title, r in rows %}<tr{% if title %} title="{{ title }}"{% endif %}>{% for c in r %}<td>{{ "—" if c is none else c }}</td>{% endfor %}</tr>
+{% endfor %}</table>
+{% if not metric %}
+<p class="note">No utility is recorded in this workspace (a <code>mitigation_utility</code> view with columns method and utility), so the comparison shows the mitigation score alone.</p>
+{% else %}
+<p class="note">Utility over matched generations: <code>none</code> on the prompts, seeds and sampler settings that a mitigation also generated, each mitigation on those <code>none</code> generated (as in <code>mitigation_comparison</code>).</p>
+{% endif %}
+"""
+
+
+def mitigation_table_html(data: ReportData) -> Markup:
     rows = data.mitigation
     if not rows:
-        return ""
+        return Markup("")
     from fbmem_data.report.plots import short_params
 
     metric = data.utility_metric
-    head = "<tr><th>method</th><th>parameters</th><th>model</th><th>pairs</th><th>mitigation score</th>"
-    head += f"<th>{html.escape(metric)}</th><th>n (utility)</th></tr>" if metric else "</tr>"
-    body = []
+    out = []
     for r in rows:
         params = r.get("mitigation_params")
         cells = [r["method"], short_params(params, 16) or None, r.get("model_id"), r.get("n_pairs"), format_number(r.get("score"), 1)]
         if metric:
             cells += [format_number(r.get("utility")), r.get("utility_n")]
-        title = f' title="{html.escape(str(params))}"' if params else ""
-        body.append(f"<tr{title}>" + "".join(f"<td>{html.escape('—' if c is None else str(c))}</td>" for c in cells) + "</tr>")
-    note = "" if metric else (
-        '<p class="note">No utility is recorded in this workspace (a <code>mitigation_utility</code> view with '
-        "columns method and utility), so the comparison shows the mitigation score alone.</p>"
-    )
-    if metric:
-        note += (
-            '<p class="note">Utility over matched generations: <code>none</code> on the prompts, seeds and sampler '
-            "settings that a mitigation also generated, each mitigation on those <code>none</code> generated "
-            "(as in <code>mitigation_comparison</code>).</p>"
-        )
-    return f'<h3>Mitigation comparison</h3><table class="rates" id="mitigation-table">{head}{"".join(body)}</table>{note}'
+        out.append((str(params) if params else None, cells))
+    return _fragment(_MITIGATION, rows=out, metric=metric)
 
 
-def plots_html(plots: list[PlotImage], data_uri: Any) -> str:
+_PLOTS = """
+{% for p in plots %}<figure><img class="plot" id="plot-{{ p.name }}" alt="{{ p.title }}" src="{{ p.src }}"><figcaption>{{ p.title }} — <code>{{ p.file }}</code></figcaption></figure>{% endfor %}
+"""
+
+
+def plots_html(plots: list[PlotImage], data_uri: Any) -> Markup:
     if not plots:
-        return '<p class="note">Nothing to plot.</p>'
-    return "".join(
-        f'<figure><img class="plot" id="plot-{p.name}" alt="{html.escape(p.title)}" src="{data_uri(p.embedded_png, "image/png")}">'
-        f"<figcaption>{html.escape(p.title)} — <code>{html.escape(p.path.name)}</code></figcaption></figure>"
+        return Markup('<p class="note">Nothing to plot.</p>')
+    items = [
+        {"name": p.name, "title": p.title, "src": data_uri(p.embedded_png, "image/png"), "file": p.path.name}
         for p in plots
-    )
+    ]
+    return _fragment(_PLOTS, plots=items)
 
 
 def render_html(title: str, provenance: str, plots: str, summary_tables: str, blob: dict[str, Any]) -> str:
-    page = TEMPLATE.read_text(encoding="utf-8")
+    """The page: template.html rendered by Jinja2 with autoescape (the fragments above are Markup)."""
     data_json = _escape_json(json.dumps(blob, separators=(",", ":"), allow_nan=False))
-    for marker, value in (
-        ("TITLE", html.escape(title)),
-        ("PROVENANCE", provenance),
-        ("PLOTS", plots),
-        ("RATES", summary_tables),
-        ("DATA", data_json),
-    ):
-        page = page.replace(f"<!--FBMEM:{marker}-->", value)
-    return page
+    return _env().get_template(TEMPLATE.name).render(
+        title=title,
+        provenance=Markup(provenance),
+        plots=Markup(plots),
+        summary_tables=Markup(summary_tables),
+        data_json=Markup(data_json),  # JSON with every '<' as \u003c: safe inside <script>
+    )

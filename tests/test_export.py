@@ -1,0 +1,97 @@
+"""fbmem_evidence and `fbmem export csv|hf|fiftyone` on a sample workspace."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fbmem_data.report.synthetic import SampleSpec, write_sample_workspace
+from fbmem_data.workspace import Workspace
+
+
+def _fbmem(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "fbmem_data", *args], capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
+    ws = Workspace.init(tmp_path_factory.mktemp("export") / "ws")
+    write_sample_workspace(ws, SampleSpec(n_prompts=8, seeds=2, size=32))
+    return ws
+
+
+def test_evidence_view_agrees_with_labels(sample: Workspace) -> None:
+    ev = sample.sql("SELECT * FROM fbmem_evidence").to_pylist()
+    labels = sample.sql(
+        "SELECT generation_id, label, train_image_id, scoring_id FROM fbmem_labels"
+    ).to_pylist()
+    assert len(ev) == len(labels) == 32
+    by_gen = {r["generation_id"]: r for r in labels}
+    for row in ev:
+        lab = by_gen[row["generation_id"]]
+        assert (row["label"], row["matched_image_id"], row["scoring_id"]) == (
+            lab["label"],
+            lab["train_image_id"],
+            lab["scoring_id"],
+        )
+        for key in ("generated_path", "matched_path"):
+            path = Path(row[key])
+            assert path.is_absolute() and path.is_file() and path.is_relative_to(sample.root)
+        assert row["prompt_text"] and row["prompt_set"] and row["model_id"] and row["seed"] is not None
+    # tau moves labels in the view as in fbmem_labels
+    strict = sample.sql("SELECT count(*) FILTER (WHERE label = 'NM') AS nm FROM fbmem_evidence", {"tau": 1.0})
+    assert strict.column("nm")[0].as_py() == 32
+
+
+def test_export_csv(sample: Workspace) -> None:
+    out = _fbmem("export", "csv", "-w", str(sample.root))
+    assert out.returncode == 0, out.stderr
+    rows = list(csv.DictReader(io.StringIO(out.stdout)))
+    assert len(rows) == 32 and {r["label"] for r in rows} <= {"VM", "BM", "FM", "NM"}
+    assert all(Path(r["generated_path"]).is_file() for r in rows)
+    bad = _fbmem("export", "csv", "-w", str(sample.root), "--scoring-id", "nope")
+    assert bad.returncode == 1 and bad.stderr.startswith("Error:") and "Traceback" not in bad.stderr
+
+
+def test_export_fiftyone_layout(sample: Workspace, tmp_path: Path) -> None:
+    out = tmp_path / "fo"
+    done = _fbmem("export", "fiftyone", "-w", str(sample.root), "-o", str(out))
+    assert done.returncode == 0, done.stderr
+    spec = json.loads((out / "labels.json").read_text())
+    assert spec["classes"] == ["VM", "BM", "FM", "NM"]
+    ev = {r["generated_image_id"]: r["label"] for r in sample.sql("SELECT * FROM fbmem_evidence").to_pylist()}
+    assert {k: spec["classes"][v] for k, v in spec["labels"].items()} == ev
+    files = sorted(p.stem for p in (out / "data").iterdir())
+    assert files == sorted(ev)
+    assert len(list(csv.DictReader((out / "evidence.csv").open()))) == 32
+    again = _fbmem("export", "fiftyone", "-w", str(sample.root), "-o", str(out))
+    assert again.returncode == 1 and "not an empty directory" in again.stderr
+    fo = pytest.importorskip("fiftyone")  # where installed: FiftyOne reads it with the right count and labels
+    dataset = fo.Dataset.from_dir(
+        dataset_dir=str(out), dataset_type=fo.types.FiftyOneImageClassificationDataset
+    )
+    assert len(dataset) == len(ev)
+    assert sorted(s.ground_truth.label for s in dataset) == sorted(ev.values())
+
+
+def test_export_hf_loads_in_datasets(sample: Workspace, tmp_path: Path) -> None:
+    out = tmp_path / "hf"
+    done = _fbmem("export", "hf", "-w", str(sample.root), "-o", str(out))
+    assert done.returncode == 0, done.stderr
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(out / "data" / "train-00000-of-00001.parquet")
+    assert table.num_rows == 32 and b"huggingface" in table.schema.metadata
+    datasets = pytest.importorskip("datasets")
+    ds = datasets.Dataset.from_parquet(str(out / "data" / "train-00000-of-00001.parquet"))
+    assert isinstance(ds.features["generated_image"], datasets.Image)
+    first = ds[0]
+    ev = sample.sql("SELECT * FROM fbmem_evidence").to_pylist()[0]
+    assert first["generated_image"].size == (32, 32) and first["label"] == ev["label"]
+    assert first["fg_score"] == pytest.approx(ev["fg_score"])
