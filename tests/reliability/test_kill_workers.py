@@ -112,11 +112,10 @@ def test_sigterm_inside_a_duckdb_query_records_the_run_interrupted(tmp_path: Pat
     ws = Workspace.init(tmp_path / "ws")
     con = ws.connection()
     timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGTERM))
-    with pytest.raises(KeyboardInterrupt):
-        with ws.run("test", {}):
-            timer.start()
-            try:
-                con.sql("SELECT count(*) FROM range(100000000000) a").fetchall()
-            finally:
-                timer.cancel()
+    with pytest.raises(KeyboardInterrupt), ws.run("test", {}):
+        timer.start()
+        try:
+            con.sql("SELECT count(*) FROM range(100000000000) a").fetchall()
+        finally:
+            timer.cancel()
     assert ws.sql("SELECT status FROM runs").column("status").to_pylist() == ["interrupted"]
