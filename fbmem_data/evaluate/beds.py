@@ -288,10 +288,10 @@ def _lab_generations(
     ds: Any, plan: list[tuple[str, str, int, bool]], cache_dir: Path | None, device: str
 ) -> list[np.ndarray]:
     """Generate (or read from the cache) one image per plan entry."""
-    from fbmem_data.generate.loading import _lab_revision
+    from fbmem_data.lab.source import lab_weights_hash
     from fbmem_data.lab.pipeline import default_weights_dir
 
-    revision = _lab_revision(Path(default_weights_dir())) or "none"
+    revision = lab_weights_hash(Path(default_weights_dir())) or "none"
     texts = {p.key: p.text for p in ds.prompts}
     digest = hashlib.sha256(
         repr((revision, LAB_STEPS, LAB_GUIDANCE, [(texts[k], s) for k, _, s, _ in plan])).encode()

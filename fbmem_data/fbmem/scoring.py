@@ -54,11 +54,14 @@ ImageLoader = Callable[[str], tuple[np.ndarray, Any]]
 
 
 def make_metric(name: str, options: dict[str, Any] | None = None) -> RegionMetric:
-    from fbmem_data import plugins
-    from fbmem_data.similarity import register_builtin_metrics
+    """Build metric plug-in `name` (family `fbmem.metrics`) with keyword `options`.
 
-    register_builtin_metrics()
-    return plugins.create("metric", name, **(options or {}))
+    Raises:
+        PluginError: no metric of that name, or it cannot be loaded.
+    """
+    from fbmem_data import plugins
+
+    return plugins.create(plugins.METRICS, name, **(options or {}))
 
 
 @dataclass

@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 
 from fbmem_data.errors import ModelNotFoundError
-from fbmem_data.plugins import register
 from fbmem_data.segment.base import ImageBatch, Segmenter, check_batch, resolve_device
 
 WEIGHTS_FILE = "segmenter.safetensors"
@@ -153,7 +152,6 @@ def _mean_over_flips(net: Any, x: Any) -> Any:
     return total / 8
 
 
-@register("segmenter", "lab")
 def make_lab_segmenter(**kwargs: Any) -> LabSegmenter:
     return LabSegmenter(**kwargs)
 

@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from fbmem_data.errors import InputError
 from fbmem_data.mitigate.protocol import GenerationBatch, Mitigation, removing_hooks
-from fbmem_data.plugins import register
 
 if TYPE_CHECKING:
     import torch
@@ -57,7 +56,6 @@ def first_timestep(pipe: Any, steps: int) -> Any:
     return pipe.scheduler.timesteps[0]
 
 
-@register("mitigation", "wen")
 class WenMitigation(Mitigation):
     """Wen et al.'s prompt-embedding optimisation at the first step.
 

@@ -25,7 +25,6 @@ from typing import Any
 import numpy as np
 
 from fbmem_data.errors import InputError, ModelNotFoundError
-from fbmem_data.plugins import register
 from fbmem_data.segment.base import ImageBatch, Segmenter, check_batch, resolve_device
 
 _MEAN = np.array([0.485, 0.456, 0.406], np.float32)
@@ -195,6 +194,5 @@ class BiRefNetSegmenter(Segmenter):
         return masks
 
 
-@register("segmenter", "birefnet")
 def make_birefnet(**kwargs: Any) -> BiRefNetSegmenter:
     return BiRefNetSegmenter(**kwargs)

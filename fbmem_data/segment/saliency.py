@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 
-from fbmem_data.plugins import register
 from fbmem_data.segment.base import ImageBatch, Segmenter, check_batch, resolve_device
 
 
@@ -115,6 +114,5 @@ class SaliencySegmenter(Segmenter):
         return np.clip(mask, 0.0, 1.0).astype(np.float32)
 
 
-@register("segmenter", "saliency")
 def make_saliency(**kwargs: Any) -> SaliencySegmenter:
     return SaliencySegmenter(**kwargs)

@@ -24,7 +24,6 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from fbmem_data.errors import InputError
-from fbmem_data.plugins import register
 from fbmem_data.similarity.base import RegionBatch, RegionMetric
 
 if TYPE_CHECKING:
@@ -396,17 +395,14 @@ class MaskedMSSSIMMetric(RegionMetric):
         return out
 
 
-@register("metric", "msssim")
 def make_msssim(**kwargs: Any) -> MSSSIMMetric:
     return MSSSIMMetric(SSIMConfig(**kwargs)) if kwargs else MSSSIMMetric()
 
 
-@register("metric", "ssim")
 def make_ssim(**kwargs: Any) -> SSIMMetric:
     return SSIMMetric(SSIMConfig(**kwargs)) if kwargs else SSIMMetric()
 
 
-@register("metric", "msssim-masked")
 def make_msssim_masked(min_region: float = 0.02, **kwargs: Any) -> MaskedMSSSIMMetric:
     cfg = SSIMConfig(**{"data_range": 1.0, **kwargs})
     return MaskedMSSSIMMetric(cfg, min_region=min_region)

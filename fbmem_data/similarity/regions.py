@@ -29,7 +29,6 @@ import math
 from typing import TYPE_CHECKING, Any
 
 from fbmem_data.errors import InputError
-from fbmem_data.plugins import register
 from fbmem_data.similarity.base import RegionBatch, RegionMetric
 from fbmem_data.similarity.msssim import SSIMConfig, _chunks, masked_ms_ssim, ms_ssim, pair_chunk_size
 
@@ -225,7 +224,6 @@ def translate(t: torch.Tensor, shifts: list[tuple[int, int]]) -> torch.Tensor:
     )
 
 
-@register("metric", "msssim-regions")
 def make_msssim_regions(
     min_region: float = 0.02,
     align: float = 0.0,

@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 
-from fbmem_data.plugins import register
 from fbmem_data.utility.base import UtilityInput, UtilityValue, check_items
 
 
@@ -118,6 +117,5 @@ class LabColourJudge:
         return out
 
 
-@register("utility", "lab-colours")
 def make_lab_colour_judge(**kwargs: Any) -> LabColourJudge:
     return LabColourJudge(**kwargs)
