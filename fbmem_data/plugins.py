@@ -156,7 +156,9 @@ def _get(group: str, name: str) -> _Plugin:
     table = _plugins(group)
     if name not in table:
         singular = next(short for short, g in _ALIASES.items() if g == group)
-        raise PluginError(f"unknown {singular} {name!r}", hint=f"available: {', '.join(sorted(table)) or 'none'}")
+        raise PluginError(
+            f"unknown {singular} {name!r}", hint=f"available: {', '.join(sorted(table)) or 'none'}"
+        )
     return table[name]
 
 

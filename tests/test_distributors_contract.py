@@ -34,7 +34,7 @@ from fbmem_data.distribute.extractors import (
 )
 from fbmem_data.distribute.shards import part_name, plan_shards
 from fbmem_data.errors import FbmemError, InputError, PluginError
-from fbmem_data.fbmem.synthetic import planted_pair, to_uint8
+from fbmem_data.testing.scenes import planted_pair, to_uint8
 from fbmem_data.workspace import Workspace
 
 ENGINES = ["local", "ray"]

@@ -116,15 +116,15 @@ def test_unknown_name_lists_what_exists() -> None:
 
 
 def test_a_duplicate_entry_point_is_an_error_naming_both_providers(tmp_path: Path, on_path) -> None:
-    on_path(write_distribution(tmp_path, "dup_seg", '[fbmem.segmenters]\nsaliency = dup_seg:make\n'))
-    with pytest.raises(PluginError, match="two fbmem.segmenters plug-ins are named 'saliency'") as info:
+    on_path(write_distribution(tmp_path, "dup_seg", "[fbmem.segmenters]\nsaliency = dup_seg:make\n"))
+    with pytest.raises(PluginError, match=r"two fbmem\.segmenters plug-ins are named 'saliency'") as info:
         plugins.names(plugins.SEGMENTERS)
     assert "fbmem_data.segment.saliency:make_saliency (fbmem)" in str(info.value)
     assert "dup_seg:make (dup_seg)" in str(info.value)
 
 
 def test_a_broken_entry_point_fails_when_used_not_when_listed(tmp_path: Path, on_path) -> None:
-    on_path(write_distribution(tmp_path, "broken_seg", '[fbmem.segmenters]\nbroken = no_such_module:make\n'))
+    on_path(write_distribution(tmp_path, "broken_seg", "[fbmem.segmenters]\nbroken = no_such_module:make\n"))
     assert "broken" in plugins.names(plugins.SEGMENTERS)
     with pytest.raises(PluginError, match="cannot be loaded") as info:
         plugins.create(plugins.SEGMENTERS, "broken")
@@ -139,7 +139,7 @@ def test_register_in_process_and_its_duplicates() -> None:
     try:
         assert "test-only-metric" in plugins.names(plugins.METRICS)
         assert plugins.create("metric", "test-only-metric", a=1) == ("built", {"a": 1})
-        with pytest.raises(PluginError, match="two fbmem.metrics plug-ins are named 'msssim'"):
+        with pytest.raises(PluginError, match=r"two fbmem\.metrics plug-ins are named 'msssim'"):
             plugins.register(plugins.METRICS, "msssim")(make)
         with pytest.raises(PluginError, match="named 'test-only-metric'"):
             plugins.register(plugins.METRICS, "test-only-metric")(lambda **kw: None)
@@ -152,18 +152,38 @@ def test_a_third_party_segmenter_runs_from_the_cli(tmp_path: Path) -> None:
     root = write_distribution(
         tmp_path / "site",
         "tiny_seg",
-        '[fbmem.segmenters]\ntiny-third-party = tiny_seg:TinySegmenter\n',
+        "[fbmem.segmenters]\ntiny-third-party = tiny_seg:TinySegmenter\n",
         TINY_MODULE,
     )
     ws = Workspace.init(tmp_path / "ws")
     buf = io.BytesIO()
     Image.fromarray(np.full((16, 20, 3), 128, np.uint8)).save(buf, format="PNG")
     image_id, path = ws.store_image(buf.getvalue(), "png")
-    ws.write("images", [{"image_id": image_id, "role": "train", "store_path": str(path.relative_to(ws.root)),
-                        "status": "ok", "ingested_at": dt.datetime.now(dt.timezone.utc)}])
+    ws.write(
+        "images",
+        [
+            {
+                "image_id": image_id,
+                "role": "train",
+                "store_path": str(path.relative_to(ws.root)),
+                "status": "ok",
+                "ingested_at": dt.datetime.now(dt.timezone.utc),
+            }
+        ],
+    )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
-    args = [sys.executable, "-m", "fbmem_data", "segment", "-w", str(ws.root), "--segmenter", "tiny-third-party",
-            "--device", "cpu"]
+    args = [
+        sys.executable,
+        "-m",
+        "fbmem_data",
+        "segment",
+        "-w",
+        str(ws.root),
+        "--segmenter",
+        "tiny-third-party",
+        "--device",
+        "cpu",
+    ]
     out = subprocess.run(args, capture_output=True, text=True, env=env)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "ok=1" in out.stdout

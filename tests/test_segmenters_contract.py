@@ -17,8 +17,8 @@ import torch
 
 from fbmem_data import plugins
 from fbmem_data.errors import InputError, ModelNotFoundError
-from fbmem_data.fbmem.synthetic import planted_pair, to_uint8
 from fbmem_data.segment import Segmenter, register_builtin_segmenters
+from fbmem_data.testing.scenes import planted_pair, to_uint8
 
 register_builtin_segmenters()
 

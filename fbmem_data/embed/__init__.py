@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from fbmem_data import plugins
 from fbmem_data.embed.base import Embedder
 from fbmem_data.embed.store import EmbedSummary, embed_images, embedding_rows, load_vectors
-from fbmem_data import plugins
 
 FAMILY = plugins.EMBEDDERS
 

@@ -267,7 +267,7 @@ def generate(
 
     Args:
         ws: the workspace (prompts are read from it, images and rows written to it).
-        model: "lab", a diffusers directory, a cached hub id, or an already loaded pipeline
+        model: a model source name (`lab` ...), a diffusers directory, a cached hub id, or an already loaded pipeline
             (`load_pipeline(...)` / `wrap_pipeline(pipe, model_id)`).
         prompt_set: prompts.prompt_set to generate for.
         prompt_ids: specific prompt ids (within prompt_set when both are given).

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from fbmem_data import plugins
 from fbmem_data.errors import FbmemError
 from fbmem_data.ids import canonical_json, params_hash
-from fbmem_data import plugins
 from fbmem_data.utility.base import UtilityInput, UtilityMetric
 from fbmem_data.workspace import Workspace
 
