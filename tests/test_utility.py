@@ -128,6 +128,7 @@ def test_params_stable_jsonable_and_device_free(metric: UtilityMetric) -> None:
 
 
 # -- lab-colours against the truth ----------------------------------------------------------------------
+@pytest.mark.slow  # ~30 s: draws and scores the lab set
 def test_lab_judge_prefers_the_true_caption(lab: Any) -> None:
     """Every trained drawing scores higher, on average, under its own caption than under another group's."""
     judge = build("lab-colours")
