@@ -457,8 +457,8 @@ def score_pairs(
     """
     from tqdm import tqdm
 
+    from fbmem_data.devices import resolve_device
     from fbmem_data.fbmem.masks import make_segmenter, segment_images
-    from fbmem_data.segment.base import resolve_device
 
     device = resolve_device(device)
     cfg = resolve_config(preset, metric, size, segmenter, metric_options, whole_image=whole_image, segmenter_options=segmenter_options)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from fbmem_data import plugins
+from fbmem_data.devices import resolve_device
 from fbmem_data.errors import InputError, ModelNotFoundError
 
 if TYPE_CHECKING:
@@ -68,15 +69,6 @@ class ModelSource(Protocol):
 def model_source_names() -> list[str]:
     """The names `--model` takes besides directories and hub ids (no plug-in module is imported)."""
     return plugins.names(plugins.MODELS)
-
-
-def resolve_device(device: str = "auto") -> str:
-    """'auto' -> 'cuda' when a GPU is visible, else 'cpu'; anything else is passed through."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
 
 
 def resolve_dtype(dtype: str, device: str) -> str:

@@ -19,8 +19,9 @@ from typing import Any
 
 import numpy as np
 
+from fbmem_data.devices import resolve_device
 from fbmem_data.errors import ModelNotFoundError
-from fbmem_data.segment.base import ImageBatch, Segmenter, check_batch, resolve_device
+from fbmem_data.segment.base import ImageBatch, Segmenter, check_batch
 
 WEIGHTS_FILE = "segmenter.safetensors"
 CONFIG_FILE = "segmenter.json"

@@ -71,7 +71,7 @@ def pair_with_summary(
             return write_exhaustive(
                 ws, run.run_id, chunk_rows=chunk_rows, max_pairs=max_pairs or DEFAULT_MAX_PAIRS, progress=progress
             )
-    from fbmem_data.embed.base import resolve_device
+    from fbmem_data.devices import resolve_device
     from fbmem_data.pairing.ann import write_ann
     from fbmem_data.pairing.search import SEARCHES, HnswParams
 

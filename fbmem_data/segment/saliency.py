@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from fbmem_data.segment.base import ImageBatch, Segmenter, check_batch, resolve_device
+from fbmem_data.devices import resolve_device
+from fbmem_data.segment.base import ImageBatch, Segmenter, check_batch
 
 
 class SaliencySegmenter(Segmenter):

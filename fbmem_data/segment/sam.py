@@ -21,8 +21,9 @@ from typing import Any
 
 import numpy as np
 
+from fbmem_data.devices import resolve_device
 from fbmem_data.errors import ModelNotFoundError, PluginError
-from fbmem_data.segment.base import ImageBatch, Segmenter, check_batch, resolve_device
+from fbmem_data.segment.base import ImageBatch, Segmenter, check_batch
 
 ENV_VAR = "FBMEM_SAM_CHECKPOINT"
 HOW_TO_GET = (

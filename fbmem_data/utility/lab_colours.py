@@ -72,10 +72,10 @@ class LabColourJudge:
         Raises:
             ModelNotFoundError: the lab segmenter weights are missing.
         """
+        from fbmem_data.devices import resolve_device
         from fbmem_data.lab.dataset import COLOURS, make_lab_dataset
         from fbmem_data.lab.pipeline import shipped_dataset_seed
         from fbmem_data.lab.segmenter import LabSegmenter
-        from fbmem_data.segment.base import resolve_device
 
         self.device = resolve_device(device)
         self.dataset_seed = shipped_dataset_seed() if dataset_seed is None else int(dataset_seed)
