@@ -9,7 +9,6 @@ in a bounded cache across batches, because the same training images recur for ev
 
 from __future__ import annotations
 
-import importlib
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -401,16 +400,10 @@ def resolve_pairing(ws: Workspace, pairing_id: str | None, create_exhaustive: bo
 
 
 def _create_exhaustive(ws: Workspace) -> str:
-    """Ask the pairing module (issue 3's pairing helper) for exhaustive candidates, if it is installed."""
-    try:
-        pairing = importlib.import_module("fbmem_data.pairing")
-    except ImportError:
-        pairing = None
-    func = next((getattr(pairing, n) for n in ("pair_images", "pair") if pairing and hasattr(pairing, n)), None)
-    if func is None:
-        raise InputError("no candidate pairs, and this fbmem cannot create them here", hint="run `fbmem pair --method exhaustive` first")
-    result = func(ws, method="exhaustive")
-    return result if isinstance(result, str) else resolve_pairing(ws, None)
+    """Write exhaustive candidates (every generated x training image) and return their pairing_id."""
+    from fbmem_data.pairing import pair
+
+    return pair(ws, method="exhaustive")
 
 
 def score_pairs(

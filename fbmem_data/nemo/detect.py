@@ -167,41 +167,11 @@ def nemo_detection_scores(pipe: Any, texts: Sequence[str], settings: NoiseDiffSe
 def wen_norm_scores(
     pipe: Any, texts: Sequence[str], *, seeds: Sequence[int] = (0, 1, 2, 3), steps: int = 50, guidance: float = 7.5
 ) -> list[float]:
-    """Wen et al.'s detection score per prompt: ||eps(x_t, c) - eps(x_t, empty)||_2 over steps and seeds.
+    """Wen et al.'s detection score per prompt: ||eps(x_t, c) - eps(x_t, empty)||_2 over steps and seeds
+    (the one definition is `fbmem_data.mitigate.wen.wen_detection_score`)."""
+    from fbmem_data.mitigate.wen import wen_detection_score
 
-    Uses the generation helper's `fbmem_data.mitigate.wen.wen_detection_score` when it is installed
-    (one definition for the project), else the same computation here.
-    """
-    try:
-        from fbmem_data.mitigate.wen import wen_detection_score
-    except ImportError:
-        wen_detection_score = None
-    if wen_detection_score is not None:
-        return [float(s) for s in wen_detection_score(pipe, list(texts), seeds=list(seeds), steps=steps, guidance=guidance)]
-    return [_wen_norm(pipe, text, seeds, steps, guidance) for text in texts]
-
-
-def _wen_norm(pipe: Any, text: str, seeds: Sequence[int], steps: int, guidance: float) -> float:
-    import torch
-
-    unet, device = pipe.unet, pipe.unet.device
-    dtype = unet.dtype
-    size = int(unet.config.sample_size)
-    shape = (int(unet.config.in_channels), size, size)
-    latents = torch.stack([torch.randn(shape, generator=torch.Generator("cpu").manual_seed(int(s))) for s in seeds])
-    latents = latents.to(device=device, dtype=dtype)
-    with torch.no_grad():
-        cond, uncond = pipe.encode_prompt([text] * len(seeds), device, 1, True, negative_prompt=[""] * len(seeds))
-        sched = type(pipe.scheduler).from_config(pipe.scheduler.config)
-        sched.set_timesteps(steps)
-        latents = latents * sched.init_noise_sigma
-        norms = []
-        for t in sched.timesteps:
-            model_in = sched.scale_model_input(torch.cat([latents, latents]), t)
-            eps_u, eps_c = unet(model_in, t, encoder_hidden_states=torch.cat([uncond, cond])).sample.chunk(2)
-            norms.append((eps_c - eps_u).float().flatten(1).norm(dim=1))
-            latents = sched.step(eps_u + guidance * (eps_c - eps_u), t, latents).prev_sample
-    return float(torch.stack(norms).mean())
+    return [float(s) for s in wen_detection_score(pipe, list(texts), seeds=list(seeds), steps=steps, guidance=guidance)]
 
 
 def record_detection_scores(
