@@ -151,16 +151,43 @@ def pairwise_max_similarity(noise_diffs: torch.Tensor, settings: NoiseDiffSettin
     return per_seed
 
 
+def noise_diff_inputs(unet: Any, scheduler: Any, settings: NoiseDiffSettings) -> tuple[Any, Any, Any]:
+    """(latents, timestep, model_input) of NeMo's one-step noise difference: the seeded initial latents
+    on the UNet's device and dtype, the timestep, and the latents scaled for the UNet."""
+    size = settings.latent_size or int(unet.config.sample_size)
+    shape = (int(unet.config.in_channels), size, size)
+    latents = initial_latents(settings.n_seeds, settings.seed, shape).to(unet.device, unet.dtype)
+    timestep = nemo_timestep(scheduler, settings.steps, settings.timestep_index)
+    model_input = scheduler.scale_model_input(latents, timestep) if hasattr(scheduler, "scale_model_input") else latents
+    return latents, timestep, model_input
+
+
+def reference_noise_diffs(unet: Any, scheduler: Any, embeds: torch.Tensor, settings: NoiseDiffSettings) -> torch.Tensor:
+    """Normalised noise differences (n_seeds, C, H, W) of one prompt's embedding, no neuron blocked.
+
+    Raises:
+        InputError: `embeds` holds more than one prompt.
+    """
+    import torch
+
+    if embeds.shape[0] != 1:
+        raise InputError("reference_noise_diffs takes the embedding of one prompt")
+    latents, timestep, model_input = noise_diff_inputs(unet, scheduler, settings)
+    embeds = embeds.to(unet.device, unet.dtype).expand(latents.shape[0], -1, -1)
+    with torch.no_grad():
+        eps = unet(model_input, timestep, encoder_hidden_states=embeds).sample
+    return normalise_noise_diff(eps.float() - latents.float())
+
+
 def nemo_detection_scores(pipe: Any, texts: Sequence[str], settings: NoiseDiffSettings | None = None) -> list[float]:
     """NeMo's detection score (max pairwise seed similarity) for each prompt text."""
     from fbmem_data.nemo.activations import encode_prompts
-    from fbmem_data.nemo.localize import NoiseDiffEvaluator
 
     settings = settings or NoiseDiffSettings()
     scores = []
     for text in texts:
-        evaluator = NoiseDiffEvaluator(pipe.unet, pipe.scheduler, encode_prompts(pipe, [text]), settings, layers=[])
-        scores.append(float(pairwise_max_similarity(evaluator.reference, settings).max()))
+        reference = reference_noise_diffs(pipe.unet, pipe.scheduler, encode_prompts(pipe, [text]), settings)
+        scores.append(float(pairwise_max_similarity(reference, settings).max()))
     return scores
 
 
