@@ -307,7 +307,7 @@ def diffusion_roundtrip(pipe: Any, strength: tuple[float, float] = (0.1, 0.35), 
         import torch
         from diffusers import DDIMScheduler
 
-        from fbmem_data.generate.generator import shape_noise
+        from fbmem_data.noise import shape_noise
 
         vae, unet = pipe.vae, pipe.unet
         scheduler = DDIMScheduler.from_config(pipe.scheduler.config)

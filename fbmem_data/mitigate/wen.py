@@ -160,7 +160,7 @@ def first_step_norms(
     (prompt, seed) in prompt-major order, on the same x_T `fbmem generate` draws for those seeds."""
     import torch
 
-    from fbmem_data.generate.generator import default_image_size, initial_latents
+    from fbmem_data.noise import default_image_size, initial_latents
 
     default_h, default_w = default_image_size(pipe)
     height, width = int(height or default_h), int(width or default_w)
@@ -228,7 +228,7 @@ def wen_detection_score(
     """
     import torch
 
-    from fbmem_data.generate.generator import default_image_size, initial_latents
+    from fbmem_data.noise import default_image_size, initial_latents
 
     if guidance <= 1.0:
         raise InputError("wen_detection_score needs guidance > 1 (it compares the two guidance branches)")
