@@ -6,7 +6,7 @@ from fbmem_data.errors import DeviceError
 
 
 def resolve_device(device: str | None = "auto") -> str:
-    """"auto" (or None / "") -> "cuda" when a GPU is visible, else "cpu"; any other name is checked.
+    """Turn "auto" (or None / "") into "cuda" when a GPU is visible, else "cpu"; check any other name.
 
     Args:
         device: "auto", "cpu", "cuda", "cuda:N" or "mps".
@@ -27,15 +27,21 @@ def resolve_device(device: str | None = "auto") -> str:
     try:
         parsed = torch.device(device)
     except (RuntimeError, TypeError) as exc:
-        raise DeviceError(f"device {device!r} is not a torch device", hint="use auto, cpu, cuda or cuda:N") from exc
+        raise DeviceError(
+            f"device {device!r} is not a torch device", hint="use auto, cpu, cuda or cuda:N"
+        ) from exc
     if parsed.type == "cuda":
         if not torch.cuda.is_available():
-            raise DeviceError(f"device {device!r} was asked for, but torch sees no CUDA device", hint="use --device cpu")
+            raise DeviceError(
+                f"device {device!r} was asked for, but torch sees no CUDA device", hint="use --device cpu"
+            )
         if parsed.index is not None and parsed.index >= torch.cuda.device_count():
             raise DeviceError(
                 f"device {device!r} was asked for, but only {torch.cuda.device_count()} CUDA device(s) exist",
                 hint="use cuda or cuda:0",
             )
     elif parsed.type not in ("cpu", "mps"):
-        raise DeviceError(f"device type {parsed.type!r} is not supported by fbmem", hint="use auto, cpu or cuda")
+        raise DeviceError(
+            f"device type {parsed.type!r} is not supported by fbmem", hint="use auto, cpu or cuda"
+        )
     return str(parsed)

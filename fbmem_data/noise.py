@@ -31,9 +31,12 @@ def initial_latents(pipe: Any, seeds: Sequence[int], height: int, width: int) ->
 
     scale = int(getattr(pipe, "vae_scale_factor", 8))
     shape = (int(pipe.unet.config.in_channels), height // scale, width // scale)
-    noise = torch.stack([
-        torch.randn(shape, generator=torch.Generator("cpu").manual_seed(int(s)), dtype=torch.float32) for s in seeds
-    ])
+    noise = torch.stack(
+        [
+            torch.randn(shape, generator=torch.Generator("cpu").manual_seed(int(s)), dtype=torch.float32)
+            for s in seeds
+        ]
+    )
     return shape_noise(pipe, noise).to(device=pipe.unet.device, dtype=pipe.unet.dtype)
 
 

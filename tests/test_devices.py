@@ -15,7 +15,9 @@ def test_auto_and_cpu() -> None:
     assert resolve_device("cpu") == "cpu"
 
 
-@pytest.mark.parametrize(("name", "message"), [("gpu", "not a torch device"), ("xla", "not supported by fbmem")])
+@pytest.mark.parametrize(
+    ("name", "message"), [("gpu", "not a torch device"), ("xla", "not supported by fbmem")]
+)
 def test_bad_names_are_one_error_that_both_old_callers_catch(name: str, message: str) -> None:
     with pytest.raises(DeviceError, match=message) as info:
         resolve_device(name)
@@ -34,4 +36,6 @@ def test_every_stage_uses_the_same_resolver() -> None:
     from fbmem_data.generate import loading
     from fbmem_data.segment import base as segment_base
 
-    assert embed_base.resolve_device is segment_base.resolve_device is loading.resolve_device is resolve_device
+    assert (
+        embed_base.resolve_device is segment_base.resolve_device is loading.resolve_device is resolve_device
+    )
