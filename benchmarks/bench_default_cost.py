@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from fbmem_data.fbmem.scoring import DEFAULT_PRESET, PAPER_PRESET, PairScorer, make_metric
-from fbmem_data.fbmem.synthetic import planted_pair, to_uint8
+from fbmem_data.testing.scenes import planted_pair, to_uint8
 
 
 def main() -> None:

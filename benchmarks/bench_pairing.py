@@ -51,7 +51,7 @@ from fbmem_data.pairing.search import (
     load_or_build_hnsw,
     save_hnsw,
 )
-from fbmem_data.pairing.synthetic import perturb, random_texture, render_texture, textured_image, theme_member
+from fbmem_data.testing.textures import perturb, random_texture, render_texture, textured_image, theme_member
 
 RESULTS = Path(__file__).resolve().parent / "results" / "pairing.json"
 DATA_SETS = ("laion-like", "uniform")

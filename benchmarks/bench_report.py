@@ -2,7 +2,7 @@
 
 Usage: nice -n 10 .venv/bin/python benchmarks/bench_report.py [--prompts 1250] [--seeds 4] [--workspace DIR]
 
-One process, one sample workspace (fbmem_data.report.synthetic: 64x64 planted scenes, drawn scores, top-5,
+One process, one sample workspace (fbmem_data.testing.sample_workspace: 64x64 planted scenes, drawn scores, top-5,
 prompts x seeds x {none, nemo} generations):
 - build: the report with thumbnails embedded (one file) and with thumbnails in the folder beside it; the
   baseline is reading the same views without building anything (gather only);
@@ -24,10 +24,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fbmem_data.report.browser import HeadlessChromium
 from fbmem_data.report.builder import build_report_summary
 from fbmem_data.report.gather import gather
-from fbmem_data.report.synthetic import SampleSpec, write_sample_workspace
+from fbmem_data.testing.browser import HeadlessChromium
+from fbmem_data.testing.sample_workspace import SampleSpec, write_sample_workspace
 from fbmem_data.workspace import Workspace
 
 RESULTS = Path(__file__).resolve().parent / "results" / "report.json"

@@ -39,8 +39,8 @@ from PIL import Image
 from fbmem_data.fbmem.composition import region_batch
 from fbmem_data.fbmem.labelling import LABELS, label_of
 from fbmem_data.fbmem.scoring import PairScorer
-from fbmem_data.fbmem.synthetic import planted_pair, to_uint8
 from fbmem_data.similarity.msssim import MaskedMSSSIMMetric, MSSSIMMetric
+from fbmem_data.testing.scenes import planted_pair, to_uint8
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 

@@ -37,3 +37,7 @@ class ModelNotFoundError(FbmemError):
 
 class PluginError(FbmemError):
     """An unknown plug-in name, or a plug-in that cannot run in this environment."""
+
+
+class DeviceError(InputError, PluginError):
+    """A device name that is malformed or not available here (an input error of the plug-in that got it)."""

@@ -87,37 +87,3 @@ SELECT mitigation AS method, mitigation_params, count(*) AS n_prompts, avg(neuro
        median(neurons) AS median_neurons, max(neurons) AS max_neurons
 FROM per_prompt
 GROUP BY ALL;
-
--- Lab: FB-Mem label rates per mitigation and planted group (lab_truth), with the mitigation score.
-CREATE OR REPLACE VIEW fbmem_rates_by_group AS
-WITH rates AS (
-    SELECT g.mitigation AS method, g.mitigation_params, g.model_id, t.planted_group, count(*) AS n,
-           avg((g.label = 'VM')::INT) AS vm_rate, avg((g.label = 'BM')::INT) AS bm_rate,
-           avg((g.label = 'FM')::INT) AS fm_rate, avg((g.label = 'NM')::INT) AS nm_rate
-    FROM mitigation_generation_labels g
-    JOIN lab_truth t USING (prompt_id)
-    GROUP BY ALL
-),
-scores AS (
-    SELECT m.method, m.mitigation_params, m.model_id, t.planted_group, sum(m.weight) AS score, count(*) AS n_pairs
-    FROM mitigation_transitions m
-    JOIN lab_truth t USING (prompt_id)
-    GROUP BY ALL
-)
-SELECT r.*, s.score AS mitigation_score, s.n_pairs
-FROM rates r
-LEFT JOIN scores s
-  ON s.method = r.method AND s.mitigation_params IS NOT DISTINCT FROM r.mitigation_params
- AND s.model_id = r.model_id AND s.planted_group = r.planted_group
-ORDER BY r.model_id, r.method, r.planted_group;
-
--- Lab: NeMo outcome per planted group (memorized groups should get neurons, controls few or none).
-CREATE OR REPLACE VIEW nemo_neurons_by_group AS
-SELECT s.localization_id, t.planted_group, count(*) AS n_prompts,
-       count(*) FILTER (WHERE s.status = 'not_memorized') AS n_not_memorized,
-       avg(coalesce(s.n_refined, 0)) AS mean_refined_neurons, median(coalesce(s.n_refined, 0)) AS median_refined_neurons,
-       avg(s.detection_score) AS mean_detection_score
-FROM nemo_summary s
-JOIN lab_truth t USING (prompt_id)
-GROUP BY ALL
-ORDER BY s.localization_id, t.planted_group;

@@ -47,14 +47,3 @@ SELECT mitigation AS method, mitigation_params, model_id,
 FROM paired
 GROUP BY ALL
 ORDER BY model_id, method, mitigation_params;
-
--- Lab: the same per planted group (lab_truth).
-CREATE OR REPLACE VIEW mitigation_utility_by_group AS
-SELECT g.mitigation AS method, g.mitigation_params, g.model_id, t.planted_group,
-       count(*) AS n, avg(u.value) AS utility
-FROM generations g
-JOIN utility_current u ON u.generated_image_id = g.image_id AND u.prompt_id = g.prompt_id
-JOIN lab_truth t ON t.prompt_id = g.prompt_id
-WHERE u.status = 'ok'
-GROUP BY ALL
-ORDER BY g.model_id, method, g.mitigation_params, t.planted_group;

@@ -24,6 +24,7 @@ from fbmem_data.workspace import Workspace
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # ~25 s on a 2-core CPU
 def test_quick_entry_point_writes_json_and_markdown_with_baselines(tmp_path: Path) -> None:
     """The fast stages at their quick sizes, through the real entry point, in a child process."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

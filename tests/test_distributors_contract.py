@@ -34,10 +34,11 @@ from fbmem_data.distribute.extractors import (
 )
 from fbmem_data.distribute.shards import part_name, plan_shards
 from fbmem_data.errors import FbmemError, InputError, PluginError
-from fbmem_data.fbmem.synthetic import planted_pair, to_uint8
+from fbmem_data.testing.scenes import planted_pair, to_uint8
 from fbmem_data.workspace import Workspace
 
-ENGINES = ["local", "ray"]
+# ray starts a cluster and actors: 8-16 s per test on a 2-core CPU, so its half of the suite is slow
+ENGINES = ["local", pytest.param("ray", marks=pytest.mark.slow)]
 SIZE = 48
 VOLATILE = {"run_id"}
 _SOURCE_NAME = re.compile(r"(cannot identify image file) .*")
@@ -237,8 +238,8 @@ class FlakyModel:
     [
         ("local", "raise"),
         pytest.param("local", "exit", marks=pytest.mark.skip(reason="never: os._exit in-process would kill the test runner")),
-        ("ray", "raise"),
-        ("ray", "exit"),
+        pytest.param("ray", "raise", marks=pytest.mark.slow),
+        pytest.param("ray", "exit", marks=pytest.mark.slow),
     ],
 )
 def test_killed_worker_loses_and_duplicates_nothing(

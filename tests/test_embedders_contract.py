@@ -22,7 +22,7 @@ from PIL import Image
 
 from fbmem_data.embed import Embedder, create_embedder, embedder_names
 from fbmem_data.errors import InputError, ModelNotFoundError, PluginError
-from fbmem_data.pairing.synthetic import textured_image
+from fbmem_data.testing.textures import textured_image
 
 TINY_CLIP = {
     "embed_dim": 32,

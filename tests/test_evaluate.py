@@ -184,7 +184,7 @@ def _score(
 
 def test_regions_metric_ignores_mask_disagreement_where_pixels_agree() -> None:
     """The old default's failure mode in miniature: one image, two slightly different masks."""
-    from fbmem_data.fbmem.synthetic import planted_pair, to_uint8
+    from fbmem_data.testing.scenes import planted_pair, to_uint8
 
     pp = planted_pair(3, "VM", size=192, area=0.2)
     img = to_uint8(pp.train)
@@ -201,7 +201,7 @@ def test_regions_metric_ignores_mask_disagreement_where_pixels_agree() -> None:
 def test_regions_metric_keeps_fm_and_bm_apart() -> None:
     from fbmem_data.fbmem.labelling import label_of
     from fbmem_data.fbmem.scoring import DEFAULT_PRESET
-    from fbmem_data.fbmem.synthetic import planted_pair, to_uint8
+    from fbmem_data.testing.scenes import planted_pair, to_uint8
 
     for truth in ("FM", "BM", "NM", "VM"):
         pp = planted_pair(11, truth, size=192, area=0.35)

@@ -6,7 +6,7 @@ import os
 import runpy
 from pathlib import Path
 
-from fbmem_data.report.synthetic import SampleSpec, write_sample_workspace
+from fbmem_data.testing.sample_workspace import SampleSpec, write_sample_workspace
 from fbmem_data.workspace import Workspace
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "analysis.py"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from fbmem_data.report.synthetic import SampleSpec, write_sample_workspace
+from fbmem_data.testing.sample_workspace import SampleSpec, write_sample_workspace
 from fbmem_data.workspace import Workspace
 
 

@@ -17,7 +17,7 @@ from fbmem_data.cli.app import build_app
 from fbmem_data.errors import InputError, ModelNotFoundError
 from fbmem_data.fbmem import label_rows, score_pairs, segment_images
 from fbmem_data.fbmem.scoring import DEFAULT_PRESET
-from fbmem_data.fbmem.synthetic import planted_pair, to_uint8
+from fbmem_data.testing.scenes import planted_pair, to_uint8
 from fbmem_data.workspace import Workspace
 
 SIZE = 192

@@ -37,6 +37,7 @@ def _neurons_csv(path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow  # ~60 s on a 2-core CPU
 def test_demo_path_with_random_weights(workspace, tmp_path: Path) -> None:
     from fbmem_data.generate.loading import wrap_pipeline
     from fbmem_data.lab.segmenter import train_segmenter
@@ -80,6 +81,7 @@ def test_demo_path_with_random_weights(workspace, tmp_path: Path) -> None:
     assert again.counts["generations"] == 4 + 2 * 4 and again.counts["region_scores"] == result.counts["region_scores"]
 
 
+@pytest.mark.slow  # ~57 s on a 2-core CPU
 @pytest.mark.skipif(not SHIPPED, reason="data/lab/ does not ship the trained lab model and segmenter")
 def test_quick_demo_with_shipped_weights(workspace) -> None:
     result = run_demo(workspace, DemoConfig.quick(), log=None)
@@ -193,6 +195,7 @@ def test_lab_segmenter_flip_averaging_turns_with_the_image(tmp_path: Path) -> No
     assert not np.allclose(np.rot90(s), t, atol=1e-5)  # a random network alone is not that symmetric
 
 
+@pytest.mark.slow  # ~27 s on a 2-core CPU
 def test_train_lab_segmenter_redraws_with_the_model_in_its_folder(tmp_path: Path) -> None:
     import json
 

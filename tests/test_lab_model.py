@@ -52,6 +52,7 @@ def test_training_embeddings_match_the_pipeline() -> None:
     torch.testing.assert_close(ours, theirs)
 
 
+@pytest.mark.slow  # ~22 s on a 2-core CPU
 def test_tiny_training_lowers_the_loss_and_resumes(tmp_path: Path) -> None:
     ds = make_lab_dataset(0, TINY_LAB)
     cfg = TrainConfig(ae_steps=2, ae_batch=4, unet_steps=40, unet_batch=8, unet_lr=2e-3, warmup_steps=5,
@@ -92,6 +93,7 @@ def test_zero_terminal_snr_scheduler_leaves_no_signal_in_x_t() -> None:
     assert int(zero.timesteps[0]) == 999  # "trailing": sampling starts at the pure-noise step
 
 
+@pytest.mark.slow  # ~25 s on a 2-core CPU
 def test_v_prediction_fine_tune_starts_from_the_given_weights_and_learns(tmp_path: Path) -> None:
     from dataclasses import replace
 
@@ -129,6 +131,7 @@ def test_fine_tune_of_a_folder_without_weights_says_what_is_missing(tmp_path: Pa
         train_lab(tmp_path / "out", tmp_path / "ckpt", TrainConfig(init_from=str(tmp_path / "nothing")), TINY, TINY_LAB, log=None)
 
 
+@pytest.mark.slow  # ~130 s on a 2-core CPU
 def test_cli_lab_train_then_fine_tune_with_zero_terminal_snr(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
@@ -157,6 +160,7 @@ def test_cli_lab_train_then_fine_tune_with_zero_terminal_snr(tmp_path: Path) -> 
     assert isinstance(missing.exception, ModelNotFoundError) and "missing lab_model.json" in str(missing.exception)
 
 
+@pytest.mark.slow  # ~14 s on a 2-core CPU
 def test_stop_at_then_resume_equals_one_uninterrupted_run(tmp_path: Path) -> None:
     from dataclasses import replace
 

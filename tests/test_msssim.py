@@ -10,7 +10,6 @@ import torch
 from fbmem_data import plugins
 from fbmem_data.errors import InputError
 from fbmem_data.fbmem.composition import region_batch
-from fbmem_data.fbmem.synthetic import planted_pair, to_uint8
 from fbmem_data.similarity import register_builtin_metrics
 from fbmem_data.similarity.msssim import (
     MaskedMSSSIMMetric,
@@ -19,6 +18,7 @@ from fbmem_data.similarity.msssim import (
     masked_ms_ssim,
     ms_ssim,
 )
+from fbmem_data.testing.scenes import planted_pair, to_uint8
 
 register_builtin_metrics()
 

@@ -26,7 +26,7 @@ from fbmem_data.pairing.search import (
     load_or_build_hnsw,
     save_hnsw,
 )
-from fbmem_data.pairing.synthetic import (
+from fbmem_data.testing.textures import (
     near_duplicate_set,
     random_texture,
     render_texture,

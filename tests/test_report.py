@@ -16,7 +16,7 @@ from fbmem_data.cli.app import build_app
 from fbmem_data.errors import InputError
 from fbmem_data.fbmem.scoring import DEFAULT_PRESET
 from fbmem_data.report import build_report, build_report_summary
-from fbmem_data.report.synthetic import SampleSpec, write_sample_workspace
+from fbmem_data.testing.sample_workspace import SampleSpec, write_sample_workspace
 from fbmem_data.workspace import Workspace
 
 SPEC = SampleSpec(n_prompts=16, seeds=2, k=3)
@@ -209,7 +209,7 @@ def test_cli_report(sample_ws: Workspace, tmp_path: Path) -> None:
 
 
 def test_browser_driver_names_a_missing_chromium(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from fbmem_data.report.browser import BrowserError, HeadlessChromium
+    from fbmem_data.testing.browser import BrowserError, HeadlessChromium
 
     monkeypatch.setenv("FBMEM_CHROMIUM", str(tmp_path / "no-such-chromium"))
     with pytest.raises(BrowserError, match="does not exist") as info:
@@ -227,8 +227,8 @@ def test_report_over_real_segmenter_and_scorer(tmp_path: Path) -> None:
     from PIL import Image
 
     from fbmem_data.fbmem import score_pairs, segment_images
-    from fbmem_data.fbmem.synthetic import planted_pair, to_uint8
     from fbmem_data.ids import prompt_id
+    from fbmem_data.testing.scenes import planted_pair, to_uint8
 
     torch.set_num_threads(1)
     ws = Workspace.init(tmp_path / "ws")

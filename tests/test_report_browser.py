@@ -1,4 +1,4 @@
-"""The report in a real browser: headless Chromium over the DevTools protocol (fbmem_data.report.browser).
+"""The report in a real browser: headless Chromium over the DevTools protocol (fbmem_data.testing.browser).
 
 Chromium comes from the Debian packages `chromium` and `chromium-driver` (.ci/run installs them). Without it
 the test fails in CI (CI is set) and is skipped on a developer machine. A screenshot is kept in
@@ -17,9 +17,9 @@ from urllib.parse import unquote, urlparse
 import pytest
 
 from fbmem_data.report import build_report_summary
-from fbmem_data.report.browser import HeadlessChromium, find_chromium
 from fbmem_data.report.builder import THUMB_SIZE
-from fbmem_data.report.synthetic import SampleSpec, write_sample_workspace
+from fbmem_data.testing.browser import HeadlessChromium, find_chromium
+from fbmem_data.testing.sample_workspace import SampleSpec, write_sample_workspace
 from fbmem_data.workspace import Workspace
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"

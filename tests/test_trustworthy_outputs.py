@@ -22,7 +22,7 @@ import pytest
 from fbmem_data.errors import InputError, QueryError, WorkspaceError
 from fbmem_data.fbmem import labels
 from fbmem_data.generate.planning import generation_id, plan_jobs
-from fbmem_data.report.synthetic import SampleSpec, write_sample_workspace
+from fbmem_data.testing.sample_workspace import SampleSpec, write_sample_workspace
 from fbmem_data.workspace import EMPTY_PART, CatalogWarning, Workspace
 
 DIGITS = "2572104171727124"  # a prompt id of digits only (19 of the reference prompt ids are)

@@ -128,6 +128,7 @@ def test_params_stable_jsonable_and_device_free(metric: UtilityMetric) -> None:
 
 
 # -- lab-colours against the truth ----------------------------------------------------------------------
+@pytest.mark.slow  # ~30 s: draws and scores the lab set
 def test_lab_judge_prefers_the_true_caption(lab: Any) -> None:
     """Every trained drawing scores higher, on average, under its own caption than under another group's."""
     judge = build("lab-colours")
@@ -282,7 +283,23 @@ def test_runner_scores_resumes_records_errors_and_views_average(workspace: Works
     assert clip_view["nemo"]["utility_change"] == pytest.approx(0.0, abs=1e-9)
     by_id = workspace.sql("SELECT * FROM mitigation_utility", {"utility_id": first["utility_id"]}).to_pylist()
     assert {r["method"] for r in by_id} == {"none", "nemo"}
-    assert workspace.sql("SELECT count(*) FROM mitigation_utility_by_group").column(0)[0].as_py() >= 0
+    # the lab view splits the same values by planted group (lab_truth): one group per prompt here
+    groups = {r["prompt_id"]: ("VM", "unique", "VM")[k] for k, r in enumerate(
+        workspace.sql("SELECT prompt_id FROM prompts ORDER BY prompt_id").to_pylist())}
+    workspace.write("lab_truth", [{"prompt_id": pid, "planted_group": g, "group_key": f"g{k}", "prompt_set": "lab-train",
+                                   "dataset_seed": 0, "train_image_ids": [], "repeats": 1}
+                                  for k, (pid, g) in enumerate(groups.items())])
+    by_group = workspace.sql("SELECT * FROM mitigation_utility_by_group", {"utility_id": first["utility_id"]}).to_pylist()
+    lab_values = workspace.sql("""
+        SELECT g.mitigation, g.prompt_id, s.value FROM generations g
+        JOIN utility_scores s ON s.generated_image_id = g.image_id AND s.prompt_id = g.prompt_id
+        WHERE s.status = 'ok' AND s.utility_id = $u""", {"u": first["utility_id"]}).to_pylist()
+    expected: dict[tuple[str, str], list[float]] = {}
+    for r in lab_values:
+        expected.setdefault((r["mitigation"], groups[r["prompt_id"]]), []).append(r["value"])
+    assert {(r["method"], r["planted_group"]): (r["n"], pytest.approx(r["utility"])) for r in by_group} == {
+        key: (len(v), np.mean(v)) for key, v in expected.items()}
+    assert {r["planted_group"] for r in by_group} == {"VM", "unique"} and len(by_group) == 4
 
 
 def test_cli_score_and_show(workspace: Workspace, lab: Any) -> None:

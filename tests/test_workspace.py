@@ -107,7 +107,15 @@ def test_store_image_is_content_addressed(workspace: Workspace) -> None:
 
 
 def test_every_view_compiles_on_empty_workspace(workspace: Workspace) -> None:
+    import re
+
+    from fbmem_data.resources import sql_dir
+
     views = workspace.sql("SELECT view_name FROM duckdb_views() WHERE NOT internal").column("view_name").to_pylist()
+    declared = {m for f in sql_dir().glob("*.sql") for m in re.findall(r"CREATE OR REPLACE VIEW (\w+)", f.read_text())}
+    # every view of sql/ is defined (a vacuous loop over no views would pass otherwise), the lab's included
+    assert {"fbmem_labels", "lab_confusion", "fbmem_rates_by_group", "mitigation_utility_by_group"} <= declared
+    assert declared <= set(views), declared - set(views)
     for name in views:
         workspace.sql(f"SELECT * FROM {name} LIMIT 0")
 

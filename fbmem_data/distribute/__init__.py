@@ -20,7 +20,7 @@ from fbmem_data.distribute.protocol import (
     JobSummary,
     ModelFactory,
 )
-from fbmem_data.plugins import create, register
+from fbmem_data.plugins import create
 
 if TYPE_CHECKING:
     from fbmem_data.workspace import Workspace
@@ -38,15 +38,13 @@ __all__ = [
 ]
 
 
-@register(FAMILY, "local")
-def _local(**options: Any) -> Distributor:
+def make_local(**options: Any) -> Distributor:
     from fbmem_data.distribute.local import LocalDistributor
 
     return LocalDistributor(EngineOptions(**options))
 
 
-@register(FAMILY, "ray")
-def _ray(**options: Any) -> Distributor:
+def make_ray(**options: Any) -> Distributor:
     from fbmem_data.distribute.ray_engine import RayDistributor
 
     return RayDistributor(EngineOptions(**options))

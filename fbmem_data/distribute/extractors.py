@@ -314,8 +314,8 @@ class ScoreModel:
     composition: str = "fbmem"
 
     def __call__(self, ws: Workspace) -> BatchFunction:
+        from fbmem_data.devices import resolve_device
         from fbmem_data.fbmem.scoring import PairScorer, WorkspaceImageLoader, make_metric
-        from fbmem_data.segment.base import resolve_device
 
         loader = WorkspaceImageLoader(ws, self.segmenter, self.mask_params_hash)
         scorer = PairScorer(make_metric(self.metric, self.metric_options), self.size, loader, device=resolve_device(self.device),

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
     from fbmem_data.workspace import Workspace
 
-FAMILY = "distributor"
+FAMILY = "fbmem.distributors"  # = fbmem_data.plugins.DISTRIBUTORS (kept literal: this module stays import-light)
 ENGINES = ("local", "ray")
 
 #: A batch of input rows in, rows per output table out (tables written in the job's order).

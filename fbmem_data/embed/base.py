@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from fbmem_data.errors import InputError, PluginError
+from fbmem_data.devices import resolve_device  # noqa: F401  (re-exported: the old import path)
+from fbmem_data.errors import InputError
 
 if TYPE_CHECKING:
     import torch
@@ -61,34 +62,6 @@ class Embedder(Protocol):
             InputError: an item is not a PIL image.
         """
         ...
-
-
-def resolve_device(device: str | None) -> str:
-    """Turn "auto"/None into "cuda" when a GPU is visible, else "cpu"; check any other name.
-
-    Raises:
-        PluginError: the device string is malformed, or names CUDA while none is available.
-    """
-    if device == "cpu":  # no torch import for the CPU-only embedders (a worker process starts faster)
-        return device
-    import torch
-
-    if device in (None, "", "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        parsed = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise PluginError(f"device {device!r} is not a torch device", hint="use auto, cpu, cuda or cuda:N") from exc
-    if parsed.type == "cuda":
-        if not torch.cuda.is_available():
-            raise PluginError(f"device {device!r} asked for, but torch sees no CUDA device", hint="use --device cpu")
-        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
-            raise PluginError(
-                f"device {device!r} asked for, but only {torch.cuda.device_count()} CUDA device(s) exist"
-            )
-    elif parsed.type not in ("cpu", "mps"):
-        raise PluginError(f"device type {parsed.type!r} is not supported by fbmem embedders", hint="use cpu or cuda")
-    return str(parsed)
 
 
 def as_rgb(images: Sequence[Any]) -> list[Image.Image]:

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fbmem_data.embed.base import as_rgb, file_fingerprint, l2_normalise, resolve_device
+from fbmem_data.devices import resolve_device
+from fbmem_data.embed.base import as_rgb, file_fingerprint, l2_normalise
 from fbmem_data.errors import ModelNotFoundError, PluginError
 
 if TYPE_CHECKING:

@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from fbmem_data.devices import resolve_device
 from fbmem_data.embed.base import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     as_rgb,
     file_fingerprint,
     resized_batch,
-    resolve_device,
     torch_embed,
 )
 from fbmem_data.errors import ModelNotFoundError

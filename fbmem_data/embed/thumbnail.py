@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fbmem_data.embed.base import as_rgb, l2_normalise, resolve_device
+from fbmem_data.devices import resolve_device
+from fbmem_data.embed.base import as_rgb, l2_normalise
 from fbmem_data.errors import InputError
 
 if TYPE_CHECKING:

@@ -89,7 +89,7 @@ def make_bed(
 def planted_bed(seed: int = 0, per_label: int = 8, size: int = 256) -> Bed:
     """Planted scenes; case i of a label alternates object areas 12% / 35%."""
     from fbmem_data.evaluate.degrade import jpeg
-    from fbmem_data.fbmem.synthetic import planted_pair, to_uint8
+    from fbmem_data.testing.scenes import planted_pair, to_uint8
 
     train: dict[str, np.ndarray] = {}
     cases: list[Case] = []
@@ -288,10 +288,10 @@ def _lab_generations(
     ds: Any, plan: list[tuple[str, str, int, bool]], cache_dir: Path | None, device: str
 ) -> list[np.ndarray]:
     """Generate (or read from the cache) one image per plan entry."""
-    from fbmem_data.generate.loading import _lab_revision
     from fbmem_data.lab.pipeline import default_weights_dir
+    from fbmem_data.lab.source import lab_weights_hash
 
-    revision = _lab_revision(Path(default_weights_dir())) or "none"
+    revision = lab_weights_hash(Path(default_weights_dir())) or "none"
     texts = {p.key: p.text for p in ds.prompts}
     digest = hashlib.sha256(
         repr((revision, LAB_STEPS, LAB_GUIDANCE, [(texts[k], s) for k, _, s, _ in plan])).encode()

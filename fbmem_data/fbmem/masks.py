@@ -17,12 +17,14 @@ if TYPE_CHECKING:
 
 
 def make_segmenter(name: str, device: str = "auto", options: dict[str, Any] | None = None) -> Segmenter:
-    """Build segmenter plug-in `name` (built-ins are registered on first use)."""
-    from fbmem_data import plugins
-    from fbmem_data.segment import register_builtin_segmenters
+    """Build segmenter plug-in `name` (family `fbmem.segmenters`: fbmem's own or an installed package's).
 
-    register_builtin_segmenters()
-    return plugins.create("segmenter", name, device=device, **(options or {}))
+    Raises:
+        PluginError: no segmenter of that name, or it cannot be loaded or built here.
+    """
+    from fbmem_data import plugins
+
+    return plugins.create(plugins.SEGMENTERS, name, device=device, **(options or {}))
 
 
 def pending_images(

@@ -9,7 +9,6 @@ in a bounded cache across batches, because the same training images recur for ev
 
 from __future__ import annotations
 
-import importlib
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -54,11 +53,14 @@ ImageLoader = Callable[[str], tuple[np.ndarray, Any]]
 
 
 def make_metric(name: str, options: dict[str, Any] | None = None) -> RegionMetric:
-    from fbmem_data import plugins
-    from fbmem_data.similarity import register_builtin_metrics
+    """Build metric plug-in `name` (family `fbmem.metrics`) with keyword `options`.
 
-    register_builtin_metrics()
-    return plugins.create("metric", name, **(options or {}))
+    Raises:
+        PluginError: no metric of that name, or it cannot be loaded.
+    """
+    from fbmem_data import plugins
+
+    return plugins.create(plugins.METRICS, name, **(options or {}))
 
 
 @dataclass
@@ -422,16 +424,10 @@ def resolve_pairing(ws: Workspace, pairing_id: str | None, create_exhaustive: bo
 
 
 def _create_exhaustive(ws: Workspace) -> str:
-    """Ask the pairing module (fbmem_data.pairing) for exhaustive candidates, if it is installed."""
-    try:
-        pairing = importlib.import_module("fbmem_data.pairing")
-    except ImportError:
-        pairing = None
-    func = next((getattr(pairing, n) for n in ("pair_images", "pair") if pairing and hasattr(pairing, n)), None)
-    if func is None:
-        raise InputError("no candidate pairs, and this fbmem cannot create them here", hint="run `fbmem pair --method exhaustive` first")
-    result = func(ws, method="exhaustive")
-    return result if isinstance(result, str) else resolve_pairing(ws, None)
+    """Write exhaustive candidates (every generated x training image) and return their pairing_id."""
+    from fbmem_data.pairing import pair
+
+    return pair(ws, method="exhaustive")
 
 
 def score_pairs(
@@ -481,8 +477,8 @@ def score_pairs(
     """
     from tqdm import tqdm
 
+    from fbmem_data.devices import resolve_device
     from fbmem_data.fbmem.masks import make_segmenter, segment_images
-    from fbmem_data.segment.base import resolve_device
 
     device = resolve_device(device)
     cfg = resolve_config(preset, metric, size, segmenter, metric_options, whole_image=whole_image, segmenter_options=segmenter_options)

@@ -1,4 +1,5 @@
-"""Load a diffusers text-to-image pipeline from `lab`, a local directory or a cached hub id. Never downloads."""
+"""Load a diffusers text-to-image pipeline from a named model source (plug-in family `fbmem.models`, e.g.
+`lab`), a local directory or a cached hub id. Never downloads."""
 
 from __future__ import annotations
 
@@ -7,15 +8,16 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from fbmem_data import plugins
+from fbmem_data.devices import resolve_device
 from fbmem_data.errors import InputError, ModelNotFoundError
 
 if TYPE_CHECKING:
     import torch
     from diffusers import DiffusionPipeline
 
-LAB_MODEL = "lab"
 _HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _SCHEDULERS = ("ddim", "keep")
 
@@ -39,13 +41,34 @@ class LoadedPipeline:
     dtype: str
 
 
-def resolve_device(device: str = "auto") -> str:
-    """'auto' -> 'cuda' when a GPU is visible, else 'cpu'; anything else is passed through."""
-    import torch
+@runtime_checkable
+class ModelSource(Protocol):
+    """A named model (`--model NAME`): a plug-in of family `fbmem.models`, built with no arguments.
 
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
+    Attributes:
+        model_id: what generations.model_id records for it.
+    """
+
+    model_id: str
+
+    def load(self, dtype: torch.dtype) -> tuple[Any, str | None]:
+        """Build the diffusers pipeline (on CPU) in `dtype`.
+
+        Args:
+            dtype: the torch dtype of the weights.
+
+        Returns:
+            (pipeline, revision): the revision is a version of the weights for `runs`, or None.
+
+        Raises:
+            ModelNotFoundError: its weights are missing (the message says how to get them).
+        """
+        ...
+
+
+def model_source_names() -> list[str]:
+    """The names `--model` takes besides directories and hub ids (no plug-in module is imported)."""
+    return plugins.names(plugins.MODELS)
 
 
 def resolve_dtype(dtype: str, device: str) -> str:
@@ -141,7 +164,8 @@ def load_pipeline(
     """Load a text-to-image pipeline without touching the network.
 
     Args:
-        model: "lab" (the shipped lab model), a local diffusers directory, or a hub id in the local cache.
+        model: a model source name (`lab`, the shipped lab model; see model_source_names()), a local
+            diffusers directory, or a hub id in the local cache.
         device: "auto", "cpu", "cuda", "cuda:1" ...
         dtype: "auto" (fp16 on CUDA, fp32 on CPU), "fp16" or "fp32".
         scheduler: "ddim" (the reference sampler; replaces the pipeline's own) or "keep".
@@ -152,7 +176,7 @@ def load_pipeline(
         The pipeline on its device with its recorded ids.
 
     Raises:
-        ModelNotFoundError: the directory, the cached hub snapshot or the lab weights are missing
+        ModelNotFoundError: the directory, the cached hub snapshot or the source's weights are missing
             (the message names what is missing and how to get it).
         InputError: an unknown dtype or scheduler.
     """
@@ -162,8 +186,10 @@ def load_pipeline(
     dtype_name = resolve_dtype(dtype, device)
     tdtype = torch_dtype(dtype_name)
     recorded_revision: str | None
-    if model == LAB_MODEL:
-        pipe, default_id, recorded_revision = _load_lab(tdtype)
+    if model in model_source_names():
+        source = plugins.create(plugins.MODELS, model)
+        pipe, recorded_revision = source.load(tdtype)
+        default_id = source.model_id
     else:
         path = Path(os.path.expanduser(model))
         if path.is_dir():
@@ -180,39 +206,15 @@ def load_pipeline(
             default_id, recorded_revision = model, snapshot.name
         else:
             raise ModelNotFoundError(
-                f"model {model!r} is neither `lab`, an existing directory, nor a hub id (owner/name)",
-                hint="pass `lab`, a diffusers directory, or e.g. CompVis/stable-diffusion-v1-4",
+                f"model {model!r} is neither a model source ({', '.join(model_source_names())}), "
+                "an existing directory, nor a hub id (owner/name)",
+                hint="pass a model source name, a diffusers directory, or e.g. CompVis/stable-diffusion-v1-4",
             )
     _use_scheduler(pipe, scheduler)
     pipe = pipe.to(device)
     if hasattr(pipe, "set_progress_bar_config"):
         pipe.set_progress_bar_config(disable=True)
     return LoadedPipeline(pipe, model_id or default_id, recorded_revision, device, dtype_name)
-
-
-def _load_lab(dtype: torch.dtype) -> tuple[Any, str, str | None]:
-    try:
-        from fbmem_data.lab import pipeline as lab_pipeline
-    except ImportError as exc:
-        raise ModelNotFoundError(
-            "the lab model is not available in this installation (fbmem_data.lab.pipeline is missing)",
-            hint="update fbmem, or pass a diffusers directory / hub id as --model",
-        ) from exc
-    pipe = lab_pipeline.load_lab_pipeline()
-    pipe = pipe.to(dtype=dtype)
-    return pipe, lab_pipeline.LAB_MODEL_ID, _lab_revision(Path(lab_pipeline.default_weights_dir()))
-
-
-def _lab_revision(weights_dir: Path) -> str | None:
-    """A content hash of the shipped lab weights (recorded in runs.model_versions)."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    for name in sorted(p.name for p in weights_dir.glob("*.safetensors")):
-        with open(weights_dir / name, "rb") as fh:
-            for block in iter(lambda fh=fh: fh.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()[:16] if any(weights_dir.glob("*.safetensors")) else None
 
 
 def wrap_pipeline(pipe: Any, model_id: str, *, revision: str | None = None) -> LoadedPipeline:

@@ -189,7 +189,7 @@ def assemble_pipeline(unet: Any, vae: Any, config: LabModelConfig) -> StableDiff
         requires_safety_checker=False,
     )
     pipe.set_progress_bar_config(disable=True)
-    # read by fbmem_data.generate.generator.initial_latents (every x_T fbmem draws for generation)
+    # read by fbmem_data.noise.initial_latents (every x_T fbmem draws for generation)
     pipe.fbmem_initial_noise = "zero-mean" if config.zero_mean_noise else "gaussian"
     return pipe
 

@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
+from fbmem_data.devices import resolve_device
 from fbmem_data.errors import ModelNotFoundError
-from fbmem_data.plugins import register
-from fbmem_data.segment.base import ImageBatch, Segmenter, check_batch, resolve_device
+from fbmem_data.segment.base import ImageBatch, Segmenter, check_batch
 
 WEIGHTS_FILE = "segmenter.safetensors"
 CONFIG_FILE = "segmenter.json"
@@ -153,7 +153,6 @@ def _mean_over_flips(net: Any, x: Any) -> Any:
     return total / 8
 
 
-@register("segmenter", "lab")
 def make_lab_segmenter(**kwargs: Any) -> LabSegmenter:
     return LabSegmenter(**kwargs)
 
@@ -308,7 +307,7 @@ def diffusion_roundtrip(pipe: Any, strength: tuple[float, float] = (0.1, 0.35), 
         import torch
         from diffusers import DDIMScheduler
 
-        from fbmem_data.generate.generator import shape_noise
+        from fbmem_data.noise import shape_noise
 
         vae, unet = pipe.vae, pipe.unet
         scheduler = DDIMScheduler.from_config(pipe.scheduler.config)

@@ -1,15 +1,13 @@
 """Mitigations: plug-ins that change how a batch of images is generated (see protocol.py).
 
 Built in: `none`, `rta` (random token addition), `wen` (Wen et al. prompt-embedding optimisation);
-`nemo` and `nemo-c` live in nemo.py. Every module of this package is imported on first use, so a
-module that registers a factory under the "mitigation" family is found without editing this file.
+`nemo`, `nemo-c` (nemo.py) and `nemo-c-transfer`. Each is an entry point of group `fbmem.mitigations`
+(fbmem_data/plugins.py): an installed package adds one without editing this file.
 """
 
 from __future__ import annotations
 
-import importlib
 import inspect
-import pkgutil
 from collections.abc import Mapping
 from typing import Any
 
@@ -28,22 +26,13 @@ __all__ = [
     "split_mitigation_params",
 ]
 
-_loaded = False
-
 
 def load_mitigation_plugins() -> None:
-    """Import every module of this package once, so each registers its factories (cheap: no torch)."""
-    global _loaded
-    if _loaded:
-        return
-    for info in pkgutil.iter_modules(__path__):
-        if info.name != "protocol":
-            importlib.import_module(f"{__name__}.{info.name}")
-    _loaded = True
+    """Kept for callers of the old API: mitigations are found through entry points, nothing to do."""
 
 
 def mitigation_names() -> list[str]:
-    load_mitigation_plugins()
+    """Every installed mitigation's name (reads entry points; imports no plug-in)."""
     return plugins.names(MITIGATION_FAMILY)
 
 
@@ -53,7 +42,6 @@ def create_mitigation(name: str, **params: Any) -> Mitigation:
     Raises:
         PluginError: unknown name, or a parameter the mitigation does not take.
     """
-    load_mitigation_plugins()
     try:
         return plugins.create(MITIGATION_FAMILY, name, **params)
     except TypeError as exc:
@@ -66,11 +54,7 @@ def mitigation_class(name: str) -> type[Mitigation]:
     Raises:
         PluginError: no mitigation of that name is registered.
     """
-    load_mitigation_plugins()
-    factory = plugins._REGISTRY.get(MITIGATION_FAMILY, {}).get(name)
-    if factory is None:
-        raise PluginError(f"unknown mitigation {name!r}", hint=f"available: {', '.join(mitigation_names())}")
-    return factory  # type: ignore[return-value]
+    return plugins.load(MITIGATION_FAMILY, name)  # type: ignore[return-value]
 
 
 def accepted_params(name: str) -> set[str] | None:

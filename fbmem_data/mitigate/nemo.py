@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 
 from fbmem_data.errors import InputError
 from fbmem_data.mitigate.protocol import GenerationBatch, Mitigation
-from fbmem_data.plugins import register
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
@@ -60,7 +59,6 @@ class _NeuronMitigation(Mitigation):
             yield out
 
 
-@register("mitigation", "nemo")
 class NemoMitigation(_NeuronMitigation):
     """Zero each prompt's NeMo neurons.
 
@@ -109,7 +107,6 @@ class NemoMitigation(_NeuronMitigation):
         _write_contract_neurons(ws, model_id, prompt_ids, pipe)
 
 
-@register("mitigation", "nemo-c")
 class NemoClusterMitigation(_NeuronMitigation):
     """Zero the NeMo-C mask of each prompt's cluster.
 

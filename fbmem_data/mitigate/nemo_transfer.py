@@ -13,13 +13,11 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from fbmem_data.errors import InputError
 from fbmem_data.mitigate.nemo import NemoClusterMitigation, _group
-from fbmem_data.plugins import register
 
 if TYPE_CHECKING:
     from fbmem_data.workspace import Workspace
 
 
-@register("mitigation", "nemo-c-transfer")
 class NemoClusterTransferMitigation(NemoClusterMitigation):
     """Zero cluster `cluster`'s mask (of cluster_masks `mask`) for every prompt.
 

@@ -7,13 +7,11 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from fbmem_data.mitigate.protocol import GenerationBatch, Mitigation
-from fbmem_data.plugins import register
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
 
 
-@register("mitigation", "none")
 class NoMitigation(Mitigation):
     """Generate exactly as the pipeline would: no parameters, no hooks."""
 

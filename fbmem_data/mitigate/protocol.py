@@ -11,18 +11,14 @@ runs the diffusers pipeline on the batch it gets back, and leaves the context. H
 on exit, also when generation raises (use try/finally). See docs/generate.md for the guidance batch
 layout hooks see: diffusers runs [uncond rows (B), cond rows (B)] in one UNet call when guidance > 1.
 
-Plug-ins register their class (its constructor's keyword arguments are the mitigation's parameters,
-which `--mitigation-param key=value` routes by name) under the "mitigation" family::
+A plug-in is a class (its constructor's keyword arguments are the mitigation's parameters, which
+`--mitigation-param key=value` routes by name) declared as an entry point of group `fbmem.mitigations`
+in its package's pyproject.toml::
 
-    from fbmem_data.plugins import register
+    [project.entry-points."fbmem.mitigations"]
+    none = "fbmem_data.mitigate.none:NoMitigation"
 
-    @register("mitigation", "none")
-    class NoMitigation(Mitigation):
-        name = "none"
-        ...
-
-Every module in the fbmem_data.mitigate package is imported by `load_mitigation_plugins()`, so a new
-module that registers itself there is picked up by the CLI and by the shared contract test suite.
+Every installed entry point is picked up by the CLI and by the shared contract test suite.
 """
 
 from __future__ import annotations
@@ -190,4 +186,4 @@ def removing_hooks(handles: list[Any]) -> Iterator[list[Any]]:
         handles.clear()
 
 
-MITIGATION_FAMILY = "mitigation"
+MITIGATION_FAMILY = "fbmem.mitigations"  # = fbmem_data.plugins.MITIGATIONS

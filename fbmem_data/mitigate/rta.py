@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 from fbmem_data.errors import InputError
 from fbmem_data.ids import params_hash
 from fbmem_data.mitigate.protocol import GenerationBatch, Mitigation
-from fbmem_data.plugins import register
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
@@ -76,7 +75,6 @@ def add_random_tokens(prompt: str, tokens: list[str], rng: random.Random) -> tup
     return " ".join(words), positions
 
 
-@register("mitigation", "rta")
 class RandomTokenAddition(Mitigation):
     """Random token addition.
 

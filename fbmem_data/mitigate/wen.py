@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from fbmem_data.errors import InputError
 from fbmem_data.mitigate.protocol import GenerationBatch, Mitigation, removing_hooks
-from fbmem_data.plugins import register
 
 if TYPE_CHECKING:
     import torch
@@ -57,7 +56,6 @@ def first_timestep(pipe: Any, steps: int) -> Any:
     return pipe.scheduler.timesteps[0]
 
 
-@register("mitigation", "wen")
 class WenMitigation(Mitigation):
     """Wen et al.'s prompt-embedding optimisation at the first step.
 
@@ -162,7 +160,7 @@ def first_step_norms(
     (prompt, seed) in prompt-major order, on the same x_T `fbmem generate` draws for those seeds."""
     import torch
 
-    from fbmem_data.generate.generator import default_image_size, initial_latents
+    from fbmem_data.noise import default_image_size, initial_latents
 
     default_h, default_w = default_image_size(pipe)
     height, width = int(height or default_h), int(width or default_w)
@@ -230,7 +228,7 @@ def wen_detection_score(
     """
     import torch
 
-    from fbmem_data.generate.generator import default_image_size, initial_latents
+    from fbmem_data.noise import default_image_size, initial_latents
 
     if guidance <= 1.0:
         raise InputError("wen_detection_score needs guidance > 1 (it compares the two guidance branches)")

@@ -151,57 +151,54 @@ def pairwise_max_similarity(noise_diffs: torch.Tensor, settings: NoiseDiffSettin
     return per_seed
 
 
+def noise_diff_inputs(unet: Any, scheduler: Any, settings: NoiseDiffSettings) -> tuple[Any, Any, Any]:
+    """(latents, timestep, model_input) of NeMo's one-step noise difference: the seeded initial latents
+    on the UNet's device and dtype, the timestep, and the latents scaled for the UNet."""
+    size = settings.latent_size or int(unet.config.sample_size)
+    shape = (int(unet.config.in_channels), size, size)
+    latents = initial_latents(settings.n_seeds, settings.seed, shape).to(unet.device, unet.dtype)
+    timestep = nemo_timestep(scheduler, settings.steps, settings.timestep_index)
+    model_input = scheduler.scale_model_input(latents, timestep) if hasattr(scheduler, "scale_model_input") else latents
+    return latents, timestep, model_input
+
+
+def reference_noise_diffs(unet: Any, scheduler: Any, embeds: torch.Tensor, settings: NoiseDiffSettings) -> torch.Tensor:
+    """Normalised noise differences (n_seeds, C, H, W) of one prompt's embedding, no neuron blocked.
+
+    Raises:
+        InputError: `embeds` holds more than one prompt.
+    """
+    import torch
+
+    if embeds.shape[0] != 1:
+        raise InputError("reference_noise_diffs takes the embedding of one prompt")
+    latents, timestep, model_input = noise_diff_inputs(unet, scheduler, settings)
+    embeds = embeds.to(unet.device, unet.dtype).expand(latents.shape[0], -1, -1)
+    with torch.no_grad():
+        eps = unet(model_input, timestep, encoder_hidden_states=embeds).sample
+    return normalise_noise_diff(eps.float() - latents.float())
+
+
 def nemo_detection_scores(pipe: Any, texts: Sequence[str], settings: NoiseDiffSettings | None = None) -> list[float]:
     """NeMo's detection score (max pairwise seed similarity) for each prompt text."""
     from fbmem_data.nemo.activations import encode_prompts
-    from fbmem_data.nemo.localize import NoiseDiffEvaluator
 
     settings = settings or NoiseDiffSettings()
     scores = []
     for text in texts:
-        evaluator = NoiseDiffEvaluator(pipe.unet, pipe.scheduler, encode_prompts(pipe, [text]), settings, layers=[])
-        scores.append(float(pairwise_max_similarity(evaluator.reference, settings).max()))
+        reference = reference_noise_diffs(pipe.unet, pipe.scheduler, encode_prompts(pipe, [text]), settings)
+        scores.append(float(pairwise_max_similarity(reference, settings).max()))
     return scores
 
 
 def wen_norm_scores(
     pipe: Any, texts: Sequence[str], *, seeds: Sequence[int] = (0, 1, 2, 3), steps: int = 50, guidance: float = 7.5
 ) -> list[float]:
-    """Wen et al.'s detection score per prompt: ||eps(x_t, c) - eps(x_t, empty)||_2 over steps and seeds.
+    """Wen et al.'s detection score per prompt: ||eps(x_t, c) - eps(x_t, empty)||_2 over steps and seeds
+    (the one definition is `fbmem_data.mitigate.wen.wen_detection_score`)."""
+    from fbmem_data.mitigate.wen import wen_detection_score
 
-    Uses the generation helper's `fbmem_data.mitigate.wen.wen_detection_score` when it is installed
-    (one definition for the project), else the same computation here.
-    """
-    try:
-        from fbmem_data.mitigate.wen import wen_detection_score
-    except ImportError:
-        wen_detection_score = None
-    if wen_detection_score is not None:
-        return [float(s) for s in wen_detection_score(pipe, list(texts), seeds=list(seeds), steps=steps, guidance=guidance)]
-    return [_wen_norm(pipe, text, seeds, steps, guidance) for text in texts]
-
-
-def _wen_norm(pipe: Any, text: str, seeds: Sequence[int], steps: int, guidance: float) -> float:
-    import torch
-
-    unet, device = pipe.unet, pipe.unet.device
-    dtype = unet.dtype
-    size = int(unet.config.sample_size)
-    shape = (int(unet.config.in_channels), size, size)
-    latents = torch.stack([torch.randn(shape, generator=torch.Generator("cpu").manual_seed(int(s))) for s in seeds])
-    latents = latents.to(device=device, dtype=dtype)
-    with torch.no_grad():
-        cond, uncond = pipe.encode_prompt([text] * len(seeds), device, 1, True, negative_prompt=[""] * len(seeds))
-        sched = type(pipe.scheduler).from_config(pipe.scheduler.config)
-        sched.set_timesteps(steps)
-        latents = latents * sched.init_noise_sigma
-        norms = []
-        for t in sched.timesteps:
-            model_in = sched.scale_model_input(torch.cat([latents, latents]), t)
-            eps_u, eps_c = unet(model_in, t, encoder_hidden_states=torch.cat([uncond, cond])).sample.chunk(2)
-            norms.append((eps_c - eps_u).float().flatten(1).norm(dim=1))
-            latents = sched.step(eps_u + guidance * (eps_c - eps_u), t, latents).prev_sample
-    return float(torch.stack(norms).mean())
+    return [float(s) for s in wen_detection_score(pipe, list(texts), seeds=list(seeds), steps=steps, guidance=guidance)]
 
 
 def record_detection_scores(

@@ -40,9 +40,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from fbmem_data.errors import InputError
 from fbmem_data.nemo.detect import (
     NoiseDiffSettings,
-    initial_latents,
     msssim_pairs,
-    nemo_timestep,
+    noise_diff_inputs,
     normalise_noise_diff,
 )
 from fbmem_data.nemo.hooks import blocked_neurons
@@ -137,12 +136,8 @@ class NoiseDiffEvaluator:
         self.settings = settings
         self.layers = list(discover_nemo_layers(unet) if layers is None else layers)
         self.max_batch = max(max_batch, settings.n_seeds)
-        size = settings.latent_size or int(unet.config.sample_size)
-        shape = (int(unet.config.in_channels), size, size)
         self.device, self.dtype = unet.device, unet.dtype
-        self.latents = initial_latents(settings.n_seeds, settings.seed, shape).to(self.device, self.dtype)
-        self.timestep = nemo_timestep(scheduler, settings.steps, settings.timestep_index)
-        self.model_input = scheduler.scale_model_input(self.latents, self.timestep) if hasattr(scheduler, "scale_model_input") else self.latents
+        self.latents, self.timestep, self.model_input = noise_diff_inputs(unet, scheduler, settings)
         self.embeds = embeds.to(self.device, self.dtype)
         if self.embeds.shape[0] != 1:
             raise InputError("NoiseDiffEvaluator takes the embedding of one prompt")

@@ -10,10 +10,10 @@ pairing_id that scoring reads candidates by. See docs/pairing.md.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from fbmem_data.errors import InputError
+from fbmem_data.pairing.summary import PairingSummary
 
 if TYPE_CHECKING:
     from fbmem_data.embed.base import Embedder
@@ -21,27 +21,6 @@ if TYPE_CHECKING:
     from fbmem_data.workspace import Workspace
 
 METHODS = ("exhaustive", "ann")
-
-
-@dataclass(frozen=True)
-class PairingSummary:
-    """What one pairing call did."""
-
-    pairing_id: str
-    method: str
-    embedder: str | None
-    params_hash: str | None
-    k: int | None
-    n_generated: int
-    n_train: int
-    n_paired_now: int
-    rows_written: int
-    seconds: float
-    n_generated_without_vector: int = 0
-    search: str | None = None  # ann: the search that ran, "exact" or "hnsw"
-
-    def as_row(self) -> dict[str, Any]:
-        return dict(self.__dict__)
 
 
 def pair_with_summary(
@@ -71,7 +50,7 @@ def pair_with_summary(
             return write_exhaustive(
                 ws, run.run_id, chunk_rows=chunk_rows, max_pairs=max_pairs or DEFAULT_MAX_PAIRS, progress=progress
             )
-    from fbmem_data.embed.base import resolve_device
+    from fbmem_data.devices import resolve_device
     from fbmem_data.pairing.ann import write_ann
     from fbmem_data.pairing.search import SEARCHES, HnswParams
 

@@ -31,7 +31,7 @@ from fbmem_data.pairing.search import (
 
 if TYPE_CHECKING:
     from fbmem_data.embed.base import Embedder
-    from fbmem_data.pairing import PairingSummary
+    from fbmem_data.pairing.summary import PairingSummary
     from fbmem_data.workspace import Workspace
 
 INDEX_DIR = "indexes"
@@ -93,7 +93,7 @@ def write_ann(
     """
     from tqdm import tqdm
 
-    from fbmem_data.pairing import PairingSummary
+    from fbmem_data.pairing.summary import PairingSummary
 
     started = time.perf_counter()
     for role in ("train", "generated"):

@@ -18,7 +18,7 @@ from fbmem_data.errors import InputError
 from fbmem_data.ids import params_hash
 
 if TYPE_CHECKING:
-    from fbmem_data.pairing import PairingSummary
+    from fbmem_data.pairing.summary import PairingSummary
     from fbmem_data.workspace import Workspace
 
 DEFAULT_MAX_PAIRS = 50_000_000
@@ -66,7 +66,7 @@ def write_exhaustive(
     """
     from tqdm import tqdm
 
-    from fbmem_data.pairing import PairingSummary
+    from fbmem_data.pairing.summary import PairingSummary
 
     started = time.perf_counter()
     pid = exhaustive_pairing_id()

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from fbmem_data.devices import resolve_device  # noqa: F401  (re-exported: the old import path)
 from fbmem_data.errors import InputError
 
 ImageBatch = Sequence[np.ndarray]
@@ -81,22 +82,3 @@ class Segmenter(abc.ABC):
     def params(self) -> dict[str, Any]:
         """Settings that change the masks; their params_hash keys the `masks` table."""
         return {"segmenter": self.name}
-
-
-def resolve_device(device: str) -> str:
-    """'auto' -> 'cuda' when available else 'cpu'; anything else is passed through after a check.
-
-    Raises:
-        InputError: a CUDA device was asked for and torch sees none.
-    """
-    if device == "cpu":  # no torch import for the CPU-only segmenters (a worker process starts faster)
-        return device
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(f"device {device!r} was asked for but torch sees no CUDA device", hint="use --device cpu")
-    if not (device == "cpu" or device.startswith("cuda") or device == "mps"):
-        raise InputError(f"unknown device {device!r}", hint="auto, cpu, cuda, cuda:N")
-    return device

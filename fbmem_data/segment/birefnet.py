@@ -24,9 +24,9 @@ from typing import Any
 
 import numpy as np
 
+from fbmem_data.devices import resolve_device
 from fbmem_data.errors import InputError, ModelNotFoundError
-from fbmem_data.plugins import register
-from fbmem_data.segment.base import ImageBatch, Segmenter, check_batch, resolve_device
+from fbmem_data.segment.base import ImageBatch, Segmenter, check_batch
 
 _MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 _STD = np.array([0.229, 0.224, 0.225], np.float32)
@@ -195,6 +195,5 @@ class BiRefNetSegmenter(Segmenter):
         return masks
 
 
-@register("segmenter", "birefnet")
 def make_birefnet(**kwargs: Any) -> BiRefNetSegmenter:
     return BiRefNetSegmenter(**kwargs)

@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from fbmem_data.plugins import register
-from fbmem_data.segment.base import ImageBatch, Segmenter, check_batch, resolve_device
+from fbmem_data.devices import resolve_device
+from fbmem_data.segment.base import ImageBatch, Segmenter, check_batch
 
 
 class SaliencySegmenter(Segmenter):
@@ -115,6 +115,5 @@ class SaliencySegmenter(Segmenter):
         return np.clip(mask, 0.0, 1.0).astype(np.float32)
 
 
-@register("segmenter", "saliency")
 def make_saliency(**kwargs: Any) -> SaliencySegmenter:
     return SaliencySegmenter(**kwargs)

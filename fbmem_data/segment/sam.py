@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
+from fbmem_data.devices import resolve_device
 from fbmem_data.errors import ModelNotFoundError, PluginError
-from fbmem_data.plugins import register
-from fbmem_data.segment.base import ImageBatch, Segmenter, check_batch, resolve_device
+from fbmem_data.segment.base import ImageBatch, Segmenter, check_batch
 
 ENV_VAR = "FBMEM_SAM_CHECKPOINT"
 HOW_TO_GET = (
@@ -158,7 +158,6 @@ class SamSegmenter(Segmenter):
         return torch.sigmoid(logits[best]).float().cpu().numpy().astype(np.float32)
 
 
-@register("segmenter", "sam")
 def make_sam(
     checkpoint: str | Path | None = None, model_type: str = "vit_b", model: Any = None, **kwargs: Any
 ) -> SamSegmenter:

@@ -1,4 +1,4 @@
-"""Similarity metrics for FB-Mem region scores (plug-in family "metric").
+"""Similarity metrics for FB-Mem region scores (plug-in family `fbmem.metrics`, entry points).
 
 - `msssim`: MS-SSIM exactly as torchmetrics computes it (the paper's metric), with per-image work
   (blurred means and variances at every scale) done once per image, and only the cross term per pair.
@@ -15,8 +15,15 @@ from __future__ import annotations
 
 from fbmem_data.similarity.base import RegionMetric
 
-__all__ = ["RegionMetric", "register_builtin_metrics"]
+__all__ = ["RegionMetric", "metric_names", "register_builtin_metrics"]
+
+
+def metric_names() -> list[str]:
+    """Every installed metric's name (family `fbmem.metrics`; reads entry points, imports no plug-in)."""
+    from fbmem_data import plugins
+
+    return plugins.names(plugins.METRICS)
 
 
 def register_builtin_metrics() -> None:
-    from fbmem_data.similarity import msssim, regions  # noqa: F401
+    """Kept for callers of the old API: metrics are found through entry points, nothing to do."""

@@ -24,8 +24,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from fbmem_data.errors import InputError
-from fbmem_data.plugins import register
-from fbmem_data.similarity.base import RegionBatch, RegionMetric
+from fbmem_data.similarity.base import RegionBatch, RegionMetric, check_pairs
 
 if TYPE_CHECKING:
     import torch
@@ -315,6 +314,7 @@ class MSSSIMMetric(RegionMetric):
     def score(self, gen: Any, gen_index: torch.Tensor, train: Any, train_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         import torch
 
+        check_pairs(gen_index, train_index, int(gen["fg"][0].mu.shape[0]), int(train["fg"][0].mu.shape[0]))
         h, w = gen["fg"][0].mu.shape[-2:]
         step = pair_chunk_size(int(h), int(w), self.budget_mb)
         n = len(gen_index)
@@ -370,6 +370,7 @@ class MaskedMSSSIMMetric(RegionMetric):
     def score(self, gen: Any, gen_index: torch.Tensor, train: Any, train_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         import torch
 
+        check_pairs(gen_index, train_index, len(gen), len(train))
         h, w = gen.fg.shape[-2:]
         step = max(1, pair_chunk_size(int(h), int(w), self.budget_mb) // 2)
         fgs, bgs = [], []
@@ -396,17 +397,14 @@ class MaskedMSSSIMMetric(RegionMetric):
         return out
 
 
-@register("metric", "msssim")
 def make_msssim(**kwargs: Any) -> MSSSIMMetric:
     return MSSSIMMetric(SSIMConfig(**kwargs)) if kwargs else MSSSIMMetric()
 
 
-@register("metric", "ssim")
 def make_ssim(**kwargs: Any) -> SSIMMetric:
     return SSIMMetric(SSIMConfig(**kwargs)) if kwargs else SSIMMetric()
 
 
-@register("metric", "msssim-masked")
 def make_msssim_masked(min_region: float = 0.02, **kwargs: Any) -> MaskedMSSSIMMetric:
     cfg = SSIMConfig(**{"data_range": 1.0, **kwargs})
     return MaskedMSSSIMMetric(cfg, min_region=min_region)

@@ -29,8 +29,7 @@ import math
 from typing import TYPE_CHECKING, Any
 
 from fbmem_data.errors import InputError
-from fbmem_data.plugins import register
-from fbmem_data.similarity.base import RegionBatch, RegionMetric
+from fbmem_data.similarity.base import RegionBatch, RegionMetric, check_pairs
 from fbmem_data.similarity.msssim import SSIMConfig, _chunks, masked_ms_ssim, ms_ssim, pair_chunk_size
 
 if TYPE_CHECKING:
@@ -93,6 +92,7 @@ class RegionsMSSSIMMetric(RegionMetric):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         import torch
 
+        check_pairs(gen_index, train_index, int(gen["rgb"].shape[0]), int(train["rgb"].shape[0]))
         h, w = gen["rgb"].shape[-2:]
         step = max(1, pair_chunk_size(int(h), int(w), self.budget_mb) // 2)
         fgs, bgs = [], []
@@ -225,7 +225,6 @@ def translate(t: torch.Tensor, shifts: list[tuple[int, int]]) -> torch.Tensor:
     )
 
 
-@register("metric", "msssim-regions")
 def make_msssim_regions(
     min_region: float = 0.02,
     align: float = 0.0,

@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 
 from fbmem_data.errors import ModelNotFoundError
-from fbmem_data.plugins import register
 from fbmem_data.utility.base import UtilityInput, UtilityValue, check_items
 
 DEFAULT_MODEL = "ViT-B-32-quickgelu"
@@ -134,6 +133,5 @@ def _tokenizer(arch: str, context_length: int) -> Any:
         ) from exc
 
 
-@register("utility", "clip")
 def make_clip_score(**kwargs: Any) -> ClipScore:
     return ClipScore(**kwargs)

@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 
-from fbmem_data.plugins import register
 from fbmem_data.utility.base import UtilityInput, UtilityValue, check_items
 
 
@@ -73,10 +72,10 @@ class LabColourJudge:
         Raises:
             ModelNotFoundError: the lab segmenter weights are missing.
         """
+        from fbmem_data.devices import resolve_device
         from fbmem_data.lab.dataset import COLOURS, make_lab_dataset
         from fbmem_data.lab.pipeline import shipped_dataset_seed
         from fbmem_data.lab.segmenter import LabSegmenter
-        from fbmem_data.segment.base import resolve_device
 
         self.device = resolve_device(device)
         self.dataset_seed = shipped_dataset_seed() if dataset_seed is None else int(dataset_seed)
@@ -118,6 +117,5 @@ class LabColourJudge:
         return out
 
 
-@register("utility", "lab-colours")
 def make_lab_colour_judge(**kwargs: Any) -> LabColourJudge:
     return LabColourJudge(**kwargs)

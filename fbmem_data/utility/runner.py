@@ -5,22 +5,16 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from fbmem_data import plugins
 from fbmem_data.errors import FbmemError
 from fbmem_data.ids import canonical_json, params_hash
-from fbmem_data.plugins import create, names
 from fbmem_data.utility.base import UtilityInput, UtilityMetric
 from fbmem_data.workspace import Workspace
 
-PLUGIN_MODULES = ("fbmem_data.utility.clip_score", "fbmem_data.utility.lab_colours")
-
 
 def load_plugins() -> list[str]:
-    """Import the shipped plug-in modules (each registers itself; no model is built); return the names."""
-    import importlib
-
-    for module in PLUGIN_MODULES:
-        importlib.import_module(module)
-    return names("utility")
+    """The installed utility plug-ins' names (family `fbmem.utilities`; reads entry points, builds nothing)."""
+    return plugins.names(plugins.UTILITIES)
 
 
 def make_utility_metric(name: str, device: str = "auto", options: dict[str, Any] | None = None) -> UtilityMetric:
@@ -29,8 +23,7 @@ def make_utility_metric(name: str, device: str = "auto", options: dict[str, Any]
     Raises:
         PluginError: no such plug-in, or it cannot be built; ModelNotFoundError: its weights are missing.
     """
-    load_plugins()
-    return create("utility", name, device=device, **(options or {}))
+    return plugins.create(plugins.UTILITIES, name, device=device, **(options or {}))
 
 
 def utility_id(metric: UtilityMetric) -> str:

@@ -1,7 +1,7 @@
 """A labelled sample workspace for the report's tests and benchmark, written in seconds.
 
 It fills the tables the report reads (prompts, images, generations, masks, region_scores, runs) with
-planted scenes from fbmem_data.fbmem.synthetic and scores *drawn* to match each planted truth, so a
+planted scenes from fbmem_data.testing.scenes and scores *drawn* to match each planted truth, so a
 10,000-generation workspace is cheap to make. The scores are not computed by the metric: this tests the
 report, not FB-Mem.
 """
@@ -46,7 +46,7 @@ class SampleSpec:
 def _png(img: np.ndarray) -> bytes:
     from PIL import Image
 
-    from fbmem_data.fbmem.synthetic import to_uint8
+    from fbmem_data.testing.scenes import to_uint8
 
     buf = io.BytesIO()
     Image.fromarray(to_uint8(img)).save(buf, format="PNG", compress_level=1)
@@ -76,7 +76,7 @@ def write_sample_workspace(ws: Workspace, spec: SampleSpec = SampleSpec()) -> di
         {"prompts", "generations", "train_images", "scoring_id"}.
     """
     from fbmem_data.fbmem.images import encode_mask
-    from fbmem_data.fbmem.synthetic import planted_pair
+    from fbmem_data.testing.scenes import planted_pair
 
     rng = np.random.default_rng(spec.seed)
     now = dt.datetime.now(dt.timezone.utc)

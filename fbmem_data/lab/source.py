@@ -1,0 +1,42 @@
+"""The lab model as a model source (`--model lab`), registered under the `fbmem.models` entry points."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+
+class LabModelSource:
+    """The shipped lab model (fbmem_data/lab/pipeline.py); follows generate.loading.ModelSource."""
+
+    @property
+    def model_id(self) -> str:
+        from fbmem_data.lab.pipeline import LAB_MODEL_ID
+
+        return LAB_MODEL_ID
+
+    def load(self, dtype: torch.dtype) -> tuple[Any, str | None]:
+        """The lab pipeline in `dtype` and a content hash of its weights.
+
+        Raises:
+            ModelNotFoundError: the lab weights are missing (the message says how to train them).
+        """
+        from fbmem_data.lab import pipeline as lab_pipeline
+
+        pipe = lab_pipeline.load_lab_pipeline().to(dtype=dtype)
+        return pipe, lab_weights_hash(Path(lab_pipeline.default_weights_dir()))
+
+
+def lab_weights_hash(weights_dir: Path) -> str | None:
+    """A content hash of the shipped lab weights (recorded in runs.model_versions)."""
+    digest = hashlib.sha256()
+    files = sorted(p.name for p in weights_dir.glob("*.safetensors"))
+    for name in files:
+        with open(weights_dir / name, "rb") as fh:
+            for block in iter(lambda fh=fh: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16] if files else None
