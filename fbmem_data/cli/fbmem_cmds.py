@@ -183,7 +183,7 @@ def eval_cmd(
         Path | None,
         typer.Option("--workspace", "-w", help="Workspace to store eval_results in (default $FBMEM_WORKSPACE; none: print only)."),
     ] = None,
-    preset: Annotated[str | None, typer.Option("--preset", help="default or paper; --metric/--size/-M override it.")] = None,
+    preset: Annotated[str | None, typer.Option("--preset", help="default, paper or paper-clean; --metric/--size/-M override it.")] = None,
     metric: Annotated[str | None, typer.Option("--metric", help="msssim (paper), ssim, msssim-masked, msssim-regions ...")] = None,
     size: Annotated[int | None, typer.Option("--size", min=16, help="Comparison side for every bed (default: the preset's; the lab bed: 256).")] = None,
     segmenter: Annotated[str | None, typer.Option("--segmenter", help="Segmenter of the planted and real-photos beds (default saliency; the lab bed uses lab).")] = None,
@@ -199,6 +199,7 @@ def eval_cmd(
     k: Annotated[int, typer.Option("--k", min=1, help="Thumbnail candidates per generated image (lab: k+2).")] = 3,
     small: Annotated[bool, typer.Option("--small", help="A few cases per label (a smoke test, not a measurement).")] = False,
     device: DeviceOption = "auto",
+    threads: ThreadsOption = None,
 ) -> None:
     """Score a preset or configuration on the built-in test beds with known truth and print accuracy tables."""
     import os
