@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from support.rows import region_score_row as _score
 
 from fbmem_data.workspace import Workspace
 
@@ -21,22 +22,6 @@ def _gen(gid: str, prompt: str, seed: int, mitigation: str, *, steps: int = 50) 
         "mitigation": mitigation,
     }
 
-
-def _score(gid: str, train: str, fg: float, bg: float) -> dict[str, object]:
-    return {
-        "scoring_id": "s",
-        "generated_image_id": f"img-{gid}",
-        "train_image_id": train,
-        "segmenter": "x",
-        "metric": "msssim",
-        "preset": "paper",
-        "size": 64,
-        "fg_score": fg,
-        "bg_score": bg,
-        "pair_score": (fg + bg) / 2,
-        "degenerate_rule": "none",
-        "status": "ok",
-    }
 
 
 def test_matched_pairs_and_means(workspace: Workspace) -> None:

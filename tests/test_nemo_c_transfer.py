@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from support.rows import region_score_row as _score
 from typer.testing import CliRunner
 
 from fbmem_data.cli.app import build_app
@@ -101,22 +102,6 @@ def test_centroids_are_the_kmeans_centres(workspace: Workspace) -> None:
     for (a, b), d in dist.items():
         assert d == pytest.approx(float(np.linalg.norm(centres[a] - centres[b])), rel=1e-4, abs=1e-4)
 
-
-def _score(gid: str, train: str, fg: float, bg: float) -> dict[str, object]:
-    return {
-        "scoring_id": "s",
-        "generated_image_id": f"img-{gid}",
-        "train_image_id": train,
-        "segmenter": "x",
-        "metric": "msssim",
-        "preset": "paper",
-        "size": 64,
-        "fg_score": fg,
-        "bg_score": bg,
-        "pair_score": (fg + bg) / 2,
-        "degenerate_rule": "none",
-        "status": "ok",
-    }
 
 
 def _transfer_workspace(ws: Workspace) -> dict[int, float]:
