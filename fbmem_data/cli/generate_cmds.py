@@ -78,11 +78,23 @@ def generate(
     ray_address: RayAddressOption = None,
     num_gpus: NumGpusOption = 0.0,
     concurrency: ConcurrencyOption = 1,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Write nothing: print the images each mitigation would generate and an estimated CPU time.")
+    ] = False,
 ) -> pa.Table:
     """Generate N seeded images per prompt (under mitigations) into generations/images; resumes."""
     from fbmem_data.generate import generate as run_generate
 
     ws = open_workspace(workspace)
+    if dry_run:
+        from fbmem_data.generate.dry_run import plan_generation
+
+        return plan_generation(
+            ws, model, prompt_set=prompts, prompt_ids=_split_ids(prompt_ids), n=n, seeds=seeds, seed_start=seed_start,
+            steps=steps, guidance=guidance, height=height, width=width, device=device, dtype=dtype, scheduler=scheduler,
+            mitigations=mitigation or ["none"], mitigation_params=parse_key_values(mitigation_param, "--mitigation-param"),
+            model_id=model_id,
+        )
     if engine is Engine.ray:
         from fbmem_data.distribute.generation import generate_distributed
 

@@ -145,6 +145,9 @@ def pair(
     ray_address: RayAddressOption = None,
     num_gpus: NumGpusOption = 0.0,
     concurrency: ConcurrencyOption = 1,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Write nothing: print the images to embed and pair, the candidate rows and an estimated CPU time.")
+    ] = False,
 ) -> pa.Table:
     """Choose candidate training images for every generated image (the `candidates` table); prints the pairing_id."""
     from fbmem_data.pairing import pair_with_summary
@@ -153,6 +156,13 @@ def pair(
         raise InputError("--preset paper pairs exhaustively; drop --method ann or the preset")
     chosen = (method or Method.exhaustive).value
     ws = open_workspace(workspace)
+    if dry_run:
+        from fbmem_data.pairing.dry_run import plan_pairing, plan_table
+
+        return plan_table(plan_pairing(
+            ws, chosen, embedder, k, embedder_options=embedder_options(embedder, weights, model_name, size) if chosen == "ann" else None,
+            device=device, search=search.value, max_pairs=max_pairs,
+        ))
     if engine is Engine.ray and chosen == "ann":  # the embedding stage runs on the engine, the search here
         from fbmem_data.distribute.extractors import embed_distributed
 

@@ -47,6 +47,8 @@ class ModelSource(Protocol):
 
     Attributes:
         model_id: what generations.model_id records for it.
+        cpu_cost (optional): a measured (seconds, pixels) of one UNet evaluation of one image on one CPU
+            thread, which `fbmem generate --dry-run` scales into its time estimate.
     """
 
     model_id: str

@@ -13,6 +13,11 @@ if TYPE_CHECKING:
 class LabModelSource:
     """The shipped lab model (fbmem_data/lab/pipeline.py); follows generate.loading.ModelSource."""
 
+    #: Measured CPU cost of one UNet evaluation of one image, (seconds, pixels), for `generate --dry-run`:
+    #: 2.11 images/s at 10 DDIM steps, guidance 7 (2 evaluations a step), 64 x 64, batch 8, one thread
+    #: (docs/performance.md, generate row).
+    cpu_cost = (1 / (2.11 * 10 * 2), 64 * 64)
+
     @property
     def model_id(self) -> str:
         from fbmem_data.lab.pipeline import LAB_MODEL_ID
