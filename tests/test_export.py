@@ -9,7 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from fbmem_data.testing.sample_workspace import SampleSpec, write_sample_workspace
 from fbmem_data.workspace import Workspace
@@ -65,19 +67,70 @@ def test_export_fiftyone_layout(sample: Workspace, tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     spec = json.loads((out / "labels.json").read_text())
     assert spec["classes"] == ["VM", "BM", "FM", "NM"]
-    ev = {r["generated_image_id"]: r["label"] for r in sample.sql("SELECT * FROM fbmem_evidence").to_pylist()}
+    rows = sample.sql("SELECT * FROM fbmem_evidence").to_pylist()
+    ev = {r["generated_image_id"]: r["label"] for r in rows}
     assert {k: spec["classes"][v] for k, v in spec["labels"].items()} == ev
     files = sorted(p.stem for p in (out / "data").iterdir())
     assert files == sorted(ev)
-    assert len(list(csv.DictReader((out / "evidence.csv").open()))) == 32
+    table = list(csv.DictReader((out / "evidence.csv").open()))
+    assert len(table) == 32
+    # the best match and both masks travel with the export (paths relative to it)
+    stored = {
+        r["image_id"]: r["mask"] for r in sample.sql("SELECT image_id, mask FROM report_masks").to_pylist()
+    }
+    for row, view in zip(table, rows, strict=True):
+        assert row["generated_image_id"] == view["generated_image_id"]
+        assert (out / row["matched_file"]).read_bytes() == Path(view["matched_path"]).read_bytes()
+        for image_col, mask_col in (
+            ("generated_image_id", "generated_mask"),
+            ("matched_image_id", "matched_mask"),
+        ):
+            mask = np.asarray(Image.open(out / row[mask_col]))
+            assert set(np.unique(mask)) <= {0, 255}
+            soft = np.asarray(Image.open(io.BytesIO(stored[row[image_col]])))
+            assert np.array_equal(mask == 255, soft >= 128)
+    assert len(list((out / "masks").iterdir())) == len(
+        {r["generated_image_id"] for r in rows} | {r["matched_image_id"] for r in rows}
+    )
     again = _fbmem("export", "fiftyone", "-w", str(sample.root), "-o", str(out))
     assert again.returncode == 1 and "not an empty directory" in again.stderr
-    fo = pytest.importorskip("fiftyone")  # where installed: FiftyOne reads it with the right count and labels
-    dataset = fo.Dataset.from_dir(
+
+
+def test_export_fiftyone_loads_in_fiftyone(sample: Workspace, tmp_path: Path) -> None:
+    """Where fiftyone is installed: the export loads with the right samples, labels, fields and masks.
+
+    fiftyone is not in requirements-dev.txt (it needs opencv-python-headless < 5, which the project pins
+    at 5): this runs where a user installed `fbmem[fiftyone]`."""
+    fo = pytest.importorskip("fiftyone", reason="fiftyone is not installed (pip install 'fbmem[fiftyone]')")
+    from fbmem_data.export import export_fiftyone, load_fiftyone
+
+    out = tmp_path / "fo"
+    export_fiftyone(sample, out)
+    rows = sample.sql("SELECT * FROM fbmem_evidence").to_pylist()
+    first = {}
+    for r in rows:
+        first.setdefault(r["generated_image_id"], r)
+    # FiftyOne's own importer reads the classification layout
+    plain = fo.Dataset.from_dir(
         dataset_dir=str(out), dataset_type=fo.types.FiftyOneImageClassificationDataset
     )
-    assert len(dataset) == len(ev)
-    assert sorted(s.ground_truth.label for s in dataset) == sorted(ev.values())
+    assert len(plain) == len(first)
+    assert sorted(s.ground_truth.label for s in plain) == sorted(r["label"] for r in first.values())
+    plain.delete()
+    ds = load_fiftyone(out)
+    try:
+        assert len(ds) == len(first)
+        for s in ds:
+            image_id = Path(s.filepath).stem
+            r = first[image_id]
+            assert s.ground_truth.label == r["label"]
+            assert s.fg_score == pytest.approx(r["fg_score"]) and s.bg_score == pytest.approx(r["bg_score"])
+            assert s.matched_image_id == r["matched_image_id"] and Path(s.matched_filepath).is_file()
+            mask = s.foreground.get_mask()
+            assert mask.shape == (32, 32) and set(np.unique(mask)) <= {0, 255}
+        assert ds.mask_targets["foreground"] == {255: "foreground"}
+    finally:
+        ds.delete()
 
 
 def test_export_hf_loads_in_datasets(sample: Workspace, tmp_path: Path) -> None:

@@ -53,11 +53,12 @@ def fiftyone_cmd(
     tau: TauOption = 0.8,
     scoring_id: ScoringOption = None,
 ) -> None:
-    """FiftyOne's image-classification layout (data/, labels.json) plus evidence.csv for the other fields."""
+    """FiftyOne's image-classification layout (data/, labels.json) plus best matches, masks and evidence.csv:
+    fbmem_data.export.load_fiftyone(OUT) loads it all."""
     from fbmem_data.export import export_fiftyone
 
     done = export_fiftyone(open_workspace(workspace), output, tau, scoring_id)
-    typer.echo(f"{done['images']} images ({done['rows']} generations) -> {done['dir']}")
+    typer.echo(f"{done['images']} images ({done['rows']} generations, {done['masks']} masks) -> {done['dir']}")
 
 
 def register(app: typer.Typer) -> None:
