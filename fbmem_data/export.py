@@ -211,15 +211,11 @@ _STRING_FIELDS = (
 )
 
 
-def load_fiftyone(directory: Path, name: str | None = None, *, overwrite: bool = False) -> Any:
-    """A FiftyOne dataset from a directory `export_fiftyone` wrote: one sample per generated image with
-    `ground_truth` (Classification: VM/BM/FM/NM), `foreground` (Segmentation, mask target 255 =
-    "foreground"), the scores, prompt and settings as fields, and the best match as `matched_filepath`
-    (+ `matched_mask_path`). Needs `fiftyone` (`pip install 'fbmem[fiftyone]'`).
-
-    Args:
-        directory: the export directory.
-        name: the dataset name (default: FiftyOne picks one); overwrite: replace a dataset of that name.
+def fiftyone_samples(directory: Path) -> list[Any]:
+    """The `fo.Sample`s of an `export_fiftyone` directory (no database needed): one per generated image
+    with `ground_truth` (Classification: VM/BM/FM/NM), `foreground` (Segmentation, 255 = foreground; absent
+    for a whole-image scoring), the scores, prompt and settings as fields, and the best match as
+    `matched_filepath` (+ `matched_mask_path`).
 
     Raises:
         InputError: fiftyone is not installed, or the directory is not an fbmem FiftyOne export.
@@ -256,6 +252,23 @@ def load_fiftyone(directory: Path, name: str | None = None, *, overwrite: bool =
             sample["matched_filepath"] = str(root / row["matched_file"]) if row.get("matched_file") else None
             sample["matched_mask_path"] = str(root / row["matched_mask"]) if row.get("matched_mask") else None
             samples.append(sample)
+    return samples
+
+
+def load_fiftyone(directory: Path, name: str | None = None, *, overwrite: bool = False) -> Any:
+    """A FiftyOne dataset of `fiftyone_samples(directory)`, with the mask target 255 = "foreground".
+    Needs `fiftyone` (`pip install 'fbmem[fiftyone]'`) and its database (FiftyOne starts a bundled MongoDB).
+
+    Args:
+        directory: the export directory.
+        name: the dataset name (default: FiftyOne picks one); overwrite: replace a dataset of that name.
+
+    Raises:
+        InputError: fiftyone is not installed, or the directory is not an fbmem FiftyOne export.
+    """
+    samples = fiftyone_samples(directory)
+    import fiftyone as fo
+
     dataset = fo.Dataset(name, overwrite=overwrite)
     dataset.add_samples(samples)
     dataset.mask_targets = {"foreground": {MASK_FOREGROUND: "foreground"}}
