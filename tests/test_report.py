@@ -285,3 +285,31 @@ def test_summary_html_is_escaped_by_the_template(tmp_path: Path) -> None:
     assert "<title>&lt;b&gt;my&lt;/b&gt; &amp; report</title>" in text
     table = re.search(r'<table class="rates" id="rates-table">(.*?)</table>', text, re.S)
     assert table and table.group(1).count("<tr>") >= 3, "the rates table lost its rows"
+
+
+def test_thumbnails_are_large_enough_for_sd_images(embedded_report: Any) -> None:
+    # 128-px thumbnails were too small to judge a 512-px SD image; the cards show THUMB_SIZE (256) px.
+    import base64
+    import io
+
+    from PIL import Image
+
+    from fbmem_data.report.builder import THUMB_SIZE
+
+    assert THUMB_SIZE >= 256
+    blob = page_blob(embedded_report.path)
+    sizes = {Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))).size for src in blob["images"][:8]}
+    assert sizes and all(max(s) == THUMB_SIZE for s in sizes), sizes
+
+
+def test_report_escapes_through_jinja2_not_by_hand() -> None:
+    # The page used to be f-strings with hand-placed html.escape calls (one missed call is an injection);
+    # now every value goes through the Jinja2 templates' autoescape.
+    sources = sorted((Path(__file__).resolve().parents[1] / "fbmem_data" / "report").glob("*.py"))
+    assert sources
+    for path in sources:
+        text = path.read_text(encoding="utf-8")
+        assert "html.escape" not in text and "import html\n" not in text, f"{path.name} escapes by hand"
+    from fbmem_data.report.render import _env
+
+    assert _env().autoescape is True
