@@ -72,8 +72,18 @@ def _png(arr: np.ndarray) -> bytes:
 
 def _put(ws: Workspace, data: bytes, role: str) -> str:
     image_id, path = ws.store_image(data, "png")
-    ws.write("images", [{"image_id": image_id, "role": role, "store_path": str(path.relative_to(ws.root)), "status": "ok",
-                         "ingested_at": dt.datetime.now(dt.timezone.utc)}])
+    ws.write(
+        "images",
+        [
+            {
+                "image_id": image_id,
+                "role": role,
+                "store_path": str(path.relative_to(ws.root)),
+                "status": "ok",
+                "ingested_at": dt.datetime.now(dt.timezone.utc),
+            }
+        ],
+    )
     return image_id
 
 
@@ -87,8 +97,14 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
         gens.append(_put(ws, _png(p.generated), "generated"))
         trains.append(_put(ws, _png(p.train), "train"))
     trains.append(_put(ws, b"\x89PNG\r\n\x1a\n broken", "train"))
-    ws.write("candidates", [{"pairing_id": "P", "generated_image_id": g, "train_image_id": t, "method": "exhaustive"}
-                            for g in gens for t in trains])
+    ws.write(
+        "candidates",
+        [
+            {"pairing_id": "P", "generated_image_id": g, "train_image_id": t, "method": "exhaustive"}
+            for g in gens
+            for t in trains
+        ],
+    )
     ws.close()
     return ws.root
 
@@ -102,14 +118,24 @@ def _rows(ws: Workspace, table: str) -> list[dict[str, Any]]:
     """Rows without run ids; an error names the file it could not read, the same up to the workspace's place."""
     rows = ws.sql(f"SELECT * FROM {table}").to_pylist()
     root = str(ws.root)
-    return sorted(({k: v.replace(root, "<ws>") if k == "error" and v else v for k, v in r.items() if k != "run_id"} for r in rows), key=repr)
+    return sorted(
+        (
+            {k: v.replace(root, "<ws>") if k == "error" and v else v for k, v in r.items() if k != "run_id"}
+            for r in rows
+        ),
+        key=repr,
+    )
 
 
 def test_segment_rows_are_the_per_image_work(source: Path, tmp_path: Path) -> None:
     """The job's rows equal the segmenter run image by image on load_rgb (errors included, message and all)."""
     ws = _copy(source, tmp_path / "ws")
     got = segment_images(ws, "saliency", device="cpu", batch_size=3, shard_rows=4)
-    assert (got["pending"], got["ok"], got["error"]) == (8, 7, 1) and "engine" not in got  # the VM pair is one image
+    assert (got["pending"], got["ok"], got["error"]) == (
+        8,
+        7,
+        1,
+    ) and "engine" not in got  # the VM pair is one image
     seg = make_segmenter("saliency", "cpu")
     params = seg.params()
     expected = []
@@ -119,9 +145,9 @@ def test_segment_rows_are_the_per_image_work(source: Path, tmp_path: Path) -> No
         except InputError as exc:
             expected.append(error_row(row["image_id"], seg.name, params_hash(params), params, str(exc), None))
     columns = ("image_id", "status", "error", "mask", "params_hash")
-    assert sorted(({c: r.get(c) for c in columns} for r in ws.sql("SELECT * FROM masks").to_pylist()), key=repr) == sorted(
-        ({c: r.get(c) for c in columns} for r in expected), key=repr
-    )
+    assert sorted(
+        ({c: r.get(c) for c in columns} for r in ws.sql("SELECT * FROM masks").to_pylist()), key=repr
+    ) == sorted(({c: r.get(c) for c in columns} for r in expected), key=repr)
     assert "does not decode: cannot identify image file '" in next(r["error"] for r in expected if r["error"])
 
 
@@ -133,7 +159,11 @@ def test_local_and_another_in_process_engine_write_the_same_rows(source: Path, t
     other_ws = _copy(source, tmp_path / "other")
     other = score_pairs(other_ws, request=request, engine=BackwardsDistributor())
     assert (local["pending"], local["ok"], local["error"]) == (20, 16, 4) and "engine" not in local
-    assert (other["engine"], other["shards"], other["shards_skipped"]) == ("backwards", 3, 0)  # 20 pairs, 8 per shard
+    assert (other["engine"], other["shards"], other["shards_skipped"]) == (
+        "backwards",
+        3,
+        0,
+    )  # 20 pairs, 8 per shard
     assert {k: other[k] for k in local} == local
     for table in ("masks", "region_scores"):
         assert _rows(other_ws, table) == _rows(local_ws, table)
@@ -166,8 +196,9 @@ def test_local_and_ray_write_the_same_rows(source: Path, tmp_path: Path) -> None
     local_ws = _copy(source, tmp_path / "local")
     local = segment_images(local_ws, "saliency", device="cpu", batch_size=2)
     ray_ws = _copy(source, tmp_path / "ray")
-    on_ray = segment_images(ray_ws, "saliency", device="cpu", batch_size=2, engine="ray",
-                            engine_options=EngineOptions(num_cpus=2))
+    on_ray = segment_images(
+        ray_ws, "saliency", device="cpu", batch_size=2, engine="ray", engine_options=EngineOptions(num_cpus=2)
+    )
     assert on_ray["engine"] == "ray" and {k: on_ray[k] for k in local} == local
     assert _rows(ray_ws, "masks") == _rows(local_ws, "masks")
     assert sorted(p.name for p in ray_ws.parts("masks")) == sorted(p.name for p in local_ws.parts("masks"))

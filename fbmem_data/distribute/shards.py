@@ -208,7 +208,9 @@ def raise_failed_shards(job: ExtractorJob, failed: Mapping[str, ShardFailure | s
         cls = getattr(errors, first.kind, None)
         if not (isinstance(cls, type) and issubclass(cls, FbmemError)):
             cls = FbmemError
-        raise cls(f"{first.message} ({where}; the others are written)", hint=first.hint)
+        # every shard failed (bad settings, as a rule): the stage's own error as it stands
+        message = first.message if len(failed) == n_run else f"{first.message} ({where}; the others are written)"
+        raise cls(message, hint=first.hint)
     raise FbmemError(
         f"{where}; shard {shard_id}: {first}",
         hint="the other shards are written; run the same command again to redo the failed ones",
