@@ -242,7 +242,7 @@ def _embed_job(
         key=("image_id",),
         model=model,
         image_path_column="store_path",
-        shard_rows=shard_rows or max(batch_size * 4, 256),
+        shard_rows=shard_rows or max(batch_size * 16, 1024),  # vectors are small: few, larger parts
         batch_size=batch_size,
     )
     return job, already
@@ -273,7 +273,7 @@ def embed_images(
         embedder_options: keyword options for a plug-in built here (weights=..., size=...).
         run_id: record the rows under this run (a caller's run); None opens an `embed` run.
         shard_rows: images per shard (= per Parquet part; a killed run loses at most one shard's work);
-            default max(4 batches, 256).
+            default max(16 batches, 1024).
         progress: show a progress bar on stderr (in-process engines).
         engine: "local", "ray", or a Distributor the caller holds; engine_options: how a named one runs.
 
