@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image
 
 from fbmem_data.distribute import EngineOptions, make_distributor
-from fbmem_data.distribute.extractors import segment_job
+from fbmem_data.fbmem.masks import segment_job
 from fbmem_data.testing.scenes import planted_pair, to_uint8
 from fbmem_data.workspace import Workspace
 

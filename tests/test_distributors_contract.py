@@ -25,15 +25,12 @@ import torch
 from PIL import Image
 
 from fbmem_data.distribute import EngineOptions, ExtractorJob, make_distributor, run_job
-from fbmem_data.distribute.extractors import (
-    SegmentModel,
-    embed_distributed,
-    pair_distributed,
-    score_distributed,
-    segment_job,
-)
 from fbmem_data.distribute.shards import part_name, plan_shards
+from fbmem_data.embed import embed_images
 from fbmem_data.errors import FbmemError, InputError, PluginError
+from fbmem_data.fbmem.masks import SegmentModel, segment_job
+from fbmem_data.fbmem.scoring import score_pairs
+from fbmem_data.pairing import pair_with_summary
 from fbmem_data.testing.scenes import planted_pair, to_uint8
 from fbmem_data.workspace import Workspace
 
@@ -140,11 +137,10 @@ def _no_duplicate_keys(ws: Workspace, table: str, key: str) -> None:
 
 @pytest.fixture(scope="module")
 def reference(source_ws: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """Rows written by the extractors' own loops (no distributor) on the same input, and a copy of
-    the input with its masks (so the score test runs one job, not a segment job too)."""
-    from fbmem_data.embed import embed_images
-    from fbmem_data.fbmem import score_pairs, segment_images
-    from fbmem_data.pairing import pair_with_summary
+    """Rows written by the stages' library functions with their defaults (local engine, default shards
+    and batches) on the same input, and a copy of the input with its masks (so the score test runs one
+    job, not a segment job too)."""
+    from fbmem_data.fbmem import segment_images
 
     torch.set_num_threads(1)
     ws = _copy(source_ws, tmp_path_factory.mktemp("reference"))
@@ -181,20 +177,22 @@ def test_segment_rows_match_reference_and_rerun_skips(engine: Any, source_ws: Pa
 
 def test_embed_and_pair_rows_match_reference(engine: Any, source_ws: Path, reference: dict[str, Any], tmp_path: Path) -> None:
     ws = _copy(source_ws, tmp_path)
-    summary = pair_distributed(ws, "ann", "thumbnail", 2, engine=engine, device="cpu", batch_size=2, search="exact")
+    summary = pair_with_summary(ws, "ann", "thumbnail", 2, engine=engine, device="cpu", batch_size=2, search="exact")
     assert summary.n_generated == 3 and summary.rows_written == 6
     assert _rows(ws, "embeddings") == reference["embeddings"]
     assert _rows(ws, "candidates", "method = 'ann'") == reference["candidates"]
-    got = embed_distributed(ws, "thumbnail", engine=engine, device="cpu")
-    assert (got["pending"], got["embedded"], got["failed"]) == (0, 0, 0)  # resumes: nothing left
+    got = embed_images(ws, "thumbnail", engine=engine, device="cpu")
+    assert (got.already_stored, got.embedded, got.failed) == (6, 0, 0)  # resumes: all 6 distinct images stored
 
 
 def test_score_rows_match_reference(engine: Any, reference: dict[str, Any], tmp_path: Path) -> None:
     ws = _copy(reference["masked_ws"], tmp_path)  # masks stored: only the score job runs
-    got = score_distributed(ws, "P", engine=engine, device="cpu", batch_size=1, shard_rows=5)
-    assert (got["pending"], got["ok"], got["error"], got["shards"]) == (12, 9, 3, 3)  # 3 pairs hold the undecodable image
+    got = score_pairs(ws, "P", engine=engine, device="cpu", batch_size=1, shard_rows=5)
+    assert (got["pending"], got["ok"], got["error"]) == (12, 9, 3)  # 3 pairs hold the undecodable image
+    assert got.get("shards", 3) == 3  # 12 pairs in shards of 5 (only engines other than local report shards)
+    assert len([p for p in ws.parts("region_scores") if p.name.startswith("part-score-")]) == 3
     assert _rows(ws, "region_scores") == reference["region_scores"]
-    assert score_distributed(ws, "P", engine=engine, device="cpu")["pending"] == 0  # resumes: nothing left
+    assert score_pairs(ws, "P", engine=engine, device="cpu")["pending"] == 0  # resumes: nothing left
 
 
 # -- shards --------------------------------------------------------------------------------------------
@@ -350,10 +348,10 @@ def _without(rows: list[dict[str, Any]], *keys: str) -> list[dict[str, Any]]:
 
 @pytest.mark.slow  # a diffusion pipeline per worker; the engine paths are the ones the tests above cover
 def test_generate_rows_match_reference(engine: Any, diffusion_ws: dict[str, Any], tmp_path: Path) -> None:
-    from fbmem_data.distribute.generation import generate_distributed
+    from fbmem_data.generate import generate
 
     ws = _copy(diffusion_ws["source"], tmp_path)
-    summary = generate_distributed(
+    summary = generate(
         ws, diffusion_ws["model"], engine=engine, prompt_set="t", seeds="0..1", batch_size=2, shard_rows=2,
         device="cpu", model_id="tiny", **GEN_SETTINGS,
     ).to_pylist()
@@ -365,10 +363,12 @@ def test_generate_rows_match_reference(engine: Any, diffusion_ws: dict[str, Any]
 
 @pytest.mark.slow
 def test_localize_rows_match_reference(engine: Any, diffusion_ws: dict[str, Any], tmp_path: Path) -> None:
-    from fbmem_data.distribute.generation import localize_distributed
+    from fbmem_data.nemo.localize import localize_prompts
 
     ws = _copy(diffusion_ws["source"], tmp_path)
-    localize_distributed(ws, diffusion_ws["model"], "tiny", ["p0", "p2"], engine=engine, config=diffusion_ws["config"],
-                         width=16, device="cpu", shard_rows=1)
+    # one prompt, then both: the second run localizes only p2, in a shard of its own (not taken for p0's)
+    localize_prompts(ws, diffusion_ws["model"], "tiny", ["p0"], engine=engine, config=diffusion_ws["config"], width=16, device="cpu")
+    localize_prompts(ws, diffusion_ws["model"], "tiny", ["p0", "p2"], engine=engine, config=diffusion_ws["config"],
+                     width=16, device="cpu", shard_rows=1)
     assert _without(_rows(ws, "nemo_summary"), "wall_s") == _without(diffusion_ws["nemo_summary"], "wall_s")
     assert _rows(ws, "nemo_neurons") == diffusion_ws["nemo_neurons"]

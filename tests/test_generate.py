@@ -415,3 +415,38 @@ def test_zero_mean_initial_noise_is_per_seed_and_only_where_the_pipeline_asks() 
     assert not torch.allclose(raw.mean(dim=(1, 2)), torch.zeros(raw.shape[0]), atol=1e-3)
     centred = raw - raw.mean(dim=(1, 2), keepdim=True)
     assert torch.allclose(x[1], centred / centred.std(dim=(1, 2), keepdim=True), atol=1e-6)
+
+
+def test_another_prompt_later_is_generated_not_taken_for_done_work(workspace: Workspace, tiny) -> None:
+    """Each run's shards are named by the images they hold: a second run for another prompt, with the same
+    settings and positions in its plan, generates its images instead of finding the first run's parts."""
+    pids = add_prompts(workspace)
+    first = generate(workspace, tiny, prompt_ids=pids[:1], seeds="0,1", batch_size=2, **FAST).to_pylist()[0]
+    second = generate(workspace, tiny, prompt_ids=pids[1:2], seeds="0,1", batch_size=2, **FAST).to_pylist()[0]
+    assert (first["generated"], second["generated"]) == (2, 2)
+    assert workspace.sql("SELECT count(DISTINCT prompt_id) AS n FROM generations").column("n")[0].as_py() == 2
+    assert workspace.count("generations") == 4
+    # one batch per shard by default: a killed run loses at most one batch (as the batch-by-batch loop did)
+    assert len([p for p in workspace.parts("generations") if p.name.startswith("part-generate-")]) == 2
+
+
+def test_generate_request_is_checked_before_any_model_loads(workspace: Workspace, tiny) -> None:
+    from fbmem_data.generate import GenerateRequest
+
+    with pytest.raises(InputError, match="listed twice"):
+        GenerateRequest(mitigations=("none", "none"))
+    with pytest.raises(InputError, match="finite"):
+        generate(workspace, "no-such-model", request=GenerateRequest(prompt_set="t"), guidance=float("inf"))
+    add_prompts(workspace)
+    with pytest.raises(InputError, match="ray engine loads the model on its workers"):
+        generate(workspace, tiny, prompt_set="t", engine=_NotHere())
+
+
+class _NotHere:
+    """A distributor that runs elsewhere (as ray does), without starting anything."""
+
+    name = "ray"
+    in_process = False
+
+    def run(self, ws, job):  # pragma: no cover - never reached: the stage refuses first
+        raise AssertionError("not reached")

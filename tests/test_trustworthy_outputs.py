@@ -61,7 +61,7 @@ def test_parameter_values_keep_their_type(workspace: Workspace, capsys: pytest.C
     out = run_cli(capsys, "sql", q, "-w", str(workspace.root), "-p", "p", DIGITS, "-f", "csv")
     assert out.returncode == 0 and out.stdout.splitlines()[1:] == ['"digits"'], out
     # A model id that reads as a number: the resume lookup of generate finds its rows.
-    from fbmem_data.generate.generator import _stored_generation_ids
+    from fbmem_data.generate.generator import stored_generation_ids
 
     workspace.write(
         "generations",
@@ -75,7 +75,7 @@ def test_parameter_values_keep_their_type(workspace: Workspace, capsys: pytest.C
             }
         ],
     )
-    assert _stored_generation_ids(workspace, "1.4") == {"g1"}
+    assert stored_generation_ids(workspace, "1.4") == {"g1"}
     # numbers the views need are cast there
     assert (
         run_cli(

@@ -79,17 +79,10 @@ def segment(
     ws = open_workspace(workspace)
     name = segmenter or "saliency"
     options = _segmenter_options(name, weights, option)
-    if engine is Engine.ray and not dry_run:
-        from fbmem_data.distribute.extractors import segment_distributed
-
-        summary = segment_distributed(
-            ws, name, engine=engine.value, engine_options=engine_options(ray_address, num_gpus, concurrency),
-            roles=role, device=device, batch_size=batch_size, options=options,
-        )
-    else:
-        summary = segment_images(
-            ws, name, roles=role, device=device, batch_size=batch_size, options=options, progress=not dry_run, dry_run=dry_run
-        )
+    summary = segment_images(
+        ws, name, roles=role, device=device, batch_size=batch_size, options=options, progress=not dry_run, dry_run=dry_run,
+        engine=engine.value, engine_options=engine_options(ray_address, num_gpus, concurrency),
+    )
     _print_summary(summary)
 
 
@@ -126,31 +119,28 @@ def score(
 ) -> None:
     """Score candidate pairs into region_scores: fg, bg and pair score per pair (resumes)."""
     from fbmem_data.fbmem import score_pairs
-    from fbmem_data.fbmem.scoring import PRESETS
+    from fbmem_data.fbmem.scoring import PRESETS, ScoreRequest
 
     ws = open_workspace(workspace)
     create = pairing == "exhaustive"
     seg_name = segmenter or PRESETS.get(preset or ("paper" if whole_image else "default"), PRESETS["default"])["segmenter"]
-    common: dict[str, Any] = dict(
+    request = ScoreRequest(
+        pairing_id=None if create else pairing,
         preset=preset,
         metric=metric,
         size=size,
         segmenter=segmenter,
         segmenter_options=_segmenter_options(seg_name, weights, option),
         metric_options=_key_values(metric_option, "--metric-option", "data_range=1.0") if metric_option else None,
+        whole_image=whole_image,
         create_exhaustive=create,
         device=device,
         batch_size=batch_size,
     )
-    if engine is Engine.ray and not dry_run:
-        from fbmem_data.distribute.extractors import score_distributed
-
-        if whole_image:
-            raise InputError("--whole-image runs on the local engine only", hint="drop --engine ray")
-        options = engine_options(ray_address, num_gpus, concurrency)
-        summary = score_distributed(ws, None if create else pairing, engine=engine.value, engine_options=options, **common)
-    else:
-        summary = score_pairs(ws, None if create else pairing, progress=not dry_run, whole_image=whole_image, dry_run=dry_run, **common)
+    summary = score_pairs(
+        ws, request=request, progress=not dry_run, dry_run=dry_run,
+        engine=engine.value, engine_options=engine_options(ray_address, num_gpus, concurrency),
+    )
     _print_summary(summary)
 
 

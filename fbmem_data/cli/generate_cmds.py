@@ -83,31 +83,11 @@ def generate(
     ] = False,
 ) -> pa.Table:
     """Generate N seeded images per prompt (under mitigations) into generations/images; resumes."""
+    from fbmem_data.generate import GenerateRequest
     from fbmem_data.generate import generate as run_generate
 
     ws = open_workspace(workspace)
-    if dry_run:
-        from fbmem_data.generate.dry_run import plan_generation
-
-        return plan_generation(
-            ws, model, prompt_set=prompts, prompt_ids=_split_ids(prompt_ids), n=n, seeds=seeds, seed_start=seed_start,
-            steps=steps, guidance=guidance, height=height, width=width, device=device, dtype=dtype, scheduler=scheduler,
-            mitigations=mitigation or ["none"], mitigation_params=parse_key_values(mitigation_param, "--mitigation-param"),
-            model_id=model_id,
-        )
-    if engine is Engine.ray:
-        from fbmem_data.distribute.generation import generate_distributed
-
-        return generate_distributed(
-            ws, model, engine=engine.value, engine_options=engine_options(ray_address, num_gpus, concurrency),
-            prompt_set=prompts, prompt_ids=_split_ids(prompt_ids), n=n, seeds=seeds, seed_start=seed_start, steps=steps,
-            guidance=guidance, height=height, width=width, batch_size=batch_size, device=device, dtype=dtype,
-            scheduler=scheduler, mitigations=mitigation or ["none"],
-            mitigation_params=parse_key_values(mitigation_param, "--mitigation-param"), model_id=model_id,
-        )
-    return run_generate(
-        ws,
-        model,
+    request = GenerateRequest(
         prompt_set=prompts,
         prompt_ids=_split_ids(prompt_ids),
         n=n,
@@ -121,10 +101,17 @@ def generate(
         device=device,
         dtype=dtype,
         scheduler=scheduler,
-        mitigations=mitigation or ["none"],
+        mitigations=tuple(mitigation or ["none"]),
         mitigation_params=parse_key_values(mitigation_param, "--mitigation-param"),
         model_id=model_id,
-        progress=progress,
+    )
+    if dry_run:
+        from fbmem_data.generate.dry_run import plan_generation
+
+        return plan_generation(ws, model, request=request)
+    return run_generate(
+        ws, model, request=request, progress=progress,
+        engine=engine.value, engine_options=engine_options(ray_address, num_gpus, concurrency),
     )
 
 

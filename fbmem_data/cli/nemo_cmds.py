@@ -199,6 +199,7 @@ def localize(
     """Localize memorization neurons (NeMo initial selection + refinement) into nemo_neurons / nemo_summary."""
     import dataclasses
 
+    from fbmem_data.generate.loading import model_id_for
     from fbmem_data.nemo.detect import current_tau
     from fbmem_data.nemo.localize import PRESETS, localize_prompts
 
@@ -209,8 +210,8 @@ def localize(
     if (prompts is None) == (not prompt_id):
         raise InputError("give exactly one of --prompts SET or --prompt-id ID")
     ws = open_workspace(workspace)
-    # the ray engine loads the pipeline in its actors; the driver only needs the model id
-    pipe, mid = (None, _model_id(model, model_id)) if engine is Engine.ray else _load(model, model_id, device)
+    # the engine loads the pipeline where it localizes (only when a prompt is left); here only its id is needed
+    mid = model_id_for(model, model_id)
     config = PRESETS[preset]
     changes: dict[str, Any] = {}
     if tau is not None:
@@ -232,18 +233,10 @@ def localize(
     run_config = _config(ws, mid, prompts=prompts, n=len(ids), preset=preset, algorithm=algorithm, width=width,
                          max_batch=max_batch, localization=config.as_params())
     with ws.run("nemo localize", run_config) as run:
-        if engine is Engine.ray:
-            from fbmem_data.distribute.generation import localize_distributed
-
-            loc_id = localize_distributed(
-                ws, model, mid, ids, engine=engine.value, engine_options=engine_options(ray_address, num_gpus, concurrency),
-                config=config, stats_reference=stats, algorithm=algorithm,  # type: ignore[arg-type]
-                width=width, max_batch=max_batch, device=device, run_id=run.run_id,
-            )
-            return ws.sql("SELECT * FROM nemo_localization_cost WHERE localization_id = $id", {"id": loc_id})
         loc_id = localize_prompts(
-            ws, pipe, mid, ids, config=config, stats_reference=stats, algorithm=algorithm,  # type: ignore[arg-type]
-            width=width, max_batch=max_batch, run_id=run.run_id,
+            ws, model, mid, ids, config=config, stats_reference=stats, algorithm=algorithm,  # type: ignore[arg-type]
+            width=width, max_batch=max_batch, run_id=run.run_id, device=device,
+            engine=engine.value, engine_options=engine_options(ray_address, num_gpus, concurrency),
             progress=lambda pid, res: typer.echo(f"{pid}: {res.status}, {sum(len(v) for v in res.refined.values())} neuron(s)", err=True),
         )
     return ws.sql("SELECT * FROM nemo_localization_cost WHERE localization_id = $id", {"id": loc_id})

@@ -99,15 +99,6 @@ def embed(
     from fbmem_data.embed import embed_images
 
     ws = open_workspace(workspace)
-    if engine is Engine.ray:
-        from fbmem_data.distribute.extractors import embed_distributed
-
-        row = embed_distributed(
-            ws, embedder, engine=engine.value, engine_options=engine_options(ray_address, num_gpus, concurrency),
-            role=role.value, device=device, batch_size=batch_size,
-            embedder_options=embedder_options(embedder, weights, model_name, size),
-        )
-        return pa.Table.from_pylist([row])
     summary = embed_images(
         ws,
         embedder,
@@ -116,6 +107,8 @@ def embed(
         batch_size=batch_size,
         embedder_options=embedder_options(embedder, weights, model_name, size),
         progress=True,
+        engine=engine.value,
+        engine_options=engine_options(ray_address, num_gpus, concurrency),
     )
     return pa.Table.from_pylist([summary.as_row()])
 
@@ -163,13 +156,6 @@ def pair(
             ws, chosen, embedder, k, embedder_options=embedder_options(embedder, weights, model_name, size) if chosen == "ann" else None,
             device=device, search=search.value, max_pairs=max_pairs,
         ))
-    if engine is Engine.ray and chosen == "ann":  # the embedding stage runs on the engine, the search here
-        from fbmem_data.distribute.extractors import embed_distributed
-
-        embed_distributed(
-            ws, embedder, engine=engine.value, engine_options=engine_options(ray_address, num_gpus, concurrency),
-            device=device, batch_size=batch_size, embedder_options=embedder_options(embedder, weights, model_name, size),
-        )
     summary = pair_with_summary(
         ws,
         chosen,
@@ -181,6 +167,8 @@ def pair(
         search=search.value,
         max_pairs=max_pairs,
         progress=True,
+        engine=engine.value,
+        engine_options=engine_options(ray_address, num_gpus, concurrency),
     )
     return pa.Table.from_pylist([summary.as_row()])
 

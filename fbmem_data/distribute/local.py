@@ -6,7 +6,7 @@ import time
 from typing import TYPE_CHECKING
 
 from fbmem_data.distribute.protocol import Distributor, ExtractorJob, JobSummary
-from fbmem_data.distribute.shards import iter_pending, raise_failed_shards, run_shard_reporting
+from fbmem_data.distribute.shards import ShardFailure, iter_pending, raise_failed_shards, run_shard_reporting
 
 if TYPE_CHECKING:
     from fbmem_data.workspace import Workspace
@@ -16,12 +16,13 @@ class LocalDistributor(Distributor):
     """Runs every unfinished shard in-process (the reference engine: no extra dependency)."""
 
     name = "local"
+    in_process = True
 
     def run(self, ws: Workspace, job: ExtractorJob) -> JobSummary:
         started = time.perf_counter()
         summary = JobSummary(engine=self.name, extractor=job.extractor, rows_in=job.inputs.num_rows)
         batch_fn = None
-        failed: dict[str, str] = {}
+        failed: dict[str, ShardFailure] = {}
         for shard, done in iter_pending(ws.root, job):
             summary.shards += 1
             if done:

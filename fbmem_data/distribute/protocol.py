@@ -81,6 +81,28 @@ class ExtractorJob:
 
 
 @dataclass(frozen=True)
+class WithProgress:
+    """A model factory whose batch function also calls `advance(rows in the batch)` after each batch.
+
+    Only for in-process distributors (the callback, e.g. a tqdm bar, lives in the caller's process).
+    """
+
+    inner: ModelFactory
+    advance: Callable[[int], Any]
+
+    def __call__(self, ws: Workspace) -> BatchFunction:
+        batch_fn = self.inner(ws)
+        advance = self.advance
+
+        def reporting(rows: pa.Table) -> Mapping[str, pa.Table | list[dict[str, Any]]]:
+            out = batch_fn(rows)
+            advance(rows.num_rows)
+            return out
+
+        return reporting
+
+
+@dataclass(frozen=True)
 class EngineOptions:
     """Where and how wide a distributor runs.
 
@@ -134,6 +156,9 @@ class Distributor(abc.ABC):
     """
 
     name: str = ""
+    #: True when run() calls the job's model factory in this process (the local engine): a stage may then
+    #: lend the factory the model it already built and a progress callback, instead of shipping names.
+    in_process: bool = False
 
     def __init__(self, options: EngineOptions | None = None) -> None:
         self.options = options or EngineOptions()

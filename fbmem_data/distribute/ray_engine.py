@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,6 +28,7 @@ import pyarrow as pa
 from fbmem_data.distribute.protocol import Distributor, EngineOptions, ExtractorJob, JobSummary
 from fbmem_data.distribute.shards import (
     Shard,
+    ShardFailure,
     attach_image_bytes,
     ipc_to_table,
     iter_pending,
@@ -84,7 +86,7 @@ class ShardWorker:
                 shard_ids.append(shard_id)
                 tables.append(table)
                 counts.append(n)
-                errors.append(error)
+                errors.append(None if error is None else json.dumps(dataclasses.asdict(error)))  # a ShardFailure
         return pa.table(
             {"shard_id": shard_ids, "table": tables, "written": pa.array(counts, pa.int64()), "error": pa.array(errors, pa.string())}
         )
@@ -149,12 +151,12 @@ class RayDistributor(Distributor):
                     f"the ray engine failed on a {job.extractor} job: {_root_cause(exc)}",
                     hint="finished shards are kept; run the same command again to do the rest",
                 ) from exc
-            failed: dict[str, str] = {}
+            failed: dict[str, ShardFailure] = {}
             for table in tables:
                 for row in table.to_pylist():
                     summary.rows_written[row["table"]] = summary.rows_written.get(row["table"], 0) + row["written"]
                     if row["error"]:
-                        failed[row["shard_id"]] = row["error"]
+                        failed[row["shard_id"]] = ShardFailure(**json.loads(row["error"]))
             summary.shards_run = len(todo)
             raise_failed_shards(job, failed, len(todo))
         summary.seconds = time.perf_counter() - started

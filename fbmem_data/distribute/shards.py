@@ -99,6 +99,22 @@ def attach_image_bytes(ws_root: Path, rows: pa.Table, path_column: str) -> pa.Ta
     )
 
 
+class _FileBytes(io.BytesIO):
+    """A file's bytes that print as its path, so a decoder's error names the file as reading it would."""
+
+    def __init__(self, data: bytes, path: Path) -> None:
+        super().__init__(data)
+        self.path = path
+
+    def __repr__(self) -> str:
+        return repr(str(self.path))
+
+
+def file_bytes(data: bytes, path: Path) -> io.BytesIO:
+    """A file object over `data` (read from `path` by the engine) for PIL and other decoders."""
+    return _FileBytes(data, path)
+
+
 def run_batches(batch_fn: BatchFunction, rows: pa.Table, batch_size: int, tables: tuple[str, ...]) -> dict[str, pa.Table]:
     """Call the batch function on `batch_size`-row slices of a shard; concatenate per table."""
     from fbmem_data.schemas import get_schema
@@ -145,22 +161,58 @@ def process_shard(ws: Workspace, job: ExtractorJob, batch_fn: BatchFunction, sha
     return write_shard(ws, job, shard.shard_id, outputs)
 
 
-def run_shard_reporting(ws: Workspace, job: ExtractorJob, batch_fn: BatchFunction, shard: Shard) -> tuple[dict[str, int], str | None]:
-    """process_shard, turning an exception into (nothing written, its message): one bad shard must not
-    stop the others (engines report every failed shard at the end of the job)."""
+@dataclass(frozen=True)
+class ShardFailure:
+    """Why a shard failed: the exception's class name, message and hint (small and picklable: it travels
+    back from Ray workers). fbmem=True for an FbmemError, which the engine raises again as its own class."""
+
+    kind: str
+    message: str
+    hint: str | None = None
+    fbmem: bool = False
+
+    @classmethod
+    def of(cls, exc: BaseException) -> ShardFailure:
+        if isinstance(exc, FbmemError):
+            return cls(type(exc).__name__, exc.message, exc.hint, True)
+        return cls(type(exc).__name__, str(exc))
+
+    def __str__(self) -> str:
+        return f"{self.kind}: {self.message}"
+
+
+def run_shard_reporting(
+    ws: Workspace, job: ExtractorJob, batch_fn: BatchFunction, shard: Shard
+) -> tuple[dict[str, int], ShardFailure | None]:
+    """process_shard, turning an exception into (nothing written, why): one bad shard must not stop the
+    others (engines report every failed shard at the end of the job)."""
     try:
         return process_shard(ws, job, batch_fn, shard), None
     except Exception as exc:
-        return {t: 0 for t in job.tables}, f"{type(exc).__name__}: {exc}"
+        return {t: 0 for t in job.tables}, ShardFailure.of(exc)
 
 
-def raise_failed_shards(job: ExtractorJob, failed: Mapping[str, str], n_run: int) -> None:
-    """Raise one FbmemError naming the failed shards (nothing when none failed)."""
+def raise_failed_shards(job: ExtractorJob, failed: Mapping[str, ShardFailure | str], n_run: int) -> None:
+    """Raise one error naming the failed shards (nothing when none failed).
+
+    When the first failure (by shard id) is an FbmemError (bad input or settings, which a re-run does not
+    fix), it is raised again as its own class with its own hint, as the stage's own code raised it.
+    """
     if not failed:
         return
-    shard_id, error = next(iter(sorted(failed.items())))
+    from fbmem_data import errors
+
+    shard_id, first = next(iter(sorted(failed.items())))
+    where = f"{len(failed)} of {n_run} {job.extractor} shard(s) failed"
+    if isinstance(first, ShardFailure) and first.fbmem:
+        cls = getattr(errors, first.kind, None)
+        if not (isinstance(cls, type) and issubclass(cls, FbmemError)):
+            cls = FbmemError
+        # every shard failed (bad settings, as a rule): the stage's own error as it stands
+        message = first.message if len(failed) == n_run else f"{first.message} ({where}; the others are written)"
+        raise cls(message, hint=first.hint)
     raise FbmemError(
-        f"{len(failed)} of {n_run} {job.extractor} shard(s) failed; shard {shard_id}: {error}",
+        f"{where}; shard {shard_id}: {first}",
         hint="the other shards are written; run the same command again to redo the failed ones",
     )
 

@@ -1,16 +1,18 @@
 """Embedding images of a workspace into the `embeddings` table, and reading vectors back.
 
-`embedding_rows` is the extractor: a batch of (image_id, path) in, a batch of table rows out, so
-a distributor can run it anywhere. `embed_images` drives it over a workspace with resume: images
-that already have a row for the same embedder and params_hash are skipped.
+`embedding_rows` is the extractor: a batch of images in, a batch of table rows out. `embed_job` describes
+the work as a job (pending images, `EmbedModel`'s batch function); `embed_images` runs it on an engine
+("local" or "ray") with resume: images that already have a row for the same embedder and params_hash
+are skipped.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +25,8 @@ from fbmem_data.ids import params_hash
 if TYPE_CHECKING:
     from PIL import Image
 
+    from fbmem_data.distribute import Distributor, EngineOptions, ExtractorJob
+    from fbmem_data.distribute.protocol import BatchFunction
     from fbmem_data.embed.base import Embedder
     from fbmem_data.workspace import Workspace
 
@@ -130,7 +134,42 @@ def embedding_rows(
     )
 
 
-def _pending_images(ws: Workspace, embedder_name: str, ph: str, role: str) -> tuple[pa.Table, int]:
+@dataclass(frozen=True)
+class EmbedModel:
+    """Model factory of `embed`: builds the embedder plug-in once per worker (or lends `built`, the
+    embedder the caller already holds, to an in-process engine)."""
+
+    embedder: str
+    device: str | None = "auto"
+    options: dict[str, Any] = field(default_factory=dict)
+    run_id: str | None = None
+    built: Embedder | None = None
+
+    def __call__(self, ws: Workspace) -> BatchFunction:
+        from fbmem_data.distribute.shards import IMAGE_BYTES, IMAGE_ERROR, file_bytes
+        from fbmem_data.embed import create_embedder
+
+        embedder = self.built or create_embedder(self.embedder, device=self.device, **self.options)
+        ph = embedder_params_hash(embedder)
+        run_id = self.run_id
+
+        def embed_batch(rows: pa.Table) -> dict[str, pa.Table]:
+            paths = rows.column("store_path").to_pylist()
+            # the engine read the files; PIL reads a file object as it reads a path (and names the path)
+            sources = [None if d is None else file_bytes(d, ws.root / p) for d, p in zip(rows.column(IMAGE_BYTES).to_pylist(), paths, strict=True)]
+            out = embedding_rows(embedder, rows.column("image_id").to_pylist(), sources, run_id=run_id, embedder_hash=ph)  # type: ignore[arg-type]
+            read_errors = rows.column(IMAGE_ERROR)
+            if read_errors.null_count < len(read_errors):  # say why a file could not be read
+                import pyarrow.compute as pc
+
+                errors = pc.if_else(pc.is_null(read_errors), out.column("error"), read_errors)
+                out = out.set_column(out.column_names.index("error"), "error", errors)
+            return {"embeddings": out}
+
+        return embed_batch
+
+
+def pending_embeddings(ws: Workspace, embedder_name: str, ph: str, role: str) -> tuple[pa.Table, int]:
     """(image_id, store_path) of usable images of `role` with no row for this embedder+params,
     and how many usable images already have one."""
     query = """
@@ -151,6 +190,64 @@ def _pending_images(ws: Workspace, embedder_name: str, ph: str, role: str) -> tu
     return table.filter(pa.array(~stored)).select(["image_id", "store_path"]), int(stored.sum())
 
 
+def _embedder_and_model(
+    embedder: str | Embedder, device: str | None, options: dict[str, Any] | None, run_id: str | None, lend: bool
+) -> tuple[Embedder, EmbedModel]:
+    """The embedder the driver reads name and params from, and the job's model factory."""
+    from fbmem_data.embed import create_embedder
+
+    if isinstance(embedder, str):
+        built = create_embedder(embedder, device=device if lend else "cpu", **(options or {}))
+        return built, EmbedModel(embedder, device, dict(options or {}), run_id, built if lend else None)
+    return embedder, EmbedModel(embedder.name, device, dict(options or {}), run_id, embedder)
+
+
+def embed_job(
+    ws: Workspace,
+    embedder: str | Embedder = "thumbnail",
+    *,
+    role: str = "all",
+    device: str | None = "auto",
+    embedder_options: dict[str, Any] | None = None,
+    batch_size: int = 64,
+    shard_rows: int | None = None,
+    run_id: str | None = None,
+    lend: bool = False,
+) -> ExtractorJob:
+    """The `embed` job: usable images of `role` without a vector for this embedder and params.
+
+    An embedder named here is built on the CPU for its params (workers build their own); with
+    lend=True (an in-process engine) it is built once, on `device`, and lent to the model factory.
+    """
+    built, model = _embedder_and_model(embedder, device, embedder_options, run_id, lend)
+    return _embed_job(ws, built, model, role, batch_size, shard_rows)[0]
+
+
+def _embed_job(
+    ws: Workspace, built: Embedder, model: EmbedModel, role: str, batch_size: int, shard_rows: int | None
+) -> tuple[ExtractorJob, int]:
+    from fbmem_data.distribute import ExtractorJob
+
+    if role not in ROLES:
+        raise InputError(f"role must be one of {list(ROLES)}, got {role!r}")
+    if batch_size < 1:
+        raise InputError(f"batch size must be positive, got {batch_size}")
+    ph = embedder_params_hash(built)
+    pending, already = pending_embeddings(ws, built.name, ph, role)
+    job = ExtractorJob(
+        extractor="embed",
+        config_hash=ph,
+        tables=("embeddings",),
+        inputs=pending,
+        key=("image_id",),
+        model=model,
+        image_path_column="store_path",
+        shard_rows=shard_rows or max(batch_size * 16, 1024),  # vectors are small: few, larger parts
+        batch_size=batch_size,
+    )
+    return job, already
+
+
 def embed_images(
     ws: Workspace,
     embedder: str | Embedder = "thumbnail",
@@ -160,8 +257,10 @@ def embed_images(
     batch_size: int = 64,
     embedder_options: dict[str, Any] | None = None,
     run_id: str | None = None,
-    rows_per_part: int = 8192,
+    shard_rows: int | None = None,
     progress: bool = False,
+    engine: str | Distributor = "local",
+    engine_options: EngineOptions | None = None,
 ) -> EmbedSummary:
     """Embed every usable image of `role` that has no vector yet for this embedder and params.
 
@@ -173,78 +272,59 @@ def embed_images(
         batch_size: images per forward pass.
         embedder_options: keyword options for a plug-in built here (weights=..., size=...).
         run_id: record the rows under this run (a caller's run); None opens an `embed` run.
-        rows_per_part: rows per Parquet part; a killed run loses at most this many.
-        progress: show a progress bar on stderr.
+        shard_rows: images per shard (= per Parquet part; a killed run loses at most one shard's work);
+            default max(16 batches, 1024).
+        progress: show a progress bar on stderr (in-process engines).
+        engine: "local", "ray", or a Distributor the caller holds; engine_options: how a named one runs.
 
     Returns:
         An EmbedSummary.
 
     Raises:
         InputError: unknown role or non-positive batch size.
-        PluginError, ModelNotFoundError: the embedder cannot be built.
+        PluginError, ModelNotFoundError: the embedder cannot be built. FbmemError: shards failed.
     """
-    from fbmem_data.embed import create_embedder
+    from fbmem_data.distribute import engine_config, open_engine
 
     if role not in ROLES:
         raise InputError(f"role must be one of {list(ROLES)}, got {role!r}")
     if batch_size < 1:
         raise InputError(f"batch size must be positive, got {batch_size}")
-    if isinstance(embedder, str):
-        embedder = create_embedder(embedder, device=device, **(embedder_options or {}))
-    if run_id is None:
-        config = {"embedder": embedder.name, "params": embedder.params(), "role": role, "batch_size": batch_size}
-        with ws.run("embed", config) as run:
-            return _embed_pending(ws, embedder, role, batch_size, run.run_id, rows_per_part, progress)
-    return _embed_pending(ws, embedder, role, batch_size, run_id, rows_per_part, progress)
+    with open_engine(engine, engine_options) as distributor:
+        built, model = _embedder_and_model(embedder, device, embedder_options, run_id, distributor.in_process)
+        if run_id is None:
+            config = {"embedder": built.name, "params": built.params(), "role": role, "batch_size": batch_size, **engine_config(distributor)}
+            with ws.run("embed", config) as run:
+                return _embed_pending(ws, distributor, built, dataclasses.replace(model, run_id=run.run_id), role, batch_size, shard_rows, progress)
+        return _embed_pending(ws, distributor, built, model, role, batch_size, shard_rows, progress)
 
 
 def _embed_pending(
-    ws: Workspace, embedder: Embedder, role: str, batch_size: int, run_id: str, rows_per_part: int, progress: bool
+    ws: Workspace, distributor: Distributor, built: Embedder, model: EmbedModel, role: str, batch_size: int,
+    shard_rows: int | None, progress: bool,
 ) -> EmbedSummary:
-    from tqdm import tqdm
+    from fbmem_data.distribute import run_with_progress
 
     started = time.perf_counter()
-    ph = embedder_params_hash(embedder)
-    pending, already = _pending_images(ws, embedder.name, ph, role)
-    ids = pending.column("image_id").to_pylist()
-    paths = [None if p is None else ws.root / p for p in pending.column("store_path").to_pylist()]
-    buffered: list[pa.Table] = []
-    embedded = failed = 0
-
-    def flush() -> None:
-        if buffered:
-            ws.write("embeddings", pa.concat_tables(buffered), on_conflict="skip")
-            buffered.clear()
-
-    with tqdm(total=len(ids), desc=f"embed {embedder.name}", unit="img", disable=not progress) as bar:
-        for start in range(0, len(ids), batch_size):
-            rows = embedding_rows(
-                embedder, ids[start : start + batch_size], paths[start : start + batch_size], run_id=run_id, embedder_hash=ph
-            )
-            n_err = rows.num_rows - _count_ok(rows)
-            failed += n_err
-            embedded += rows.num_rows - n_err
-            buffered.append(rows)
-            if sum(t.num_rows for t in buffered) >= rows_per_part:
-                flush()
-            bar.update(rows.num_rows)
-    flush()
+    job, already = _embed_job(ws, built, model, role, batch_size, shard_rows)
+    if job.inputs.num_rows:
+        run_with_progress(distributor, ws, job, progress=progress, desc=f"embed {built.name}", unit="img")
+    counts = ws.sql(
+        "SELECT status, count(*) AS n FROM embeddings WHERE embedder = $e AND params_hash = $ph AND run_id IS NOT DISTINCT FROM $r "
+        "AND list_contains($ids::VARCHAR[], image_id) GROUP BY 1",
+        {"e": built.name, "ph": job.config_hash, "r": model.run_id, "ids": job.inputs.column("image_id").to_pylist()},
+    ).to_pylist()
+    by_status = {r["status"]: r["n"] for r in counts}
     return EmbedSummary(
-        embedder=embedder.name,
-        params_hash=ph,
-        dim=embedder.dim,
+        embedder=built.name,
+        params_hash=job.config_hash,
+        dim=built.dim,
         role=role,
         already_stored=already,
-        embedded=embedded,
-        failed=failed,
+        embedded=by_status.get("ok", 0),
+        failed=by_status.get("error", 0),
         seconds=round(time.perf_counter() - started, 3),
     )
-
-
-def _count_ok(rows: pa.Table) -> int:
-    import pyarrow.compute as pc
-
-    return int(pc.sum(pc.equal(rows.column("status"), "ok")).as_py() or 0)
 
 
 def load_vectors(

@@ -9,6 +9,8 @@ import numpy as np
 from fbmem_data.errors import InputError
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from fbmem_data.workspace import Workspace
 
 
@@ -28,6 +30,25 @@ def load_rgb(ws: Workspace, image_id: str, store_path: str | None = None) -> np.
         path = ws.image_path(image_id)
     try:
         with Image.open(path) as im:
+            return np.asarray(to_rgb(im))
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise InputError(f"image {image_id} ({path.name}) does not decode: {exc}") from exc
+
+
+def decode_rgb(data: bytes, image_id: str, path: Path) -> np.ndarray:
+    """Image bytes -> uint8 HxWx3 RGB, decoded exactly as load_rgb decodes a file (what a job's batch
+    function receives: the engine reads the file, the batch function decodes it).
+
+    Raises:
+        InputError: the bytes do not decode (the message names the file as load_rgb's does).
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    from fbmem_data.distribute.shards import file_bytes
+    from fbmem_data.ingest.decode import to_rgb
+
+    try:
+        with Image.open(file_bytes(data, path)) as im:
             return np.asarray(to_rgb(im))
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise InputError(f"image {image_id} ({path.name}) does not decode: {exc}") from exc

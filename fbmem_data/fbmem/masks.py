@@ -1,17 +1,25 @@
-"""`segment_images`: fill the `masks` table with a segmenter plug-in (resumable, batched)."""
+"""`segment_images`: fill the `masks` table with a segmenter plug-in (resumable, batched, on any engine).
+
+The work is one job (`segment_job`): pending images in, `masks` rows out through `SegmentModel`'s
+batch function; `segment_images` runs it on `engine="local"` (this process) or `"ray"`.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from fbmem_data.errors import FbmemError, InputError
+from fbmem_data.errors import InputError
 from fbmem_data.ids import canonical_json, params_hash
 
 if TYPE_CHECKING:
     import numpy as np
     import pyarrow as pa
 
+    from fbmem_data.distribute import Distributor, EngineOptions, ExtractorJob
+    from fbmem_data.distribute.protocol import BatchFunction
     from fbmem_data.segment.base import Segmenter
     from fbmem_data.workspace import Workspace
 
@@ -47,6 +55,101 @@ def pending_images(
     return ws.sql(query, params)
 
 
+@dataclass(frozen=True)
+class SegmentModel:
+    """Model factory of `segment`: builds the segmenter plug-in once per worker (or lends `built`,
+    the segmenter the caller already holds, to an in-process engine)."""
+
+    segmenter: str
+    device: str = "auto"
+    options: dict[str, Any] = field(default_factory=dict)
+    run_id: str | None = None
+    built: Segmenter | None = None
+
+    def __call__(self, ws: Workspace) -> BatchFunction:
+        from fbmem_data.distribute.shards import IMAGE_BYTES, IMAGE_ERROR
+        from fbmem_data.fbmem.images import decode_rgb
+
+        seg = self.built or make_segmenter(self.segmenter, self.device, dict(self.options))
+        params = seg.params()
+        mask_hash = params_hash(params)
+        run_id = self.run_id
+
+        def segment_batch(rows: pa.Table) -> dict[str, list[dict[str, Any]]]:
+            out: list[dict[str, Any]] = []
+            images: list[np.ndarray] = []
+            good: list[str] = []
+            for image_id, path, data, error in zip(
+                rows.column("image_id").to_pylist(),
+                rows.column("store_path").to_pylist(),
+                rows.column(IMAGE_BYTES).to_pylist(),
+                rows.column(IMAGE_ERROR).to_pylist(),
+                strict=True,
+            ):
+                try:
+                    if data is None:
+                        raise InputError(f"image {image_id} cannot be read: {error}")
+                    images.append(decode_rgb(data, image_id, ws.root / path))
+                    good.append(image_id)
+                except InputError as exc:
+                    out.append(error_row(image_id, seg.name, mask_hash, params, str(exc), run_id))
+            return {"masks": out + mask_rows(seg, good, images, run_id)}
+
+        return segment_batch
+
+
+def segment_job(
+    ws: Workspace,
+    segmenter: str | Segmenter = "saliency",
+    *,
+    roles: Sequence[str] | None = None,
+    image_ids: Sequence[str] | None = None,
+    device: str = "auto",
+    options: dict[str, Any] | None = None,
+    batch_size: int = 8,
+    shard_rows: int | None = None,
+    run_id: str | None = None,
+    lend: bool = False,
+) -> ExtractorJob:
+    """The `segment` job: ok images without a mask for this segmenter and settings.
+
+    A segmenter named here is built on the CPU for its name and params (workers build their own);
+    with lend=True (an in-process engine) it is built once, on `device`, and lent to the model factory.
+    """
+    seg, model = _segmenter_and_model(segmenter, device, options, run_id, lend)
+    return _segment_job(ws, seg, model, roles, image_ids, batch_size, shard_rows)
+
+
+def _segmenter_and_model(
+    segmenter: str | Segmenter, device: str, options: dict[str, Any] | None, run_id: str | None, lend: bool
+) -> tuple[Segmenter, SegmentModel]:
+    """The segmenter the driver reads name and params from, and the job's model factory."""
+    if isinstance(segmenter, str):
+        seg = make_segmenter(segmenter, device if lend else "cpu", options)
+        return seg, SegmentModel(segmenter, device, dict(options or {}), run_id, seg if lend else None)
+    return segmenter, SegmentModel(segmenter.name, device, dict(options or {}), run_id, segmenter)
+
+
+def _segment_job(
+    ws: Workspace, seg: Segmenter, model: SegmentModel, roles: Sequence[str] | None, image_ids: Sequence[str] | None,
+    batch_size: int, shard_rows: int | None,
+) -> ExtractorJob:
+    from fbmem_data.distribute import ExtractorJob
+
+    mask_hash = params_hash(seg.params())
+    return ExtractorJob(
+        extractor="segment",
+        config_hash=mask_hash,
+        tables=("masks",),
+        inputs=pending_images(ws, seg.name, mask_hash, roles, image_ids),
+        key=("image_id",),
+        model=model,
+        image_path_column="store_path",
+        shard_rows=shard_rows or batch_size * 8,
+        batch_size=batch_size,
+    )
+
+
 def segment_images(
     ws: Workspace,
     segmenter: str | Segmenter = "saliency",
@@ -58,6 +161,9 @@ def segment_images(
     options: dict[str, Any] | None = None,
     progress: bool = False,
     dry_run: bool = False,
+    engine: str | Distributor = "local",
+    engine_options: EngineOptions | None = None,
+    shard_rows: int | None = None,
 ) -> dict[str, Any]:
     """Segment every ok image that has no mask yet for this segmenter and settings (dry_run: only count them).
 
@@ -67,49 +173,43 @@ def segment_images(
         roles: only images of these roles (train, generated, reference); default all.
         image_ids: only these images.
         device: torch device for segmenters that use one.
-        batch_size: images per segmenter call and per written Parquet part.
+        batch_size: images per segmenter call.
         options: keyword settings for the plug-in (e.g. model_path for birefnet).
-        progress: show a progress bar.
+        progress: show a progress bar (in-process engines).
+        engine: "local", "ray", or a Distributor the caller holds; engine_options: how a named one runs.
+        shard_rows: images per shard (= per Parquet part written); default 8 batches.
 
     Returns:
-        {"segmenter", "params_hash", "pending", "ok", "error"}: counts of this call.
+        {"segmenter", "params_hash", "pending", "ok", "error"}: counts of this call; on an engine other
+        than local also engine, shards and shards_skipped.
 
     Raises:
-        PluginError / ModelNotFoundError: the segmenter cannot be built.
+        PluginError / ModelNotFoundError: the segmenter cannot be built. FbmemError: shards failed
+        (the others are written; run again to redo them).
     """
-    from tqdm import tqdm
+    from fbmem_data.distribute import (
+        engine_config,
+        engine_fields,
+        open_engine,
+        run_with_progress,
+        status_counts,
+    )
 
-    from fbmem_data.fbmem.images import load_rgb
-
-    seg = make_segmenter(segmenter, device, options) if isinstance(segmenter, str) else segmenter
-    params = seg.params()
-    mask_hash = params_hash(params)
-    todo = pending_images(ws, seg.name, mask_hash, roles, image_ids)
-    summary = {"segmenter": seg.name, "params_hash": mask_hash, "pending": todo.num_rows, "ok": 0, "error": 0}
-    if dry_run:  # counts only: a segmenter's time per image depends on it and the device (docs/performance.md)
-        return {"segmenter": seg.name, "params_hash": mask_hash, "pending": todo.num_rows, "dry_run": True}
-    if todo.num_rows == 0:
-        return summary
-    ids = todo.column("image_id").to_pylist()
-    paths = todo.column("store_path").to_pylist()
-    config = {"segmenter": seg.name, "params": params, "batch_size": batch_size, "device": device}
-    with ws.run("segment", config) as run, tqdm(total=len(ids), desc=f"segment[{seg.name}]", disable=not progress) as bar:
-        for start in range(0, len(ids), batch_size):
-            rows: list[dict[str, Any]] = []
-            images: list[np.ndarray] = []
-            good: list[str] = []
-            for image_id, path in zip(ids[start : start + batch_size], paths[start : start + batch_size], strict=True):
-                try:
-                    images.append(load_rgb(ws, image_id, path))
-                    good.append(image_id)
-                except FbmemError as exc:
-                    rows.append(_error_row(image_id, seg.name, mask_hash, params, str(exc), run.run_id))
-            rows += mask_rows(seg, good, images, run.run_id)
-            ws.write("masks", rows)
-            summary["ok"] += sum(r["status"] == "ok" for r in rows)
-            summary["error"] += sum(r["status"] == "error" for r in rows)
-            bar.update(len(rows))
-    return summary
+    with open_engine(engine, engine_options) as distributor:
+        seg, model = _segmenter_and_model(segmenter, device, options, None, distributor.in_process)
+        job = _segment_job(ws, seg, model, roles, image_ids, batch_size, shard_rows)
+        params = seg.params()
+        summary = {"segmenter": seg.name, "params_hash": job.config_hash, "pending": job.inputs.num_rows, "ok": 0, "error": 0}
+        if dry_run:  # counts only: a segmenter's time per image depends on it and the device (docs/performance.md)
+            return {"segmenter": seg.name, "params_hash": job.config_hash, "pending": job.inputs.num_rows, "dry_run": True}
+        if job.inputs.num_rows == 0:
+            return {**summary, **engine_fields(distributor)}
+        config = {"segmenter": seg.name, "params": params, "batch_size": batch_size, "device": device, **engine_config(distributor)}
+        with ws.run("segment", config) as run:
+            job = dataclasses.replace(job, model=dataclasses.replace(model, run_id=run.run_id))
+            done = run_with_progress(distributor, ws, job, progress=progress, desc=f"segment[{seg.name}]")
+        counts = status_counts(ws, "masks", run.run_id)
+        return {**summary, "ok": counts.get("ok", 0), "error": counts.get("error", 0), **engine_fields(distributor, done)}
 
 
 def mask_rows(seg: Segmenter, image_ids: Sequence[str], images: Sequence[np.ndarray], run_id: str | None) -> list[dict[str, Any]]:
@@ -124,7 +224,7 @@ def mask_rows(seg: Segmenter, image_ids: Sequence[str], images: Sequence[np.ndar
     rows: list[dict[str, Any]] = []
     for image_id, mask in zip(image_ids, _segment_guarded(seg, list(images), list(image_ids)), strict=True):
         if isinstance(mask, str):
-            rows.append(_error_row(image_id, seg.name, mask_hash, params, mask, run_id))
+            rows.append(error_row(image_id, seg.name, mask_hash, params, mask, run_id))
             continue
         rows.append(
             {
@@ -160,7 +260,7 @@ def _segment_guarded(seg: Segmenter, images: list[np.ndarray], ids: list[str]) -
         return out
 
 
-def _error_row(image_id: str, seg: str, mask_hash: str, params: dict[str, Any], error: str, run_id: str | None) -> dict[str, Any]:
+def error_row(image_id: str, seg: str, mask_hash: str, params: dict[str, Any], error: str, run_id: str | None) -> dict[str, Any]:
     return {
         "image_id": image_id,
         "segmenter": seg,

@@ -4,11 +4,13 @@ The extractor is a batch function, `PairScorer.score_batch(pairs)`: a list of (g
 image-id pairs in, one row per pair out. Inside a batch every image is decoded, resized, split and
 prepared (per-image MS-SSIM statistics) once, however many pairs it is in; decoded images are also kept
 in a bounded cache across batches, because the same training images recur for every generated image.
-`score_pairs(ws, ...)` drives it over the `candidates` of a pairing, resumably.
+`score_pairs(ws, ...)` runs it as one job (`ScoreModel`, on engine "local" or "ray") over the `candidates`
+of a pairing, resumably; its settings are a `ScoreRequest`.
 """
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +24,8 @@ from fbmem_data.ids import params_hash
 if TYPE_CHECKING:
     import pyarrow as pa
 
+    from fbmem_data.distribute import Distributor, EngineOptions
+    from fbmem_data.distribute.protocol import BatchFunction
     from fbmem_data.similarity.base import RegionMetric
     from fbmem_data.workspace import Workspace
 
@@ -430,112 +434,199 @@ def _create_exhaustive(ws: Workspace) -> str:
     return pair(ws, method="exhaustive")
 
 
-def score_pairs(
-    ws: Workspace,
-    pairing_id: str | None = None,
-    *,
-    preset: str | None = None,
-    metric: str | None = None,
-    size: int | None = None,
-    segmenter: str | None = None,
-    metric_options: dict[str, Any] | None = None,
-    segmenter_options: dict[str, Any] | None = None,
-    whole_image: bool = False,
-    create_exhaustive: bool = False,
-    device: str = "auto",
-    batch_size: int = 8,
-    progress: bool = False,
-    dry_run: bool = False,
-) -> dict[str, Any]:
-    """Score every candidate pair of a pairing that has no row under this scoring_id yet.
+@dataclass(frozen=True)
+class ScoreRequest:
+    """The settings of one score run (what `fbmem score` and `score_pairs` take), checked once here.
 
-    Missing masks of the images involved are computed first (`segment_images`, resumable).
-
-    Args:
-        ws: the workspace.
+    Attributes:
         pairing_id: which candidates; default the most recently written pairing.
         preset: "paper" (the released code's computation: msssim as torchmetrics 1.3.2, 512, birefnet
             with rembg's processing, reference parts), "paper-clean" (the paper's metric on fbmem's
-            parts) or "default" (msssim-regions with registration, 256,
-            saliency). metric/size/segmenter override the
-            preset's choice.
+            parts) or "default" (msssim-regions with registration, 256, saliency). metric, size and
+            segmenter override the preset's choice.
         metric_options: SSIMConfig fields for the metric (e.g. {"data_range": 1.0}).
         segmenter_options: options of the segmenter plug-in (e.g. {"model_path": ...}).
         whole_image: the reference's `--no_segment` baseline: whole images (RGBA, alpha 1) compared,
             fg = bg = that score; nothing is segmented. Without a preset or metric: the paper's metric.
         create_exhaustive: with no candidates at all, create exhaustive ones via the pairing module.
-        device: torch device; batch_size: generated images per batch (all their candidates are scored
-            in that batch and written as one Parquet part).
+        device: torch device ("auto": resolved where the scoring runs).
+        batch_size: generated images per batch (all their candidates are scored in that batch).
+        shard_rows: pairs per shard (= per Parquet part written); default 4 batches.
+    """
+
+    pairing_id: str | None = None
+    preset: str | None = None
+    metric: str | None = None
+    size: int | None = None
+    segmenter: str | None = None
+    metric_options: dict[str, Any] | None = None
+    segmenter_options: dict[str, Any] | None = None
+    whole_image: bool = False
+    create_exhaustive: bool = False
+    device: str = "auto"
+    batch_size: int = 8
+    shard_rows: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.preset is not None and self.preset not in PRESETS:
+            raise InputError(f"unknown preset {self.preset!r}", hint=f"one of {sorted(PRESETS)}")
+        if self.size is not None and int(self.size) < 16:
+            raise InputError(f"size must be at least 16, got {self.size}")
+        if self.batch_size < 1:
+            raise InputError(f"batch size must be at least 1, got {self.batch_size}")
+        if self.shard_rows is not None and self.shard_rows < 1:
+            raise InputError(f"shard_rows must be at least 1, got {self.shard_rows}")
+
+    def scoring_config(self) -> ScoringConfig:
+        """The preset resolved against the options (mask_params_hash still unset)."""
+        return resolve_config(self.preset, self.metric, self.size, self.segmenter, self.metric_options,
+                              whole_image=self.whole_image, segmenter_options=self.segmenter_options)
+
+
+@dataclass(frozen=True)
+class ScoreModel:
+    """Model factory of `score`: the region metric and a PairScorer reading masks from the workspace.
+
+    Scoring reads images and masks where it runs (from the workspace, through WorkspaceImageLoader's
+    cache) instead of receiving bytes: a training image recurs in every generated image's candidates,
+    and shipping it once per pair would multiply the traffic by k. segmenter None: the whole-image
+    baseline (no masks). `built` lends the metric the caller built to an in-process engine.
+    """
+
+    metric: str
+    metric_options: dict[str, Any]
+    size: int
+    segmenter: str | None
+    mask_params_hash: str | None
+    device: str
+    row_fields: dict[str, Any]
+    composition: str = "fbmem"
+    built: RegionMetric | None = None
+
+    def __call__(self, ws: Workspace) -> BatchFunction:
+        from fbmem_data.devices import resolve_device
+
+        loader = WorkspaceImageLoader(ws, self.segmenter, self.mask_params_hash)
+        metric = self.built or make_metric(self.metric, self.metric_options)
+        scorer = PairScorer(metric, self.size, loader, device=resolve_device(self.device), composition=self.composition)
+        fields = dict(self.row_fields)
+
+        def score_batch(rows: pa.Table) -> dict[str, list[dict[str, Any]]]:
+            pairs = list(zip(rows.column("generated_image_id").to_pylist(), rows.column("train_image_id").to_pylist(), strict=True))
+            loader.preload([i for p in pairs for i in p])
+            scored = scorer.score_batch(pairs)
+            for r in scored:
+                r.update(fields)
+            return {"region_scores": scored}
+
+        return score_batch
+
+
+def score_pairs(
+    ws: Workspace,
+    pairing_id: str | None = None,
+    *,
+    request: ScoreRequest | None = None,
+    progress: bool = False,
+    dry_run: bool = False,
+    engine: str | Distributor = "local",
+    engine_options: EngineOptions | None = None,
+    **settings: Any,
+) -> dict[str, Any]:
+    """Score every candidate pair of a pairing that has no row under this scoring_id yet.
+
+    Missing masks of the images involved are computed first (`segment_images`, resumable, on the same
+    engine), then one `score` job runs `ScoreModel`'s batch function over the pending pairs.
+
+    Args:
+        ws: the workspace.
+        pairing_id: which candidates (overrides request.pairing_id); default the latest pairing.
+        request: the settings (a ScoreRequest); **settings: ScoreRequest fields given as keywords
+            (preset=, metric=, size=, device=, batch_size= ...), applied over `request`.
+        progress: a progress bar on stderr (in-process engines).
         dry_run: write nothing; return what would be done (pending pairs, images, images without masks)
             and `estimated_cpu_s`, an estimate from the cost model of docs/performance.md.
+        engine: "local", "ray", or a Distributor the caller holds; engine_options: how a named one runs.
 
     Returns:
-        {"scoring_id", "pairing_id", "pending", "ok", "error", "config"}.
+        {"scoring_id", "pairing_id", "pending", "ok", "error", "config"}; on an engine other than local
+        also engine, shards and shards_skipped.
 
     Raises:
-        InputError: no candidates; PluginError / ModelNotFoundError: metric or segmenter unavailable.
+        InputError: no candidates, bad settings; PluginError / ModelNotFoundError: metric or segmenter
+        unavailable; FbmemError: shards failed (the others are written; run again to redo them).
     """
-    from tqdm import tqdm
+    import dataclasses
 
     from fbmem_data.devices import resolve_device
+    from fbmem_data.distribute import (
+        ExtractorJob,
+        engine_config,
+        engine_fields,
+        open_engine,
+        run_with_progress,
+        status_counts,
+    )
     from fbmem_data.fbmem.masks import make_segmenter, segment_images
 
-    device = resolve_device(device)
-    cfg = resolve_config(preset, metric, size, segmenter, metric_options, whole_image=whole_image, segmenter_options=segmenter_options)
-    if dry_run and create_exhaustive and pairing_id is None and not ws.count("candidates"):
-        raise InputError("--dry-run cannot show exhaustive candidates that do not exist yet", hint="run `fbmem pair --method exhaustive` first")
-    pairing_id = resolve_pairing(ws, pairing_id, create_exhaustive and not dry_run)
-    region_metric = make_metric(cfg.metric, cfg.metric_options)
-    seg = None if whole_image else make_segmenter(cfg.segmenter, device, cfg.segmenter_options)
-    cfg.mask_params_hash = params_hash(seg.params()) if seg is not None else None
-    config = cfg.as_dict(region_metric)
-    scoring_id = params_hash(config)
-    pending = ws.sql(
-        "SELECT c.generated_image_id AS g, c.train_image_id AS t FROM candidates c WHERE c.pairing_id = $p "
-        "AND NOT EXISTS (SELECT 1 FROM region_scores s WHERE s.scoring_id = $sid "
-        "AND s.generated_image_id = c.generated_image_id AND s.train_image_id = c.train_image_id) ORDER BY 1, 2",
-        {"p": pairing_id, "sid": scoring_id},
-    )
-    summary = {"scoring_id": scoring_id, "pairing_id": pairing_id, "pending": pending.num_rows, "ok": 0, "error": 0, "config": config}
-    if pending.num_rows == 0 and not dry_run:
-        return summary
-    gens = pending.column("g").to_pylist()
-    trains = pending.column("t").to_pylist()
-    needed = sorted(set(gens) | set(trains))
-    if dry_run:
-        base = {k: v for k, v in summary.items() if k not in ("ok", "error")}  # nothing ran
-        return {**base, **_dry_run_estimate(ws, seg, needed, len(gens), cfg.size)}
-    if seg is not None:
-        segment_images(ws, seg, image_ids=needed, device=device, batch_size=max(1, batch_size), progress=progress)
-    by_gen: dict[str, list[str]] = {}
-    for g, t in zip(gens, trains, strict=True):
-        by_gen.setdefault(g, []).append(t)
-    loader = WorkspaceImageLoader(ws, seg.name if seg is not None else None, cfg.mask_params_hash)
-    scorer = PairScorer(region_metric, cfg.size, loader, device=device, composition=cfg.composition)
-    gen_order = list(by_gen)
-    run_config = {**config, "scoring_id": scoring_id, "pairing_id": pairing_id, "preset": cfg.preset, "device": device}
-    with ws.run("score", run_config) as run, tqdm(total=len(gens), desc=f"score[{cfg.metric}]", unit="pair", disable=not progress) as bar:
-        for start in range(0, len(gen_order), batch_size):
-            batch_gens = gen_order[start : start + batch_size]
-            pairs = [(g, t) for g in batch_gens for t in by_gen[g]]
-            loader.preload([i for p in pairs for i in p])
-            rows = scorer.score_batch(pairs)
-            for r in rows:
-                r.update(
-                    scoring_id=scoring_id,
-                    pairing_id=pairing_id,
-                    segmenter=seg.name if seg is not None else "none",
-                    mask_params_hash=cfg.mask_params_hash,
-                    metric=cfg.metric,
-                    preset=cfg.preset,
-                    size=cfg.size,
-                    run_id=run.run_id,
-                )
-            ws.write("region_scores", rows)
-            summary["ok"] += sum(r["status"] == "ok" for r in rows)
-            summary["error"] += sum(r["status"] == "error" for r in rows)
-            bar.update(len(rows))
-    return summary
+    if pairing_id is not None:
+        settings["pairing_id"] = pairing_id
+    req = dataclasses.replace(request or ScoreRequest(), **settings)
+    cfg = req.scoring_config()
+    with open_engine(engine, engine_options) as distributor:
+        # an in-process engine scores here: resolve the device and lend it the metric and segmenter
+        # built here; other engines get names and resolve "auto" on their workers
+        lend = distributor.in_process
+        device = resolve_device(req.device) if lend else req.device
+        if dry_run and req.create_exhaustive and req.pairing_id is None and not ws.count("candidates"):
+            raise InputError("--dry-run cannot show exhaustive candidates that do not exist yet", hint="run `fbmem pair --method exhaustive` first")
+        pairing = resolve_pairing(ws, req.pairing_id, req.create_exhaustive and not dry_run)
+        region_metric = make_metric(cfg.metric, cfg.metric_options)
+        seg = None if req.whole_image else make_segmenter(cfg.segmenter, device if lend else "cpu", cfg.segmenter_options)
+        cfg.mask_params_hash = params_hash(seg.params()) if seg is not None else None
+        config = cfg.as_dict(region_metric)
+        scoring_id = params_hash(config)
+        pending = ws.sql(
+            "SELECT c.generated_image_id, c.train_image_id FROM candidates c WHERE c.pairing_id = $p "
+            "AND NOT EXISTS (SELECT 1 FROM region_scores s WHERE s.scoring_id = $sid "
+            "AND s.generated_image_id = c.generated_image_id AND s.train_image_id = c.train_image_id) ORDER BY 1, 2",
+            {"p": pairing, "sid": scoring_id},
+        )
+        summary: dict[str, Any] = {"scoring_id": scoring_id, "pairing_id": pairing, "pending": pending.num_rows, "ok": 0, "error": 0,
+                                   "config": config}
+        if pending.num_rows == 0 and not dry_run:
+            return {**summary, **engine_fields(distributor)}
+        gens = pending.column("generated_image_id").to_pylist()
+        needed = sorted(set(gens) | set(pending.column("train_image_id").to_pylist()))
+        if dry_run:
+            base = {k: v for k, v in summary.items() if k not in ("ok", "error")}  # nothing ran
+            return {**base, **_dry_run_estimate(ws, seg, needed, len(gens), cfg.size)}
+        if seg is not None:
+            segment_images(ws, seg if lend else cfg.segmenter, image_ids=needed, device=device, batch_size=req.batch_size,
+                           options=cfg.segmenter_options, progress=progress, engine=distributor)
+        # batch_size counts generated images: with the same number of candidates each (the usual case),
+        # a batch is exactly batch_size generated images with all their pairs
+        pairs_per_call = req.batch_size * math.ceil(len(gens) / len(set(gens)))
+        run_config = {**config, "scoring_id": scoring_id, "pairing_id": pairing, "preset": cfg.preset, "device": device,
+                      **engine_config(distributor)}
+        with ws.run("score", run_config) as run:
+            fields = {"scoring_id": scoring_id, "pairing_id": pairing, "segmenter": seg.name if seg is not None else "none",
+                      "mask_params_hash": cfg.mask_params_hash, "metric": cfg.metric, "preset": cfg.preset, "size": cfg.size,
+                      "run_id": run.run_id}
+            job = ExtractorJob(
+                extractor="score",
+                config_hash=scoring_id,
+                tables=("region_scores",),
+                inputs=pending,
+                key=("generated_image_id", "train_image_id"),
+                model=ScoreModel(cfg.metric, dict(cfg.metric_options), cfg.size, seg.name if seg is not None else None,
+                                 cfg.mask_params_hash, device, fields, cfg.composition, region_metric if lend else None),
+                shard_rows=req.shard_rows or pairs_per_call * 4,
+                batch_size=pairs_per_call,
+            )
+            done = run_with_progress(distributor, ws, job, progress=progress, desc=f"score[{cfg.metric}]", unit="pair")
+        counts = status_counts(ws, "region_scores", run.run_id)
+        return {**summary, "ok": counts.get("ok", 0), "error": counts.get("error", 0), **engine_fields(distributor, done)}
 
 
 def latest_scoring(ws: Workspace) -> pa.Table:

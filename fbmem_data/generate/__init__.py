@@ -4,6 +4,7 @@ record them in `generations` / `images` / `runs`, resume what a killed run left 
 from __future__ import annotations
 
 from fbmem_data.generate.generator import (
+    GenerateRequest,
     generate,
     generate_batch,
     initial_latents,
@@ -14,6 +15,7 @@ from fbmem_data.generate.loading import LoadedPipeline, load_pipeline, wrap_pipe
 from fbmem_data.generate.planning import GenerationJob, generation_id, parse_seeds, plan_jobs
 
 __all__ = [
+    "GenerateRequest",
     "GenerationJob",
     "LoadedPipeline",
     "generate",

@@ -7,17 +7,16 @@ image size, so the pipeline is loaded (on the CPU: nothing runs on it) and every
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping, Sequence
+import dataclasses
 from typing import TYPE_CHECKING, Any
 
 from fbmem_data.errors import InputError
+from fbmem_data.generate.generator import GenerateRequest
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
     from fbmem_data.generate.loading import LoadedPipeline
-    from fbmem_data.mitigate.protocol import Mitigation
     from fbmem_data.workspace import Workspace
 
 
@@ -30,23 +29,15 @@ def plan_generation(
     ws: Workspace,
     model: str | LoadedPipeline,
     *,
-    prompt_set: str | None = None,
-    prompt_ids: Sequence[str] | None = None,
-    n: int = 4,
-    seeds: str | Sequence[int] | None = None,
-    seed_start: int = 0,
-    steps: int = 50,
-    guidance: float = 7.0,
-    height: int | None = None,
-    width: int | None = None,
-    device: str = "auto",
-    dtype: str = "auto",
-    scheduler: str = "ddim",
-    mitigations: Sequence[str | Mitigation] = ("none",),
-    mitigation_params: Mapping[str, Any] | None = None,
-    model_id: str | None = None,
+    request: GenerateRequest | None = None,
+    **settings: Any,
 ) -> pa.Table:
     """The images `generate` with the same arguments would generate, per mitigation; writes nothing.
+
+    Args:
+        ws, model: as for `generate`.
+        request, **settings: the same GenerateRequest (or its fields as keywords) `generate` takes; it is
+            checked by the same rules.
 
     Returns:
         One row per mitigation: mitigation, mitigation_params, model_id, planned, already_stored,
@@ -59,39 +50,34 @@ def plan_generation(
     import pyarrow as pa
 
     from fbmem_data.devices import resolve_device
-    from fbmem_data.generate.generator import _stored_generation_ids, select_prompts
+    from fbmem_data.generate.generator import select_prompts, stored_generation_ids
     from fbmem_data.generate.loading import LoadedPipeline, load_pipeline, resolve_dtype
-    from fbmem_data.generate.planning import parse_seeds, plan_jobs
+    from fbmem_data.generate.planning import plan_jobs
     from fbmem_data.ids import canonical_json
     from fbmem_data.mitigate import create_mitigation, split_mitigation_params
     from fbmem_data.noise import default_image_size
 
-    seed_list = parse_seeds(seeds, n, seed_start)
-    if not math.isfinite(float(guidance)):
-        raise InputError(f"guidance must be a finite number, got {guidance!r}", hint="--guidance 7.0")
-    if steps < 1:
-        raise InputError("--steps must be at least 1")
-    prompts = select_prompts(ws, prompt_set, prompt_ids)
-    names = [m if isinstance(m, str) else m.name for m in mitigations]
-    if len(set(names)) != len(names):
-        raise InputError(f"mitigation listed twice: {names}")
-    routed = split_mitigation_params(list(names), dict(mitigation_params or {}))
-    built = [create_mitigation(m, **routed[m]) if isinstance(m, str) else m for m in mitigations]
+    req = dataclasses.replace(request or GenerateRequest(), **settings)
+    seed_list = req.seed_list()
+    prompts = select_prompts(ws, req.prompt_set, req.prompt_ids)
+    names = req.mitigation_names()
+    routed = split_mitigation_params(list(names), dict(req.mitigation_params or {}))
+    built = [create_mitigation(m, **routed[m]) if isinstance(m, str) else m for m in req.mitigations]
     if isinstance(model, LoadedPipeline):
         loaded, dtype_name = model, model.dtype
     else:
         # The ids need the recorded model id, sampler and default size, not the device: load on the CPU
         # and take the precision the real run would load (fp16 on CUDA with dtype auto).
-        loaded = load_pipeline(model, device="cpu", dtype="fp32", scheduler=scheduler, model_id=model_id)
-        dtype_name = resolve_dtype(dtype, resolve_device(device))
+        loaded = load_pipeline(model, device="cpu", dtype="fp32", scheduler=req.scheduler, model_id=req.model_id)
+        dtype_name = resolve_dtype(req.dtype, resolve_device(req.device))
     pipe = loaded.pipe
     default_h, default_w = default_image_size(pipe)
-    h, w = int(height or default_h), int(width or default_w)
+    h, w = int(req.height or default_h), int(req.width or default_w)
     scale = int(getattr(pipe, "vae_scale_factor", 8))
     if h % scale or w % scale or h <= 0 or w <= 0:
         raise InputError(f"height and width must be positive multiples of {scale} for this model")
     scheduler_name = type(pipe.scheduler).__name__
-    stored = _stored_generation_ids(ws, loaded.model_id)
+    stored = stored_generation_ids(ws, loaded.model_id)
     all_prompt_ids = list(dict.fromkeys(pid for pid, _ in prompts))
     per_eval = _seconds_per_eval(model, h, w)
     rows = []
@@ -102,8 +88,8 @@ def plan_generation(
             prompts,
             seed_list,
             model_id=loaded.model_id,
-            steps=int(steps),
-            guidance=float(guidance),
+            steps=int(req.steps),
+            guidance=float(req.guidance),
             height=h,
             width=w,
             mitigation=mitigation.name,
@@ -112,7 +98,7 @@ def plan_generation(
             dtype=dtype_name,
         )
         pending = sum(1 for j in jobs if j.generation_id not in stored)  # generate's resume rule
-        evals = unet_evaluations(pending, int(steps), float(guidance))
+        evals = unet_evaluations(pending, int(req.steps), float(req.guidance))
         rows.append(
             {
                 "mitigation": mitigation.name,

@@ -154,6 +154,37 @@ def _use_scheduler(pipe: Any, scheduler: str) -> None:
             pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
 
 
+def model_id_for(model: str, model_id: str | None = None, revision: str | None = None) -> str:
+    """The model id `load_pipeline(model, model_id=model_id)` records, without loading any weights
+    (what a driver needs when the engine loads the model on its workers).
+
+    Raises:
+        ModelNotFoundError: as load_pipeline for a model that is neither a source, a pipeline
+            directory nor a cached hub id.
+    """
+    if model in model_source_names():
+        default_id = plugins.create(plugins.MODELS, model).model_id
+    else:
+        path = Path(os.path.expanduser(model))
+        if path.is_dir():
+            _check_local_dir(path)
+            default_id = str(path.resolve())
+        elif _HUB_ID_RE.match(model) and not path.exists():
+            _check_local_dir(_hub_snapshot(model, revision))
+            default_id = model
+        else:
+            raise _not_a_model(model)
+    return model_id or default_id
+
+
+def _not_a_model(model: str) -> ModelNotFoundError:
+    return ModelNotFoundError(
+        f"model {model!r} is neither a model source ({', '.join(model_source_names())}), "
+        "an existing directory, nor a hub id (owner/name)",
+        hint="pass a model source name, a diffusers directory, or e.g. CompVis/stable-diffusion-v1-4",
+    )
+
+
 def load_pipeline(
     model: str,
     *,
@@ -207,11 +238,7 @@ def load_pipeline(
             )
             default_id, recorded_revision = model, snapshot.name
         else:
-            raise ModelNotFoundError(
-                f"model {model!r} is neither a model source ({', '.join(model_source_names())}), "
-                "an existing directory, nor a hub id (owner/name)",
-                hint="pass a model source name, a diffusers directory, or e.g. CompVis/stable-diffusion-v1-4",
-            )
+            raise _not_a_model(model)
     _use_scheduler(pipe, scheduler)
     pipe = pipe.to(device)
     if hasattr(pipe, "set_progress_bar_config"):

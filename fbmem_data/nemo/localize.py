@@ -50,6 +50,7 @@ from fbmem_data.nemo.layers import NemoLayer, discover_nemo_layers
 if TYPE_CHECKING:
     import torch
 
+    from fbmem_data.distribute import Distributor, EngineOptions
     from fbmem_data.workspace import Workspace
 
 Algorithm = Literal["batched", "sequential"]
@@ -432,6 +433,55 @@ def localization_id(model_id: str, stats_reference: str, config: LocalizationCon
     return params_hash({"model_id": model_id, "stats": stats_reference, "config": config.as_params(), "algorithm": algorithm})
 
 
+@dataclass(frozen=True)
+class LocalizeModel:
+    """Model factory of NeMo localization: the pipeline, its NeMo layers and the neuron statistics.
+
+    A worker loads `model`; an in-process engine is lent the pipeline the caller holds (`pipe`) and
+    a callback `report(prompt_id, result)` called after each prompt.
+    """
+
+    model: str
+    model_id: str
+    device: str
+    stats_reference: str
+    config: LocalizationConfig
+    algorithm: Algorithm
+    width: int
+    max_batch: int
+    base: dict[str, Any] = field(default_factory=dict)  # localization_id, model_id, algorithm, params, run_id
+    pipe: Any = None
+    report: Callable[[str, LocalizationResult], None] | None = None
+
+    def __call__(self, ws: Workspace) -> Callable[[Any], dict[str, list[dict[str, Any]]]]:
+        from fbmem_data.nemo.stats import load_stats
+
+        pipe = self.pipe
+        if pipe is None:
+            from fbmem_data.generate.loading import load_pipeline
+
+            pipe = load_pipeline(self.model, device=self.device, model_id=self.model_id).pipe
+        _, means, stds = load_stats(ws, self.model_id, self.stats_reference)
+        layers = discover_nemo_layers(pipe.unet)
+
+        def localize_rows(rows: Any) -> dict[str, list[dict[str, Any]]]:
+            neurons: list[dict[str, Any]] = []
+            summaries: list[dict[str, Any]] = []
+            for pid, text in zip(rows.column("prompt_id").to_pylist(), rows.column("text").to_pylist(), strict=True):
+                got, summary, res = prompt_localization_rows(
+                    pipe, layers, text, {**self.base, "prompt_id": pid}, means, stds, self.config,
+                    algorithm=self.algorithm, width=self.width, max_batch=self.max_batch,
+                )
+                neurons += got
+                summaries.append(summary)
+                if self.report is not None and res is not None:
+                    self.report(pid, res)
+            # neurons first: a nemo_summary row is the resume marker of a prompt
+            return {"nemo_neurons": neurons, "nemo_summary": summaries}
+
+        return localize_rows
+
+
 def localize_prompts(
     ws: Workspace,
     pipe: Any,
@@ -445,18 +495,37 @@ def localize_prompts(
     max_batch: int = 160,
     run_id: str | None = None,
     progress: Callable[[str, LocalizationResult], None] | None = None,
+    engine: str | Distributor = "local",
+    engine_options: EngineOptions | None = None,
+    device: str = "auto",
+    shard_rows: int = 1,
 ) -> str:
     """Localize every prompt not yet done under this configuration; returns the localization_id.
 
-    Each prompt's neurons, then its nemo_summary row (the resume marker), are written as soon as it is
-    done; a prompt that raises gets status 'failed' with the error and the run goes on.
+    The pending prompts are one `nemo-localize` job (LocalizeModel, one prompt per batch-function call)
+    run on `engine`. Each shard's neurons, then its nemo_summary rows (the resume marker), are written
+    when it is done (shard_rows prompts, default 1); a prompt that raises gets status 'failed' with the
+    error and the run goes on.
+
+    Args:
+        pipe: a loaded diffusers pipeline (in-process engines), or a model name / directory / hub id
+            that the engine's workers load on `device`.
+        progress: called with (prompt_id, result) after each prompt (in-process engines).
+        engine: "local", "ray", or a Distributor the caller holds; engine_options: how a named one runs.
+
+    Raises:
+        InputError: a prompt id is not stored, the statistics are missing or ambiguous, or a loaded
+            pipeline given to an engine that runs elsewhere.
     """
     import json
 
+    import pyarrow as pa
+
+    from fbmem_data.distribute import ExtractorJob, open_engine
     from fbmem_data.nemo.stats import load_stats
 
     config = config or LocalizationConfig()
-    reference, means, stds = load_stats(ws, model_id, stats_reference)
+    reference, _, _ = load_stats(ws, model_id, stats_reference)
     loc_id = localization_id(model_id, reference, config, algorithm)
     done = set(
         ws.sql("SELECT prompt_id FROM nemo_summary WHERE localization_id = $id", {"id": loc_id}).column("prompt_id").to_pylist()
@@ -468,19 +537,33 @@ def localize_prompts(
     unknown = [p for p in prompt_ids if p not in texts]
     if unknown:
         raise InputError(f"{len(unknown)} prompt id(s) are not in the prompts table, e.g. {unknown[:3]}")
-    layers = discover_nemo_layers(pipe.unet)
+    todo = [p for p in dict.fromkeys(prompt_ids) if p not in done]
+    # order keeps the caller's order of the prompts on every engine; prompt_id in the key makes the
+    # shard ids (which mark shards done) name the prompts, not just their positions
+    inputs = pa.table({"order": pa.array(range(len(todo)), pa.int64()), "prompt_id": pa.array(todo, pa.string()),
+                       "text": pa.array([texts[p] for p in todo], pa.string())})
     params = json.dumps({"stats": reference, "config": config.as_params(), "width": width, "max_batch": max_batch})
-    for pid in prompt_ids:
-        if pid in done:
-            continue
-        base = {"localization_id": loc_id, "prompt_id": pid, "model_id": model_id, "algorithm": algorithm, "params": params, "run_id": run_id}
-        neuron_rows, summary_row, res = prompt_localization_rows(
-            pipe, layers, texts[pid], base, means, stds, config, algorithm=algorithm, width=width, max_batch=max_batch
+    base = {"localization_id": loc_id, "model_id": model_id, "algorithm": algorithm, "params": params, "run_id": run_id}
+    with open_engine(engine, engine_options) as distributor:
+        if not isinstance(pipe, str) and not distributor.in_process:
+            raise InputError(f"the {distributor.name} engine loads the model on its workers", hint="pass the model by name or path")
+        lend = distributor.in_process
+        model = LocalizeModel(
+            pipe if isinstance(pipe, str) else model_id, model_id, device, reference, config, algorithm, width, max_batch, base,
+            pipe=None if isinstance(pipe, str) else pipe, report=progress if lend else None,
         )
-        ws.write("nemo_neurons", neuron_rows)
-        ws.write("nemo_summary", [summary_row])
-        if progress and res is not None:
-            progress(pid, res)
+        job = ExtractorJob(
+            extractor="nemo-localize",
+            config_hash=loc_id,
+            tables=("nemo_neurons", "nemo_summary"),
+            inputs=inputs,
+            key=("order", "prompt_id"),
+            model=model,
+            shard_rows=shard_rows,
+            batch_size=1,
+        )
+        if todo:
+            distributor.run(ws, job)
     return loc_id
 
 

@@ -16,6 +16,7 @@ from fbmem_data.errors import InputError
 from fbmem_data.pairing.summary import PairingSummary
 
 if TYPE_CHECKING:
+    from fbmem_data.distribute import Distributor, EngineOptions
     from fbmem_data.embed.base import Embedder
     from fbmem_data.pairing.search import HnswParams
     from fbmem_data.workspace import Workspace
@@ -37,8 +38,16 @@ def pair_with_summary(
     chunk_rows: int = 1_000_000,
     max_pairs: int | None = None,
     progress: bool = False,
+    engine: str | Distributor = "local",
+    engine_options: EngineOptions | None = None,
 ) -> PairingSummary:
-    """`pair`, returning the full PairingSummary (what the CLI prints)."""
+    """`pair`, returning the full PairingSummary (what the CLI prints).
+
+    The model work of ann pairing, embedding every image, runs as an `embed` job on `engine`; the
+    nearest-neighbour search then runs here over the stored vectors. Exhaustive pairing has no model
+    work and ignores the engine.
+    """
+    from fbmem_data.distribute import open_engine
     from fbmem_data.embed import create_embedder
     from fbmem_data.pairing.exhaustive import DEFAULT_MAX_PAIRS, write_exhaustive
 
@@ -58,23 +67,29 @@ def pair_with_summary(
         raise InputError(f"k must be at least 1, got {k}")
     if search not in SEARCHES:
         raise InputError(f"search must be one of {list(SEARCHES)}, got {search!r}")
-    if isinstance(embedder, str):
-        embedder = create_embedder(embedder, device=device, **(embedder_options or {}))
     hnsw = hnsw or HnswParams()
-    config = {
-        "method": method,
-        "embedder": embedder.name,
-        "embedder_params": embedder.params(),
-        "k": k,
-        "search": search,
-        "hnsw": hnsw.as_dict(),
-        "batch_size": batch_size,
-    }
-    with ws.run("pair", config) as run:
-        return write_ann(
-            ws, embedder, run.run_id, k=k, hnsw=hnsw, search=search, batch_size=batch_size,
-            search_device=resolve_device(device), progress=progress,
-        )
+    with open_engine(engine, engine_options) as distributor:
+        embed_source: str | Embedder = embedder
+        if isinstance(embedder, str):
+            # an in-process engine embeds with the embedder built here; others build their own from the name
+            embedder = create_embedder(embedder, device=device if distributor.in_process else "cpu", **(embedder_options or {}))
+            if distributor.in_process:
+                embed_source = embedder
+        config = {
+            "method": method,
+            "embedder": embedder.name,
+            "embedder_params": embedder.params(),
+            "k": k,
+            "search": search,
+            "hnsw": hnsw.as_dict(),
+            "batch_size": batch_size,
+        }
+        with ws.run("pair", config) as run:
+            return write_ann(
+                ws, embedder, run.run_id, k=k, hnsw=hnsw, search=search, batch_size=batch_size,
+                search_device=resolve_device(device), progress=progress, engine=distributor, embed_source=embed_source,
+                embedder_options=embedder_options, device=device,
+            )
 
 
 def pair(
@@ -92,7 +107,8 @@ def pair(
         embedder: ann only: plug-in name or a built Embedder.
         k: ann only: training images kept per generated image.
         **options: embedder_options (dict), device, batch_size, search ("auto", "exact" or
-            "hnsw", ann), hnsw (HnswParams), chunk_rows and max_pairs (exhaustive), progress.
+            "hnsw", ann), hnsw (HnswParams), chunk_rows and max_pairs (exhaustive), progress,
+            engine and engine_options (where ann's embedding runs: "local", "ray" or a Distributor).
 
     Returns:
         The pairing_id of the candidates rows (re-runs with the same images return the same id

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -30,6 +30,7 @@ from fbmem_data.pairing.search import (
 )
 
 if TYPE_CHECKING:
+    from fbmem_data.distribute import Distributor
     from fbmem_data.embed.base import Embedder
     from fbmem_data.pairing.summary import PairingSummary
     from fbmem_data.workspace import Workspace
@@ -85,11 +86,17 @@ def write_ann(
     query_chunk: int = 4096,
     search_device: str = "cpu",
     progress: bool = False,
+    engine: str | Distributor = "local",
+    embed_source: str | Embedder | None = None,
+    embedder_options: dict[str, Any] | None = None,
+    device: str | None = "auto",
 ) -> PairingSummary:
     """Embed what is missing, then write the top-k candidates of every generated image not yet paired.
 
     search: "exact", "hnsw", or "auto" (exact on a GPU or up to AUTO_EXACT_MAX_TRAIN training vectors).
     search_device: where exact search and the HNSW shortlist's re-rank run (the graph search is CPU).
+    engine: where the embedding job runs; embed_source: what it embeds with (default `embedder`; a
+    plug-in name, built on each worker with embedder_options on device).
     """
     from tqdm import tqdm
 
@@ -97,7 +104,8 @@ def write_ann(
 
     started = time.perf_counter()
     for role in ("train", "generated"):
-        embed_images(ws, embedder, role=role, batch_size=batch_size, run_id=run_id, progress=progress)
+        embed_images(ws, embed_source or embedder, role=role, batch_size=batch_size, run_id=run_id, progress=progress, engine=engine,
+                     embedder_options=embedder_options, device=device)
     ph = embedder_params_hash(embedder)
     train_list, train_vecs = load_vectors(ws, embedder.name, ph, role="train")
     gen_list, gen_vecs = load_vectors(ws, embedder.name, ph, role="generated")
