@@ -24,8 +24,7 @@ def lab_dataset_cmd(
 
     ws = Workspace.open(workspace) if workspace is None else Workspace.open_or_init(workspace)
     seed = shipped_dataset_seed() if seed is None else seed
-    with ws.run("lab dataset", {"seed": seed}) as run:
-        counts = write_lab_dataset(ws, make_lab_dataset(seed), run_id=run.run_id)
+    counts = write_lab_dataset(ws, make_lab_dataset(seed))
     typer.echo(f"lab data set seed {seed} in {ws.root}: " + ", ".join(f"{k} +{v}" for k, v in counts.items()))
 
 

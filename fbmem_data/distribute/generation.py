@@ -18,6 +18,7 @@ from fbmem_data.distribute import EngineOptions, ExtractorJob
 from fbmem_data.distribute.extractors import engine_scope
 from fbmem_data.errors import InputError
 from fbmem_data.ids import canonical_json, params_hash
+from fbmem_data.runs import recorded
 
 if TYPE_CHECKING:
     from fbmem_data.distribute import Distributor
@@ -201,6 +202,14 @@ class LocalizeModel:
         return localize_rows
 
 
+def _localize_run_config(args: Mapping[str, Any]) -> dict[str, Any]:
+    from fbmem_data.nemo.localize import localize_run_config
+
+    engine = args["engine"]
+    return {**localize_run_config(args), "engine": engine if isinstance(engine, str) else type(engine).__name__}
+
+
+@recorded("nemo localize", _localize_run_config)
 def localize_distributed(
     ws: Workspace,
     model: str,

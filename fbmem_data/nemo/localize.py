@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -46,6 +46,7 @@ from fbmem_data.nemo.detect import (
 )
 from fbmem_data.nemo.hooks import blocked_neurons
 from fbmem_data.nemo.layers import NemoLayer, discover_nemo_layers
+from fbmem_data.runs import recorded
 
 if TYPE_CHECKING:
     import torch
@@ -432,6 +433,15 @@ def localization_id(model_id: str, stats_reference: str, config: LocalizationCon
     return params_hash({"model_id": model_id, "stats": stats_reference, "config": config.as_params(), "algorithm": algorithm})
 
 
+def localize_run_config(args: Mapping[str, Any]) -> dict[str, Any]:
+    """The `runs` config of a localization call, from its arguments by name."""
+    config = args["config"] or LocalizationConfig()
+    return {"model_id": args["model_id"], "n": len(args["prompt_ids"]), "algorithm": args["algorithm"],
+            "width": args["width"], "max_batch": args["max_batch"], "stats": args["stats_reference"],
+            "localization": config.as_params()}
+
+
+@recorded("nemo localize", localize_run_config)
 def localize_prompts(
     ws: Workspace,
     pipe: Any,
