@@ -32,7 +32,9 @@ from fbmem_data.errors import InputError
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _PLUGIN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*\Z")
 _INT = re.compile(r"[+-]?[0-9]+\Z")
-_FLOAT = re.compile(r"[+-]?([0-9]+\.[0-9]*|\.[0-9]+|[0-9]+)([eE][+-]?[0-9]+)?\Z|[+-]?inf(inity)?\Z", re.IGNORECASE)
+_FLOAT = re.compile(
+    r"[+-]?([0-9]+\.[0-9]*|\.[0-9]+|[0-9]+)([eE][+-]?[0-9]+)?\Z|[+-]?inf(inity)?\Z", re.IGNORECASE
+)
 _FBMEM_ID = re.compile(r"[0-9a-f]{16}\Z")
 _WORDS: dict[str, Any] = {"null": None, "none": None, "true": True, "false": False}
 

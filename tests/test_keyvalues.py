@@ -49,8 +49,15 @@ def test_value_rules(text: str, expected: object) -> None:
 
 @pytest.mark.parametrize(
     ("text", "needle"),
-    [("", "empty value"), ("  ", "empty value"), ("nan", "NaN"), ("-NaN", "NaN"), ("1e999", "too large"),
-     ("[1, 2", "does not parse"), ('{"a": }', "does not parse")],
+    [
+        ("", "empty value"),
+        ("  ", "empty value"),
+        ("nan", "NaN"),
+        ("-NaN", "NaN"),
+        ("1e999", "too large"),
+        ("[1, 2", "does not parse"),
+        ('{"a": }', "does not parse"),
+    ],
 )
 def test_bad_values_are_errors_with_a_hint(text: str, needle: str) -> None:
     with pytest.raises(InputError, match=needle) as info:
@@ -67,7 +74,9 @@ def test_items_keep_their_order_and_split_at_the_first_equals() -> None:
 def test_dotted_keys_only_where_the_flag_allows_them() -> None:
     items = ["nemo-c.mask=0123456789abcdef", "rta.n_tokens=3", "lr=0.05"]
     assert parse_key_values(items, "--mitigation-param", example="k=v", dotted=True) == {
-        "nemo-c.mask": "0123456789abcdef", "rta.n_tokens": 3, "lr": 0.05,
+        "nemo-c.mask": "0123456789abcdef",
+        "rta.n_tokens": 3,
+        "lr": 0.05,
     }
     with pytest.raises(InputError, match="not an identifier") as info:
         parse_key_values(["rta.n_tokens=3"], "-O", example="model_type=vit_b")
@@ -76,8 +85,14 @@ def test_dotted_keys_only_where_the_flag_allows_them() -> None:
 
 @pytest.mark.parametrize(
     ("item", "needle"),
-    [("novalue", "needs KEY=VALUE"), ("=3", "needs KEY=VALUE"), ("model-type=x", "not an identifier"),
-     ("2k=x", "not an identifier"), (".k=x", "not an identifier or PLUGIN.NAME"), ("a.=x", "not an identifier")],
+    [
+        ("novalue", "needs KEY=VALUE"),
+        ("=3", "needs KEY=VALUE"),
+        ("model-type=x", "not an identifier"),
+        ("2k=x", "not an identifier"),
+        (".k=x", "not an identifier or PLUGIN.NAME"),
+        ("a.=x", "not an identifier"),
+    ],
 )
 def test_bad_items_are_errors_naming_the_flag(item: str, needle: str) -> None:
     with pytest.raises(InputError, match=needle) as info:
