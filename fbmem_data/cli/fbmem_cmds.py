@@ -193,7 +193,7 @@ def eval_cmd(
     """Score a preset or configuration on the built-in test beds with known truth and print accuracy tables."""
     import os
 
-    from fbmem_data.evaluate import BEDS, evaluate, format_table
+    from fbmem_data.evaluate import evaluate, format_table
     from fbmem_data.segment.base import resolve_device
 
     ws = open_workspace(workspace) if workspace is not None or os.environ.get("FBMEM_WORKSPACE") else None
@@ -207,7 +207,7 @@ def eval_cmd(
         segmenter=segmenter,
         metric_options=parse_key_values(metric_option, "--metric-option", example="data_range=1.0") if metric_option else None,
         segmenter_options=_segmenter_options(seg_name, weights, option),
-        beds=tuple(bed) if bed else BEDS,
+        beds=tuple(bed) if bed else None,
         seed=seed,
         small=small,
         tau=tau,

@@ -1,4 +1,4 @@
-"""`fbmem lab dataset|train|eval` and `fbmem demo`: thin commands over fbmem_data.lab (no torch at import)."""
+"""`fbmem lab dataset|train|eval` and `fbmem demo`: the lab's thin commands over fbmem_data.lab (no torch at import)."""
 
 from __future__ import annotations
 
