@@ -134,6 +134,23 @@ def test_the_lab_is_a_plug_in_not_a_special_case() -> None:
     assert default_model_id("lab") == LAB_MODEL_ID
 
 
+def test_every_object_family_contract_is_a_documented_runtime_protocol() -> None:
+    import inspect
+
+    families = (plugins.SEGMENTERS, plugins.EMBEDDERS, plugins.METRICS, plugins.MITIGATIONS, plugins.UTILITIES,
+                plugins.MODELS)
+    for family in families:
+        proto = plugins.protocol(family)
+        assert getattr(proto, "_is_protocol", False) and getattr(proto, "_is_runtime_protocol", False), family
+        for name in vars(proto):
+            member = getattr(proto, name)
+            if name.startswith("_") or not inspect.isfunction(member):
+                continue
+            doc = inspect.getdoc(member) or ""
+            returns_none = inspect.signature(member).return_annotation in ("None", None)
+            assert ("Args:" in doc) if returns_none else ("Returns:" in doc or "Yields:" in doc), (family, name)
+
+
 def test_unknown_name_lists_what_exists() -> None:
     with pytest.raises(PluginError, match="unknown segmenter 'nope'") as info:
         plugins.create(plugins.SEGMENTERS, "nope")
