@@ -117,6 +117,8 @@ def _lab_generations(
     return out
 
 
-def make_lab_bed(seed: int = 0, *, small: bool = False, cache_dir: Path | None = None, device: str = "cpu") -> Bed:
+def make_lab_bed(
+    seed: int = 0, *, small: bool = False, cache_dir: Path | None = None, device: str = "cpu"
+) -> Bed:
     """The `lab` bed's factory."""
     return lab_bed(seed, small=small, cache_dir=cache_dir, device=device)
