@@ -102,6 +102,7 @@ def parse_key_values(
             is given twice, or a value breaks the rules (empty, NaN, bad JSON).
     """
     out: dict[str, Any] = {}
+    given: dict[str, str] = {}  # as typed, for the repeated-key error
     for item in items or []:
         key, sep, value = item.partition("=")
         key = key.strip()
@@ -113,7 +114,8 @@ def parse_key_values(
             raise InputError(f"{flag}: key {key!r} is not {form}", hint=f"{flag} {example}")
         if key in out:
             raise InputError(
-                f"{flag} sets {key!r} twice ({out[key]!r} and {value.strip()!r})", hint="give each key once"
+                f"{flag} sets {key!r} twice ({given[key]!r} and {value.strip()!r})", hint="give each key once"
             )
         out[key] = parse_value(value, where=f"{flag} {key}")
+        given[key] = value.strip()
     return out

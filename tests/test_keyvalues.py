@@ -103,7 +103,7 @@ def test_bad_items_are_errors_naming_the_flag(item: str, needle: str) -> None:
 def test_a_repeated_key_is_an_error() -> None:
     with pytest.raises(InputError, match="sets 'k' twice") as info:
         parse_key_values(["k=1", "j=2", "k=3"], "-M", example="k=v")
-    assert "1" in str(info.value) and "'3'" in str(info.value)
+    assert "('1' and '3')" in str(info.value)
 
 
 def test_every_flag_uses_the_one_reader() -> None:
