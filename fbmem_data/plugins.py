@@ -1,5 +1,5 @@
 """The plug-in registry: one way to find segmenters, embedders, metrics, mitigations, utilities,
-distributors and model sources.
+distributors, model sources, the weights `fbmem doctor` checks and the test beds of `fbmem eval`.
 
 A plug-in is an entry point in one of the FAMILIES groups whose object is a factory (a function or a
 class) called with keyword options. fbmem's own plug-ins are declared the same way, in pyproject.toml
@@ -34,8 +34,10 @@ MITIGATIONS = "fbmem.mitigations"
 UTILITIES = "fbmem.utilities"
 DISTRIBUTORS = "fbmem.distributors"
 MODELS = "fbmem.models"
+WEIGHTS = "fbmem.weights"
+TEST_BEDS = "fbmem.beds"
 
-FAMILIES = (SEGMENTERS, EMBEDDERS, METRICS, MITIGATIONS, UTILITIES, DISTRIBUTORS, MODELS)
+FAMILIES = (SEGMENTERS, EMBEDDERS, METRICS, MITIGATIONS, UTILITIES, DISTRIBUTORS, MODELS, WEIGHTS, TEST_BEDS)
 
 #: The contract of each family ("module:Protocol"), imported only when asked for (`protocol`).
 PROTOCOLS: dict[str, str] = {
@@ -46,6 +48,8 @@ PROTOCOLS: dict[str, str] = {
     UTILITIES: "fbmem_data.utility.base:UtilityMetric",
     DISTRIBUTORS: "fbmem_data.distribute.protocol:Distributor",
     MODELS: "fbmem_data.generate.loading:ModelSource",
+    WEIGHTS: "fbmem_data.doctor.registry:ModelSpec",
+    TEST_BEDS: "fbmem_data.evaluate.beds:Bed",
 }
 
 # The short names the families had before they were entry-point groups; still accepted.
@@ -57,6 +61,8 @@ _ALIASES = {
     "utility": UTILITIES,
     "distributor": DISTRIBUTORS,
     "model": MODELS,
+    "weights": WEIGHTS,
+    "bed": TEST_BEDS,
 }
 
 

@@ -10,19 +10,25 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
+import inspect
 import os
 import platform
 import time
 import uuid
+from collections.abc import Callable, Mapping
 from importlib import metadata
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from fbmem_data import __version__
 from fbmem_data.ids import canonical_json, new_run_id, params_hash
 
 if TYPE_CHECKING:
     from fbmem_data.workspace import Workspace
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 _TRACKED_PACKAGES = ("duckdb", "polars", "pyarrow", "torch", "diffusers", "transformers", "numpy", "pillow")
 
@@ -79,6 +85,46 @@ class RunRecorder:
                 (self.ws.root / LOCKS_DIR / f"run-{self.run_id}.lock").unlink()
             lock.close()  # closing the file releases the lock
             self._lock = None
+
+
+def recorded(
+    command: str, config: Callable[[Mapping[str, Any]], Mapping[str, Any]]
+) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Record each call of a library function as one run in the `runs` table.
+
+    The decorated function takes the workspace as its first argument and has a `run_id` parameter
+    that it writes into its rows. Called without `run_id` (a notebook, the CLI), the call is its own
+    run: a `running` row first, then `ok`, `failed` (with the error) or `interrupted`, exactly as
+    `Workspace.run` records the other stages. Called with `run_id`, the caller already holds a run
+    around several calls, so nothing more is recorded.
+
+    Args:
+        command: the run's `command` (e.g. "nemo detect").
+        config: builds the run's `config` from the call's arguments by name (defaults applied).
+
+    Returns:
+        The decorator.
+    """
+
+    def decorate(fn: Callable[P, R]) -> Callable[P, R]:
+        signature = inspect.signature(fn)
+        if "run_id" not in signature.parameters:
+            raise TypeError(f"{fn.__qualname__} needs a run_id parameter to be @recorded")
+
+        @functools.wraps(fn)
+        def call(*args: P.args, **kwargs: P.kwargs) -> R:
+            bound = signature.bind(*args, **kwargs)
+            if bound.arguments.get("run_id") is not None:
+                return fn(*args, **kwargs)
+            bound.apply_defaults()
+            ws = next(iter(bound.arguments.values()))
+            with ws.run(command, dict(config(bound.arguments))) as run:
+                bound.arguments["run_id"] = run.run_id
+                return fn(*bound.args, **bound.kwargs)
+
+        return call
+
+    return decorate
 
 
 LOCKS_DIR = ".locks"

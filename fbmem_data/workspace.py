@@ -135,26 +135,6 @@ def _sql_quote(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def coerce_param(value: Any) -> Any:
-    """Plug-in KEY=VALUE options arrive as strings: turn '0.8' into 0.8 and '3' into 3, leave other text.
-
-    Not used for SQL parameters: those keep their type (a prompt id of digits stays a string). Text that
-    reads as an id stays text: 16 characters or more (fbmem's ids are 16 hex digits, about 1 in 770 of
-    them all decimal digits) or a leading zero ('0012').
-    """
-    if not isinstance(value, str):
-        return value
-    text = value.strip()
-    if len(text) >= 16 or (len(text) > 1 and text[0] == "0" and text[1].isdigit()):
-        return value
-    for cast in (int, float):
-        try:
-            return cast(value)
-        except ValueError:
-            continue
-    return value
-
-
 def _number(name: str, value: Any, kind: type) -> float:
     """A view variable's value as a number, or a QueryError naming it."""
     if isinstance(value, bool):

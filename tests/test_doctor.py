@@ -236,7 +236,7 @@ def test_cuda_devices_are_reported(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_required_files_may_be_globs(tmp_path: Path) -> None:
-    spec = ModelSpec("test-glob", "x", (), "lab", "train it", required=(("*segment*.safetensors",), ("cfg.json",)))
+    spec = ModelSpec("test-glob", "x", (), "folder", "train it", required=(("*segment*.safetensors",), ("cfg.json",)))
     root = tmp_path / "lab"
     _write(root / "cfg.json", b"{}")
     assert check_model(spec, path=str(root)).status == "incomplete"

@@ -101,10 +101,11 @@ def test_real_photos_bed_truth() -> None:
 
 
 def test_lab_bed_plan_and_truth(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fbmem_data.lab import bed as labbed
     from fbmem_data.lab.dataset import make_lab_dataset
     from fbmem_data.lab.pipeline import shipped_dataset_seed
 
-    plan = bedmod.lab_prompt_plan()
+    plan = labbed.lab_prompt_plan()
     # the demo's prompts and seed, and prompts and seeds the demo never uses (it uses seeds 0..3,
     # the first 8 unique and control prompts)
     assert any(used for *_, used in plan) and any(not used for *_, used in plan)
@@ -113,9 +114,9 @@ def test_lab_bed_plan_and_truth(monkeypatch: pytest.MonkeyPatch) -> None:
         [f"u{i:04d}" for i in range(8)] + [f"c{i:02d}" for i in range(8)]
     )
     monkeypatch.setattr(
-        bedmod, "_lab_generations", lambda ds, plan, cache, dev: [np.zeros((64, 64, 3), np.uint8)] * len(plan)
+        labbed, "_lab_generations", lambda ds, plan, cache, dev: [np.zeros((64, 64, 3), np.uint8)] * len(plan)
     )
-    bed = bedmod.lab_bed(0)
+    bed = bedmod.make_bed("lab", 0)  # through the fbmem.beds plug-in the lab registers
     groups = {p.key: p for p in make_lab_dataset(shipped_dataset_seed()).prompts}
     for case in bed.cases:
         prompt = groups[case.key.split("-s")[0]]

@@ -26,6 +26,8 @@ BUILT_IN = {
     plugins.UTILITIES: {"clip", "lab-colours"},
     plugins.DISTRIBUTORS: {"local", "ray"},
     plugins.MODELS: {"lab"},
+    plugins.WEIGHTS: {"lab-model", "lab-segmenter"},
+    plugins.TEST_BEDS: {"lab", "planted", "real-photos"},
 }
 
 TINY_MODULE = '''
@@ -107,6 +109,46 @@ def test_discovery_imports_no_plugin_module_and_no_torch() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_lab_is_a_plug_in_not_a_special_case() -> None:
+    """No core module names the lab: it brings its model source, segmenter, utility, doctor entries, test bed
+    and commands itself. The one "lab" left in the core is CIE L*a*b* (a thumbnail colour space)."""
+    import re
+
+    from fbmem_data.doctor import all_models
+    from fbmem_data.evaluate import bed_names
+    from fbmem_data.generate.loading import default_model_id
+    from fbmem_data.lab.pipeline import LAB_MODEL_ID
+
+    root = Path(plugins.__file__).parent
+    found = [
+        f"{path.relative_to(root)}: {line.strip()}"
+        for path in sorted(root.rglob("*.py"))
+        if "lab" not in path.relative_to(root).parts[:1]
+        for line in path.read_text(encoding="utf-8").splitlines()
+        if re.search(r"[\"']lab[\"']", line)
+    ]
+    assert found == ['embed/thumbnail.py: CIELAB = "lab"']
+    assert {"lab-model", "lab-segmenter"} <= set(all_models()) and "lab" in bed_names()
+    assert default_model_id("lab") == LAB_MODEL_ID
+
+
+def test_every_object_family_contract_is_a_documented_runtime_protocol() -> None:
+    import inspect
+
+    families = (plugins.SEGMENTERS, plugins.EMBEDDERS, plugins.METRICS, plugins.MITIGATIONS, plugins.UTILITIES,
+                plugins.MODELS)
+    for family in families:
+        proto = plugins.protocol(family)
+        assert getattr(proto, "_is_protocol", False) and getattr(proto, "_is_runtime_protocol", False), family
+        for name in vars(proto):
+            member = getattr(proto, name)
+            if name.startswith("_") or not inspect.isfunction(member):
+                continue
+            doc = inspect.getdoc(member) or ""
+            returns_none = inspect.signature(member).return_annotation in ("None", None)
+            assert ("Args:" in doc) if returns_none else ("Returns:" in doc or "Yields:" in doc), (family, name)
 
 
 def test_unknown_name_lists_what_exists() -> None:

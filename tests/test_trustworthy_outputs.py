@@ -413,10 +413,13 @@ def test_init_fails_clearly_when_the_catalog_cannot_be_rewritten(
 
 
 def test_plugin_options_keep_ids_as_text() -> None:
-    from fbmem_data.cli.generate_cmds import parse_key_values
+    from fbmem_data.keyvalues import parse_key_values
 
     parsed = parse_key_values(
-        ["nemo.localization=1234567890123456", "code=0012", "lr=0.05", "n_tokens=4"], "--mitigation-param"
+        ["nemo.localization=1234567890123456", "code=0012", "lr=0.05", "n_tokens=4"],
+        "--mitigation-param",
+        example="nemo.localization=ID",
+        dotted=True,
     )
     assert parsed == {"nemo.localization": "1234567890123456", "code": "0012", "lr": 0.05, "n_tokens": 4}
 

@@ -39,23 +39,9 @@ def one_to_many(
     from fbmem_data.fbmem.one_to_many import fit_one_to_many, fit_report
 
     ws = open_workspace(workspace)
-    config = {
-        "mitigation": mitigation,
-        "model_id": model_id,
-        "prompts": prompts,
-        "tau": tau,
-        "scoring_id": scoring_id,
-    }
-    with ws.run("one-to-many", config) as run:
-        ids = fit_one_to_many(
-            ws,
-            mitigation=mitigation,
-            model_id=model_id,
-            prompt_set=prompts,
-            tau=tau,
-            scoring_id=scoring_id,
-            run_id=run.run_id,
-        )
+    ids = fit_one_to_many(
+        ws, mitigation=mitigation, model_id=model_id, prompt_set=prompts, tau=tau, scoring_id=scoring_id
+    )
     if curve:
         return fit_report(ws, ids)
     return ws.sql(

@@ -17,7 +17,7 @@ _COMMAND_MODULES = (
     "fbmem_data.cli.ingest_cmds",
     "fbmem_data.cli.fbmem_cmds",
     "fbmem_data.cli.pairing_cmds",
-    "fbmem_data.cli.lab_cmds",
+    "fbmem_data.lab.cli",  # the lab's own commands (lab dataset|train|eval, demo)
     "fbmem_data.cli.generate_cmds",
     "fbmem_data.cli.nemo_cmds",
     "fbmem_data.cli.nemo_c_cmds",

@@ -27,6 +27,16 @@ def _split_model_args(model: list[str] | None) -> tuple[list[str], dict[str, str
     return names, paths
 
 
+def _folder_of(spec: Any) -> str:
+    """A folder model's folder, for --list (a plug-in whose data is missing says so instead)."""
+    from fbmem_data.errors import FbmemError
+
+    try:
+        return str(spec.folder()) if spec.folder is not None else "-"
+    except FbmemError as exc:
+        return f"(no folder: {exc.message})"
+
+
 class DoctorFormat(str, Enum):
     table = "table"
     json = "json"
@@ -105,7 +115,7 @@ def doctor(
 
     if list_models:
         for spec in all_models().values():
-            where = spec.env_var or spec.hub_id or spec.package or "data/lab/"
+            where = spec.env_var or spec.hub_id or spec.package or _folder_of(spec)
             typer.echo(f"{spec.name}\t{where}\t{spec.description}")
         return
     names, paths = _split_model_args(model)

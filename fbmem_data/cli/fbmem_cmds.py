@@ -22,7 +22,7 @@ from fbmem_data.cli.common import (
     open_workspace,
 )
 from fbmem_data.cli.output import output_options
-from fbmem_data.errors import InputError
+from fbmem_data.keyvalues import parse_key_values
 
 SegmenterOption = Annotated[str | None, typer.Option("--segmenter", help="Segmenter plug-in: saliency, birefnet, sam, lab ...")]
 WeightsOption = Annotated[
@@ -35,20 +35,8 @@ OptionOption = Annotated[
 ]
 
 
-def _key_values(items: list[str] | None, flag: str, example: str) -> dict[str, Any]:
-    from fbmem_data.workspace import coerce_param
-
-    opts: dict[str, Any] = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.isidentifier():
-            raise InputError(f"{flag} needs KEY=VALUE, got {item!r}", hint=f"{flag} {example}")
-        opts[key] = None if value.lower() in ("none", "null") else coerce_param(value)
-    return opts
-
-
 def _segmenter_options(segmenter: str, weights: Path | None, option: list[str] | None) -> dict[str, Any]:
-    opts = _key_values(option, "--option", "model_type=vit_b")
+    opts = parse_key_values(option, "--option", example="model_type=vit_b")
     if weights is not None:
         opts["checkpoint" if segmenter == "sam" else "model_path"] = str(weights)
     return opts
@@ -131,7 +119,7 @@ def score(
         size=size,
         segmenter=segmenter,
         segmenter_options=_segmenter_options(seg_name, weights, option),
-        metric_options=_key_values(metric_option, "--metric-option", "data_range=1.0") if metric_option else None,
+        metric_options=parse_key_values(metric_option, "--metric-option", example="data_range=1.0") if metric_option else None,
         whole_image=whole_image,
         create_exhaustive=create,
         device=device,
@@ -194,7 +182,7 @@ def eval_cmd(
     """Score a preset or configuration on the built-in test beds with known truth and print accuracy tables."""
     import os
 
-    from fbmem_data.evaluate import BEDS, evaluate, format_table
+    from fbmem_data.evaluate import evaluate, format_table
     from fbmem_data.segment.base import resolve_device
 
     ws = open_workspace(workspace) if workspace is not None or os.environ.get("FBMEM_WORKSPACE") else None
@@ -206,9 +194,9 @@ def eval_cmd(
         metric=metric,
         size=size,
         segmenter=segmenter,
-        metric_options=_key_values(metric_option, "--metric-option", "data_range=1.0") if metric_option else None,
+        metric_options=parse_key_values(metric_option, "--metric-option", example="data_range=1.0") if metric_option else None,
         segmenter_options=_segmenter_options(seg_name, weights, option),
-        beds=tuple(bed) if bed else BEDS,
+        beds=tuple(bed) if bed else None,
         seed=seed,
         small=small,
         tau=tau,

@@ -21,21 +21,11 @@ from fbmem_data.cli.common import (
     open_workspace,
 )
 from fbmem_data.cli.output import output_options
-from fbmem_data.errors import InputError
+from fbmem_data.keyvalues import parse_key_values
 
 
-def parse_key_values(pairs: list[str] | None, flag: str) -> dict[str, Any]:
-    """['k=v', 'wen.lr=0.1'] -> {'k': 'v', 'wen.lr': 0.1} (numbers and booleans read as such)."""
-    from fbmem_data.workspace import coerce_param
-
-    out: dict[str, Any] = {}
-    for item in pairs or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise InputError(f"{flag} needs KEY=VALUE, got {item!r}", hint=f"{flag} target_loss=3")
-        lowered = value.lower()
-        out[key] = True if lowered == "true" else False if lowered == "false" else coerce_param(value)
-    return out
+def _mitigation_params(items: list[str] | None) -> dict[str, Any]:
+    return parse_key_values(items, "--mitigation-param", example="wen.target_loss=3", dotted=True)
 
 
 def _split_ids(values: list[str] | None) -> list[str] | None:
@@ -102,7 +92,7 @@ def generate(
         dtype=dtype,
         scheduler=scheduler,
         mitigations=tuple(mitigation or ["none"]),
-        mitigation_params=parse_key_values(mitigation_param, "--mitigation-param"),
+        mitigation_params=_mitigation_params(mitigation_param),
         model_id=model_id,
     )
     if dry_run:

@@ -69,37 +69,27 @@ def import_clusters(
         raise InputError("give --clusters (a new clustering) or --clustering ID (a stored one), not both")
     files = _mask_files(list(mask or []))
     ws = open_workspace(workspace)
-    config = {
-        "clusters": [str(p) for p in clusters or []],
-        "masks": {c: str(p) for c, p in files.items()},
-        "clustering": clustering,
-        "prompts": prompts,
-        "model_id": model_id,
-    }
     mask_id = None
-    with ws.run("nemo-c import", config) as run:
-        if clusters:
-            report = import_cluster_files(
-                ws, clusters, model_id=model_id, prompt_set=prompts, run_id=run.run_id
+    if clusters:
+        report = import_cluster_files(ws, clusters, model_id=model_id, prompt_set=prompts)
+        clustering = report.clustering_id
+        if report.unmatched:
+            typer.echo(
+                f"{len(report.unmatched)} caption(s) matched no prompt, e.g. {report.unmatched[:3]}",
+                err=True,
             )
-            clustering = report.clustering_id
-            if report.unmatched:
-                typer.echo(
-                    f"{len(report.unmatched)} caption(s) matched no prompt, e.g. {report.unmatched[:3]}",
-                    err=True,
-                )
-        if files:
-            if clustering is None:
-                raise InputError("masks need a clustering", hint="pass --clusters FILE or --clustering ID")
-            widths = SD_V1_WIDTHS if model_id == SD_V14 else None
-            masks = import_cluster_masks(ws, clustering, files, widths=widths, run_id=run.run_id)
-            mask_id = masks.mask_id
-            if masks.clusters_without_mask:
-                typer.echo(
-                    f"cluster(s) {masks.clusters_without_mask} have no mask file: their prompts run unmitigated "
-                    "under nemo-c with this mask",
-                    err=True,
-                )
+    if files:
+        if clustering is None:
+            raise InputError("masks need a clustering", hint="pass --clusters FILE or --clustering ID")
+        widths = SD_V1_WIDTHS if model_id == SD_V14 else None
+        masks = import_cluster_masks(ws, clustering, files, widths=widths)
+        mask_id = masks.mask_id
+        if masks.clusters_without_mask:
+            typer.echo(
+                f"cluster(s) {masks.clusters_without_mask} have no mask file: their prompts run unmitigated "
+                "under nemo-c with this mask",
+                err=True,
+            )
     return ws.sql(
         "WITH sizes AS (SELECT cluster, count(*) AS mask_neurons FROM cluster_masks WHERE mask_id = $m GROUP BY 1) "
         "SELECT c.clustering_id, $m::VARCHAR AS mask_id, c.cluster, count(*) AS n_prompts, any_value(s.mask_neurons) AS mask_neurons "
@@ -136,8 +126,7 @@ def transfer(
         from fbmem_data.cli.nemo_cmds import _load
 
         pipe, mid = _load(model, model_id, device)
-        with ws.run("nemo-c transfer", {"mask": mask, "clustering": clustering, "model_id": mid}) as run:
-            compute_centroids(ws, pipe, mid, clustering, run_id=run.run_id)
+        compute_centroids(ws, pipe, mid, clustering)
     elif (
         not ws.sql("SELECT count(*) AS n FROM cluster_centroids WHERE clustering_id = $c", {"c": clustering})
         .column("n")[0]

@@ -5,7 +5,7 @@ inside the commands only."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import pyarrow as pa
 import typer
@@ -26,27 +26,19 @@ from fbmem_data.cli.common import (
 from fbmem_data.cli.output import output_options
 from fbmem_data.errors import FbmemError, InputError
 
-if TYPE_CHECKING:
-    from fbmem_data.workspace import Workspace
-
 nemo_app = typer.Typer(help="NeMo: find the neurons that memorize (activations, detection, localization).", no_args_is_help=True)
 nemo_c_app = typer.Typer(help="NeMo-C: cluster prompts and build cluster-wise neuron masks.", no_args_is_help=True)
 
-ModelOption = Annotated[str, typer.Option("--model", "-m", help="'lab', a diffusers directory, or a cached hub id.")]
+ModelOption = Annotated[str, typer.Option("--model", "-m", help="A model source (`lab`), a diffusers directory, or a cached hub id.")]
 ModelIdOption = Annotated[str | None, typer.Option("--model-id", help="Model id to record (default: derived from --model).")]
 PromptsOption = Annotated[str, typer.Option("--prompts", help="Prompt set (prompts.prompt_set).")]
 SD_V14 = "CompVis/stable-diffusion-v1-4"
 
 
 def _model_id(model: str, model_id: str | None) -> str:
-    if model_id:
-        return model_id
-    if model == "lab":
-        from fbmem_data.lab.pipeline import LAB_MODEL_ID
+    from fbmem_data.generate.loading import default_model_id
 
-        return LAB_MODEL_ID
-    path = Path(model).expanduser()
-    return str(path.resolve()) if path.is_dir() else model
+    return model_id or default_model_id(model)
 
 
 def _load(model: str, model_id: str | None, device: str) -> tuple[Any, str]:
@@ -56,10 +48,6 @@ def _load(model: str, model_id: str | None, device: str) -> tuple[Any, str]:
         raise FbmemError("fbmem_data.generate (the pipeline loader) is not installed in this checkout") from exc
     loaded = load_pipeline(model, device=device, model_id=model_id)
     return loaded.pipe, loaded.model_id
-
-
-def _config(ws: Workspace, model_id: str, **kw: Any) -> dict[str, Any]:
-    return {"workspace": str(ws.root), "model_id": model_id, **kw}
 
 
 @output_options
@@ -79,9 +67,8 @@ def activations(
 
     ws = open_workspace(workspace)
     pipe, mid = _load(model, model_id, device)
-    with ws.run("nemo activations", _config(ws, mid, prompts=prompts, stats=stats)) as run:
-        written = compute_activations(ws, pipe, mid, prompts, batch_size=batch_size, run_id=run.run_id)
-        stat_rows = compute_stats(ws, mid, prompts, run_id=run.run_id) if stats else 0
+    written = compute_activations(ws, pipe, mid, prompts, batch_size=batch_size)
+    stat_rows = compute_stats(ws, mid, prompts) if stats else 0
     return pa.table({"model_id": [mid], "prompt_set": [prompts], "activation_rows": [written], "neuron_stats_rows": [stat_rows]})
 
 
@@ -95,8 +82,7 @@ def import_stats(
     from fbmem_data.nemo.stats import import_stats_file
 
     ws = open_workspace(workspace)
-    with ws.run("nemo import-stats", _config(ws, model_id, file=str(file))) as run:
-        written = import_stats_file(ws, file, model_id, run_id=run.run_id)
+    written = import_stats_file(ws, file, model_id)
     return ws.sql("SELECT *, $n AS rows_written FROM nemo_stats_layers WHERE model_id = $m", {"m": model_id, "n": written})
 
 
@@ -111,8 +97,7 @@ def import_neurons(
     from fbmem_data.nemo.import_csv import import_nemo_csv
 
     ws = open_workspace(workspace)
-    with ws.run("nemo import", _config(ws, model_id, file=str(file), prompts=prompts)) as run:
-        report = import_nemo_csv(ws, file, model_id=model_id, prompt_set=prompts, run_id=run.run_id)
+    report = import_nemo_csv(ws, file, model_id=model_id, prompt_set=prompts)
     if report.unmatched:
         typer.echo(f"{len(report.unmatched)} caption(s) matched no prompt, e.g. {report.unmatched[:3]}", err=True)
     return ws.sql("SELECT * FROM nemo_neuron_stats WHERE localization_id = $id", {"id": report.localization_id})
@@ -142,8 +127,7 @@ def detect(
     import dataclasses
 
     settings = dataclasses.replace(PRESETS[preset].noise, n_seeds=n_seeds, latent_size=latent_size)
-    with ws.run("nemo detect", _config(ws, mid, prompts=prompts, method=method, n_seeds=n_seeds)) as run:
-        config_hash = record_detection_scores(ws, pipe, mid, prompts, method=method, settings=settings, run_id=run.run_id)
+    config_hash = record_detection_scores(ws, pipe, mid, prompts, method=method, settings=settings)
     return ws.sql(
         "SELECT d.method, d.config_hash, count(score) AS n, avg(score) AS mean, stddev_samp(score) AS std, "
         "min(score) AS min, max(score) AS max, count(error) AS errors FROM detection_scores d JOIN prompts p USING (prompt_id) "
@@ -167,8 +151,7 @@ def calibrate(
 
     ws = open_workspace(workspace)
     mid = _model_id(model, model_id)
-    with ws.run("nemo calibrate", _config(ws, mid, prompts=prompts, method=method, n_std=n_std)) as run:
-        row = run_calibrate(ws, mid, prompts, method=method, config_hash=config, n_std=n_std, run_id=run.run_id)
+    row = run_calibrate(ws, mid, prompts, method=method, config_hash=config, n_std=n_std)
     return pa.Table.from_pylist([row])
 
 
@@ -230,15 +213,12 @@ def localize(
         if not ids:
             raise InputError(f"no prompts in set {prompts!r}")
     ids = ids[:limit] if limit else ids
-    run_config = _config(ws, mid, prompts=prompts, n=len(ids), preset=preset, algorithm=algorithm, width=width,
-                         max_batch=max_batch, localization=config.as_params())
-    with ws.run("nemo localize", run_config) as run:
-        loc_id = localize_prompts(
-            ws, model, mid, ids, config=config, stats_reference=stats, algorithm=algorithm,  # type: ignore[arg-type]
-            width=width, max_batch=max_batch, run_id=run.run_id, device=device,
-            engine=engine.value, engine_options=engine_options(ray_address, num_gpus, concurrency),
-            progress=lambda pid, res: typer.echo(f"{pid}: {res.status}, {sum(len(v) for v in res.refined.values())} neuron(s)", err=True),
-        )
+    loc_id = localize_prompts(
+        ws, model, mid, ids, config=config, stats_reference=stats, algorithm=algorithm,  # type: ignore[arg-type]
+        width=width, max_batch=max_batch, device=device,
+        engine=engine.value, engine_options=engine_options(ray_address, num_gpus, concurrency),
+        progress=lambda pid, res: typer.echo(f"{pid}: {res.status}, {sum(len(v) for v in res.refined.values())} neuron(s)", err=True),
+    )
     return ws.sql("SELECT * FROM nemo_localization_cost WHERE localization_id = $id", {"id": loc_id})
 
 
@@ -263,9 +243,8 @@ def cluster(
     k_value: int | str = k if k == "auto" else int(k)
     ws = open_workspace(workspace)
     pipe, mid = (None, _model_id(model, model_id)) if embedding == "minilm" else _load(model, model_id, device)
-    with ws.run("nemo-c cluster", _config(ws, mid, prompts=prompts, k=k, embedding=embedding)) as run:
-        cid = cluster_prompts(ws, pipe, mid, prompts, k=k_value, embedding=embedding,  # type: ignore[arg-type]
-                              random_state=random_state, max_iter=max_iter, run_id=run.run_id)
+    cid = cluster_prompts(ws, pipe, mid, prompts, k=k_value, embedding=embedding,  # type: ignore[arg-type]
+                          random_state=random_state, max_iter=max_iter)
     return ws.sql(
         "SELECT clustering_id, cluster, count(*) AS n_prompts, any_value(silhouette) AS silhouette FROM prompt_clusters "
         "WHERE clustering_id = $c GROUP BY ALL ORDER BY cluster",
@@ -284,8 +263,7 @@ def masks(
     from fbmem_data.nemo.clusters import build_cluster_masks
 
     ws = open_workspace(workspace)
-    with ws.run("nemo-c masks", {"clustering": clustering, "localization": localization, "q": q}) as run:
-        mask_id = build_cluster_masks(ws, clustering, localization, q=q, run_id=run.run_id)
+    mask_id = build_cluster_masks(ws, clustering, localization, q=q)
     return ws.sql("SELECT * FROM nemo_cluster_mask_sizes WHERE mask_id = $m", {"m": mask_id})
 
 

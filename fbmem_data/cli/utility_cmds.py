@@ -6,8 +6,7 @@ and the plug-ins are imported inside the commands only.
 
 from __future__ import annotations
 
-import json
-from typing import Annotated, Any
+from typing import Annotated
 
 import pyarrow as pa
 import typer
@@ -20,7 +19,7 @@ from fbmem_data.cli.common import (
     open_workspace,
 )
 from fbmem_data.cli.output import output_options
-from fbmem_data.errors import InputError
+from fbmem_data.keyvalues import parse_key_values
 
 utility_app = typer.Typer(help="Utility of generations: how well each image still shows its prompt.", no_args_is_help=True)
 
@@ -33,34 +32,6 @@ UtilityOptionOption = Annotated[
         "-O model_name=ViT-B-32-quickgelu, -O object_share=0.2; JSON values ({...}, [...]) are parsed.",
     ),
 ]
-
-
-def parse_options(items: list[str] | None) -> dict[str, Any]:
-    """['k=v', ...] -> {k: v}: true/false/none, numbers and JSON objects/lists read as such.
-
-    Raises:
-        InputError: an item is not KEY=VALUE, or its JSON does not parse.
-    """
-    from fbmem_data.workspace import coerce_param
-
-    out: dict[str, Any] = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.isidentifier():
-            raise InputError(f"--option needs KEY=VALUE, got {item!r}", hint="-O pretrained=PATH")
-        lowered = value.strip().lower()
-        if lowered in ("true", "false"):
-            out[key] = lowered == "true"
-        elif lowered in ("none", "null"):
-            out[key] = None
-        elif value.lstrip().startswith(("{", "[")):
-            try:
-                out[key] = json.loads(value)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"--option {key}: not valid JSON: {exc}") from exc
-        else:
-            out[key] = coerce_param(value)
-    return out
 
 
 def score(
@@ -80,7 +51,7 @@ def score(
 
     ws = open_workspace(workspace)
     summary = score_utility(
-        ws, metric, options=parse_options(option), mitigations=mitigation or None, model_id=model_id,
+        ws, metric, options=parse_key_values(option, "--option", example="pretrained=PATH"), mitigations=mitigation or None, model_id=model_id,
         batch_size=batch_size, device=device, log=lambda msg: typer.echo(f"  {msg}", err=True),
     )
     typer.echo("  ".join(f"{k}={v}" for k, v in summary.items()))

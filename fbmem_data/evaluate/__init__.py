@@ -7,7 +7,7 @@ prints it. Beds: see `fbmem_data.evaluate.beds`.
 
 from __future__ import annotations
 
-from fbmem_data.evaluate.beds import BEDS, make_bed
+from fbmem_data.evaluate.beds import bed_names, make_bed
 from fbmem_data.evaluate.runner import EvalResult, evaluate, format_table
 
-__all__ = ["BEDS", "EvalResult", "evaluate", "format_table", "make_bed"]
+__all__ = ["EvalResult", "bed_names", "evaluate", "format_table", "make_bed"]

@@ -12,23 +12,24 @@ regions, which scenes all come from the bed's seed.
   twice); FM = the training photo's object region (its binarised saliency mask, dilated) pasted at the
   same place onto an unrelated photo; BM = the reverse: the training photo with that region filled by
   an unrelated photo's pixels; NM = the unrelated photos themselves (JPEG).
-- `lab`: generations of the shipped lab model for the planted groups (VM, FM, BM) and for unique and
-  control prompts (truth NM), with the demo's seeds and prompts and with seeds and prompts the demo
-  never uses. The generations are cached (they take about a second each on a CPU).
+
+Beds are plug-ins (entry-point group `fbmem.beds`): each names a factory called as
+`factory(seed, small=..., cache_dir=..., device=...)` that returns a Bed. The lab contributes its own
+(`lab`, fbmem_data/lab/bed.py).
 """
 
 from __future__ import annotations
 
-import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from fbmem_data import plugins
 from fbmem_data.errors import InputError
 
-BEDS = ("lab", "planted", "real-photos")
 #: the photos of scikit-image's data directory used by `real-photos` (natural photographs only: no
 #: charts, documents, binary or synthetic images); which are training photos is decided by the seed.
 SKIMAGE_PHOTOS = (
@@ -70,17 +71,56 @@ class Bed:
     extra: dict[str, Any] = field(default_factory=dict)  # what the truth checks need (donor photos ...)
 
 
+def bed_names() -> list[str]:
+    """The test beds `fbmem eval` knows (every `fbmem.beds` plug-in), sorted; no bed module is imported."""
+    return plugins.names(plugins.TEST_BEDS)
+
+
+def check_bed_names(names: Sequence[str]) -> None:
+    """Raises InputError naming the known beds when one of `names` is not a bed."""
+    known = bed_names()
+    for name in names:
+        if name not in known:
+            raise InputError(f"unknown test bed {name!r}", hint=f"one of {', '.join(known)}")
+
+
 def make_bed(
     name: str, seed: int = 0, *, small: bool = False, cache_dir: Path | None = None, device: str = "cpu"
 ) -> Bed:
-    """Build bed `name` from `seed`. small=True: a few cases per label (tests)."""
-    if name == "planted":
-        return planted_bed(seed, per_label=2 if small else 8)
-    if name == "real-photos":
-        return real_photos_bed(seed, small=small)
-    if name == "lab":
-        return lab_bed(seed, small=small, cache_dir=cache_dir, device=device)
-    raise InputError(f"unknown test bed {name!r}", hint=f"one of {', '.join(BEDS)}")
+    """Build bed `name` from `seed`.
+
+    Args:
+        name: a `fbmem.beds` plug-in.
+        seed: the bed's seed (what is drawn: photos, degradations, scenes, generation seeds).
+        small: a few cases per label (tests).
+        cache_dir: where a bed may cache what is slow to make (generations).
+        device: torch device for a bed that runs a model.
+
+    Returns:
+        The bed.
+
+    Raises:
+        InputError: an unknown bed, or what the bed needs is missing.
+    """
+    check_bed_names([name])
+    bed = plugins.create(plugins.TEST_BEDS, name, seed=seed, small=small, cache_dir=cache_dir, device=device)
+    if not isinstance(bed, Bed):
+        raise InputError(f"test bed plug-in {name!r} returned {type(bed).__name__}, not a Bed")
+    return bed
+
+
+def make_planted_bed(seed: int = 0, *, small: bool = False, cache_dir: Path | None = None, device: str = "cpu") -> Bed:
+    """The `planted` bed's factory (cache_dir and device are not needed)."""
+    del cache_dir, device
+    return planted_bed(seed, per_label=2 if small else 8)
+
+
+def make_real_photos_bed(
+    seed: int = 0, *, small: bool = False, cache_dir: Path | None = None, device: str = "cpu"
+) -> Bed:
+    """The `real-photos` bed's factory (cache_dir and device are not needed)."""
+    del cache_dir, device
+    return real_photos_bed(seed, small=small)
 
 
 # ---------------------------------------------------------------- planted
@@ -216,106 +256,3 @@ def real_photos_bed(seed: int = 0, small: bool = False) -> Bed:
         cases.append(Case(f"nm-{key}", jpeg(photos[key], 90), "NM", (), "an unrelated photo (jpeg q90)"))
     cases.sort(key=lambda c: ("VM", "FM", "BM", "NM").index(c.truth))
     return Bed("real-photos", seed, train, cases, extra={"photos": photos})
-
-
-# ---------------------------------------------------------------- lab
-
-LAB_STEPS = 20  # the demo's DDIM steps
-LAB_GUIDANCE = 7.0
-LAB_DEMO_SEEDS = (0,)  # the demo generates seeds 0..3
-LAB_NEW_SEEDS = (1000, 1001)  # seeds the demo never uses
-LAB_SIZE = 256  # the demo compares lab parts at 256 (64-px images are upsampled either way)
-LAB_TARGETS = {"VM": 0.8, "FM": 0.7, "BM": 0.7, "NM": 0.9}
-
-
-def lab_prompt_plan(small: bool = False) -> list[tuple[str, str, int, bool]]:
-    """(prompt key, truth, seed, demo-used) for every lab case: every VM/FM/BM prompt with one demo seed
-    and two new seeds; unique and control prompts the demo uses (the first 8 of each) and ones it never
-    uses, seed 0 and 1000 respectively."""
-    from fbmem_data.lab.dataset import LabConfig
-
-    cfg = LabConfig()
-    plan: list[tuple[str, str, int, bool]] = []
-    groups = [("vm", cfg.vm_groups, "VM"), ("fm", cfg.fm_groups, "FM"), ("bm", cfg.bm_groups, "BM")]
-    for prefix, n, truth in groups:
-        for g in range(1 if small else n):
-            plan += [(f"{prefix}{g}", truth, s, True) for s in LAB_DEMO_SEEDS[:1]]
-            plan += [(f"{prefix}{g}", truth, s, False) for s in LAB_NEW_SEEDS[: 1 if small else 2]]
-    n_nm = 1 if small else 5
-    plan += [(f"u{i:04d}", "NM", 0, True) for i in range(n_nm)]
-    plan += [(f"u{i:04d}", "NM", 1000, False) for i in range(50, 50 + n_nm)]
-    plan += [(f"c{i:02d}", "NM", 0, True) for i in range(n_nm)]
-    plan += [(f"c{i:02d}", "NM", 1000, False) for i in range(16, 16 + n_nm)]
-    return plan
-
-
-def lab_bed(seed: int = 0, small: bool = False, cache_dir: Path | None = None, device: str = "cpu") -> Bed:
-    """Lab generations (seed: offset added to every generation seed; 0 = the documented plan)."""
-    from fbmem_data.lab.dataset import make_lab_dataset
-    from fbmem_data.lab.pipeline import shipped_dataset_seed
-
-    ds = make_lab_dataset(shipped_dataset_seed())
-    prompts = {p.key: p for p in ds.prompts}
-    plan = [(k, t, s + seed, d) for k, t, s, d in lab_prompt_plan(small)]
-    images = _lab_generations(ds, plan, cache_dir, device)
-    train = {key: img.pixels for key, img in ds.images.items()}
-    cases = []
-    for (key, truth, s, used), rgb in zip(plan, images, strict=True):
-        sources = tuple(prompts[key].image_keys) if truth != "NM" else ()
-        cases.append(
-            Case(
-                f"{key}-s{s}",
-                rgb,
-                truth,
-                sources,
-                f"{prompts[key].group} prompt, seed {s}" + (" (demo)" if used and seed == 0 else " (new)"),
-            )
-        )
-    return Bed(
-        "lab",
-        seed,
-        train,
-        cases,
-        segmenter="lab",
-        size=LAB_SIZE,
-        lenient=True,
-        targets=dict(LAB_TARGETS),
-        extra={"dataset": ds, "plan": plan},
-    )
-
-
-def _lab_generations(
-    ds: Any, plan: list[tuple[str, str, int, bool]], cache_dir: Path | None, device: str
-) -> list[np.ndarray]:
-    """Generate (or read from the cache) one image per plan entry."""
-    from fbmem_data.lab.pipeline import default_weights_dir
-    from fbmem_data.lab.source import lab_weights_hash
-
-    revision = lab_weights_hash(Path(default_weights_dir())) or "none"
-    texts = {p.key: p.text for p in ds.prompts}
-    digest = hashlib.sha256(
-        repr((revision, LAB_STEPS, LAB_GUIDANCE, [(texts[k], s) for k, _, s, _ in plan])).encode()
-    )
-    path = (cache_dir / f"lab-{digest.hexdigest()[:16]}.npz") if cache_dir is not None else None
-    if path is not None and path.is_file():
-        with np.load(path) as data:
-            return list(data["images"])
-    from fbmem_data.generate.generator import generate_batch
-    from fbmem_data.generate.loading import load_pipeline
-    from fbmem_data.generate.planning import GenerationJob
-    from fbmem_data.mitigate.none import NoMitigation
-    from fbmem_data.mitigate.protocol import GenerationSettings
-
-    loaded = load_pipeline("lab", device=device)
-    settings = GenerationSettings(steps=LAB_STEPS, guidance=LAB_GUIDANCE, height=64, width=64)
-    jobs = [GenerationJob(f"eval{i}", k, texts[k], s) for i, (k, _, s, _) in enumerate(plan)]
-    out: list[np.ndarray] = []
-    for start in range(0, len(jobs), 16):
-        images, _ = generate_batch(loaded.pipe, NoMitigation(), jobs[start : start + 16], settings)
-        out.extend(images)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npz")
-        np.savez_compressed(tmp, images=np.stack(out))
-        tmp.replace(path)
-    return out

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fbmem_data.evaluate.beds import BEDS, Bed, make_bed
+from fbmem_data.evaluate.beds import Bed, bed_names, check_bed_names, make_bed
 from fbmem_data.fbmem.labelling import DEFAULT_TAU, label_of
 
 if TYPE_CHECKING:
@@ -121,7 +121,7 @@ def evaluate(
     segmenter: str | None = None,
     metric_options: dict[str, Any] | None = None,
     segmenter_options: dict[str, Any] | None = None,
-    beds: Sequence[str] = BEDS,
+    beds: Sequence[str] | None = None,
     seed: int = 0,
     small: bool = False,
     tau: float = DEFAULT_TAU,
@@ -136,7 +136,8 @@ def evaluate(
     Args:
         preset: "default" or "paper" (as `fbmem score`); metric/size/metric_options override it.
         segmenter: segmenter of the photo and planted beds (default `saliency`; the lab always uses `lab`).
-        beds: which beds (lab, planted, real-photos). small: 2-3 cases per label (tests).
+        beds: which beds (default: every `fbmem.beds` plug-in: lab, planted, real-photos). small: 2-3
+            cases per label (tests).
         k: thumbnail candidates per generated image (the lab uses k + 2, as the demo keeps 5).
         cache_dir: where lab generations are cached (default: `<workspace>/eval_cache`).
         skip_unavailable: leave out (and report in `skipped`) a bed whose data is missing, e.g. the
@@ -150,9 +151,8 @@ def evaluate(
     from fbmem_data.fbmem.scoring import PairScorer, make_metric, resolve_config
     from fbmem_data.ids import params_hash
 
-    for b in beds:
-        if b not in BEDS:
-            raise InputError(f"unknown test bed {b!r}", hint=f"one of {', '.join(BEDS)}")
+    beds = bed_names() if beds is None else list(beds)
+    check_bed_names(beds)
     if not 0 < tau <= 1:
         raise InputError(f"tau must be in (0, 1], got {tau}")
     if k < 1:

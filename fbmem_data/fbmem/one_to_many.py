@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from fbmem_data.errors import InputError
 from fbmem_data.fbmem.labelling import DEFAULT_TAU
 from fbmem_data.ids import params_hash
+from fbmem_data.runs import recorded
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -176,6 +177,11 @@ def one_to_many_counts(
     return per_model
 
 
+@recorded(
+    "one-to-many",
+    lambda a: {"mitigation": a["mitigation"], "model_id": a["model_id"], "prompts": a["prompt_set"], "tau": a["tau"],
+               "scoring_id": a["scoring_id"]},
+)
 def fit_one_to_many(
     ws: Workspace,
     *,

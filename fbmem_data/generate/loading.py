@@ -246,6 +246,15 @@ def load_pipeline(
     return LoadedPipeline(pipe, model_id or default_id, recorded_revision, device, dtype_name)
 
 
+def default_model_id(model: str) -> str:
+    """The model_id `load_pipeline(model)` records unless told otherwise, without loading the model: a model
+    source's own id, a directory's absolute path, or the text as given (a hub id)."""
+    if model in model_source_names():
+        return plugins.create(plugins.MODELS, model).model_id
+    path = Path(os.path.expanduser(model))
+    return str(path.resolve()) if path.is_dir() else model
+
+
 def wrap_pipeline(pipe: Any, model_id: str, *, revision: str | None = None) -> LoadedPipeline:
     """Treat an already built pipeline (e.g. `fbmem_data.testing.tiny_sd_pipeline()`) as a loaded model."""
     import torch

@@ -13,6 +13,7 @@ from typing import Any
 
 from fbmem_data.ids import canonical_json, prompt_id
 from fbmem_data.lab.dataset import IMAGE_SIZE, LabDataset
+from fbmem_data.runs import recorded
 from fbmem_data.workspace import Workspace
 
 
@@ -20,6 +21,7 @@ def lab_prompt_id(dataset: LabDataset, key: str, text: str, prompt_set: str) -> 
     return prompt_id(prompt_set, f"lab-seed{dataset.config.seed}:{key}", text)
 
 
+@recorded("lab dataset", lambda a: {"seed": a["dataset"].config.seed})
 def write_lab_dataset(ws: Workspace, dataset: LabDataset, run_id: str | None = None) -> dict[str, Any]:
     """Store the images and write every lab row; returns counts of rows written (0 on a re-run)."""
     now = dt.datetime.now(dt.timezone.utc)

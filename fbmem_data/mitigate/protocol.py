@@ -25,10 +25,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     import torch
@@ -95,8 +95,12 @@ class GenerationBatch:
         return dataclasses.replace(self, **changes)
 
 
-class Mitigation(ABC):
+@runtime_checkable
+class Mitigation(Protocol):
     """One mitigation method. Instances are built by `create_mitigation(name, **params)`.
+
+    Subclassing this Protocol gives the defaults (`prepare` does nothing, `contract_setup` writes
+    nothing, `__repr__` shows the params) and makes a missing `params` or `apply` an error at construction.
 
     Class attributes:
         name: the registered name (what `--mitigation` takes and `generations.mitigation` records).
@@ -123,7 +127,7 @@ class Mitigation(ABC):
             must produce the same images. Do not put per-image outcomes here (use batch.details).
         """
 
-    def prepare(self, ws: Workspace | None, model_id: str, prompt_ids: Sequence[str]) -> None:  # noqa: B027
+    def prepare(self, ws: Workspace | None, model_id: str, prompt_ids: Sequence[str]) -> None:
         """Load what `apply` needs for these prompts (e.g. neuron sets from workspace tables).
 
         Called once per run, before any generation id is computed, with every prompt id of the run
@@ -168,6 +172,15 @@ class Mitigation(ABC):
 
         Used by the shared contract suite (tests/test_mitigations_contract.py) and by demos; the
         default writes nothing. E.g. NeMo writes a few random neurons per prompt.
+
+        Args:
+            ws: the workspace the contract run generates into.
+            model_id: the model id the rows are for.
+            prompt_ids: the prompts the contract run generates.
+            pipe: the random-initialised pipeline (for shapes such as layer widths).
+
+        Raises:
+            FbmemError: the rows cannot be written.
         """
         del ws, model_id, prompt_ids, pipe
 

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from fbmem_data.nemo.layers import NemoLayer, discover_nemo_layers
+from fbmem_data.runs import recorded
 
 if TYPE_CHECKING:
     import torch
@@ -46,6 +47,7 @@ def prompt_activations(pipe: Any, texts: Sequence[str]) -> list[torch.Tensor]:
     return layer_activations(discover_nemo_layers(pipe.unet), encode_prompts(pipe, texts))
 
 
+@recorded("nemo activations", lambda a: {"model_id": a["model_id"], "prompt_set": a["prompt_set"], "batch_size": a["batch_size"]})
 def compute_activations(
     ws: Workspace,
     pipe: Any,

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from fbmem_data.errors import InputError
 from fbmem_data.ids import params_hash
+from fbmem_data.runs import recorded
 
 if TYPE_CHECKING:
     import numpy as np
@@ -141,6 +142,11 @@ def kmeans_labels(
     return best
 
 
+@recorded(
+    "nemo-c cluster",
+    lambda a: {"model_id": a["model_id"], "prompt_set": a["prompt_set"], "k": a["k"], "embedding": a["embedding"],
+               "random_state": a["random_state"], "max_iter": a["max_iter"]},
+)
 def cluster_prompts(
     ws: Workspace,
     pipe: Any,
@@ -182,6 +188,7 @@ def cluster_prompts(
     return clustering_id
 
 
+@recorded("nemo-c masks", lambda a: {"clustering": a["clustering_id"], "localization": a["localization_id"], "q": a["q"]})
 def build_cluster_masks(
     ws: Workspace, clustering_id: str, localization_id: str, *, q: float | None = None, run_id: str | None = None
 ) -> str:

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from fbmem_data.errors import InputError
+from fbmem_data.runs import recorded
 
 if TYPE_CHECKING:
     import torch
@@ -201,6 +202,12 @@ def wen_norm_scores(
     return [float(s) for s in wen_detection_score(pipe, list(texts), seeds=list(seeds), steps=steps, guidance=guidance)]
 
 
+@recorded(
+    "nemo detect",
+    lambda a: {"model_id": a["model_id"], "prompt_set": a["prompt_set"], "method": a["method"],
+               "settings": a["settings"].as_params() if a["settings"] is not None else None,
+               "wen": {"seeds": list(a["wen_seeds"]), "steps": a["wen_steps"], "guidance": a["wen_guidance"]}},
+)
 def record_detection_scores(
     ws: Any,
     pipe: Any,
@@ -255,6 +262,11 @@ def record_detection_scores(
     return config_hash
 
 
+@recorded(
+    "nemo calibrate",
+    lambda a: {"model_id": a["model_id"], "prompt_set": a["prompt_set"], "method": a["method"],
+               "config_hash": a["config_hash"], "n_std": a["n_std"]},
+)
 def calibrate(
     ws: Any, model_id: str, prompt_set: str, *, method: str = "nemo_msssim", config_hash: str | None = None,
     n_std: float = 1.0, run_id: str | None = None,

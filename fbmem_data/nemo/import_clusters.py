@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 
 from fbmem_data.errors import InputError
 from fbmem_data.ids import params_hash
+from fbmem_data.runs import recorded
 
 if TYPE_CHECKING:
     from fbmem_data.workspace import Workspace
@@ -67,6 +68,10 @@ def _read_cluster_rows(path: Path) -> list[dict[str, str]]:
         return list(reader)
 
 
+@recorded(
+    "nemo-c import clusters",
+    lambda a: {"files": [str(p) for p in a["paths"]], "model_id": a["model_id"], "prompt_set": a["prompt_set"]},
+)
 def import_cluster_files(
     ws: Workspace,
     paths: Sequence[Path],
@@ -209,6 +214,11 @@ def read_mask_file(path: Path, widths: Sequence[int] | None = None) -> dict[int,
     return out
 
 
+@recorded(
+    "nemo-c import masks",
+    lambda a: {"clustering": a["clustering_id"], "masks": {c: str(p) for c, p in a["files"].items()},
+               "widths": list(a["widths"]) if a["widths"] is not None else None},
+)
 def import_cluster_masks(
     ws: Workspace,
     clustering_id: str,

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fbmem_data.errors import InputError
+from fbmem_data.runs import recorded
 
 if TYPE_CHECKING:
     from fbmem_data.workspace import Workspace
@@ -55,6 +56,7 @@ def _float_or_none(text: str) -> float | None:
         return None
 
 
+@recorded("nemo import", lambda a: {"file": str(a["path"]), "model_id": a["model_id"], "prompt_set": a["prompt_set"]})
 def import_nemo_csv(
     ws: Workspace,
     path: Path,

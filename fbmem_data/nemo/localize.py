@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -46,6 +46,7 @@ from fbmem_data.nemo.detect import (
 )
 from fbmem_data.nemo.hooks import blocked_neurons
 from fbmem_data.nemo.layers import NemoLayer, discover_nemo_layers
+from fbmem_data.runs import recorded
 
 if TYPE_CHECKING:
     import torch
@@ -482,6 +483,17 @@ class LocalizeModel:
         return localize_rows
 
 
+def localize_run_config(args: Mapping[str, Any]) -> dict[str, Any]:
+    """The `runs` config of a localization call, from its arguments by name (the engine named unless local)."""
+    config = args["config"] or LocalizationConfig()
+    engine = args.get("engine", "local")
+    name = engine if isinstance(engine, str) else engine.name
+    return {"model_id": args["model_id"], "n": len(args["prompt_ids"]), "algorithm": args["algorithm"],
+            "width": args["width"], "max_batch": args["max_batch"], "stats": args["stats_reference"],
+            "localization": config.as_params(), **({} if name == "local" else {"engine": name})}
+
+
+@recorded("nemo localize", localize_run_config)
 def localize_prompts(
     ws: Workspace,
     pipe: Any,

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fbmem_data.errors import InputError
+from fbmem_data.runs import recorded
 
 if TYPE_CHECKING:
     import torch
@@ -15,6 +16,7 @@ if TYPE_CHECKING:
 SD_V14_MODEL_ID = "CompVis/stable-diffusion-v1-4"
 
 
+@recorded("nemo stats", lambda a: {"model_id": a["model_id"], "prompt_set": a["prompt_set"]})
 def compute_stats(ws: Workspace, model_id: str, prompt_set: str, *, run_id: str | None = None) -> int:
     """Per-neuron mean and sample std of stored activations over a prompt set, into `neuron_stats`.
 
@@ -69,6 +71,7 @@ def read_stats_file(path: Path) -> tuple[list[torch.Tensor], list[torch.Tensor]]
     return [m.float() for m in means], [s.float() for s in stds]
 
 
+@recorded("nemo import-stats", lambda a: {"file": str(a["path"]), "model_id": a["model_id"], "reference": a["reference"]})
 def import_stats_file(
     ws: Workspace, path: Path, model_id: str = SD_V14_MODEL_ID, *, reference: str | None = None, run_id: str | None = None
 ) -> int:

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from fbmem_data.errors import InputError
+from fbmem_data.runs import recorded
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -38,6 +39,10 @@ def mask_clustering(ws: Workspace, mask_id: str) -> str:
     return str(found[0].as_py())
 
 
+@recorded(
+    "nemo-c centroids",
+    lambda a: {"model_id": a["model_id"], "clustering": a["clustering_id"], "embedding": a["embedding"]},
+)
 def compute_centroids(
     ws: Workspace,
     pipe: Any,

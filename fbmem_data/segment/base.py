@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -53,15 +53,21 @@ def check_batch(images: ImageBatch) -> list[np.ndarray]:
     return [as_rgb_float(img) for img in images]
 
 
-class Segmenter(abc.ABC):
-    """A salient-foreground segmenter.
+@runtime_checkable
+class Segmenter(Protocol):
+    """A salient-foreground segmenter: a plug-in of family `fbmem.segmenters` (see fbmem_data/plugins.py).
 
-    Implementations set `name` and implement `segment`. They load weights in their constructor (so a
-    missing file fails early with ModelNotFoundError) and must be deterministic for a given input.
+    Implementations set `name` and implement `segment`; subclassing this Protocol also gives them the
+    default `params` (and makes a missing `segment` an error at construction). They load weights in their
+    constructor (so a missing file fails early with ModelNotFoundError) and must be deterministic for a
+    given input.
+
+    Attributes:
+        name: the plug-in name it is registered under ("saliency", "birefnet", ...).
+        supports_cuda: whether it runs on CUDA when asked (`device="cuda"`).
     """
 
     name: str = ""
-    #: whether the segmenter runs on CUDA when asked (`device="cuda"`)
     supports_cuda: bool = False
 
     @abc.abstractmethod
@@ -80,5 +86,9 @@ class Segmenter(abc.ABC):
         """
 
     def params(self) -> dict[str, Any]:
-        """Settings that change the masks; their params_hash keys the `masks` table."""
+        """Settings that change the masks, never the device.
+
+        Returns:
+            A JSON-able dict whose params_hash keys the `masks` table (default: the segmenter's name).
+        """
         return {"segmenter": self.name}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     import torch
@@ -45,11 +45,17 @@ def check_pairs(gen_index: torch.Tensor, train_index: torch.Tensor, n_gen: int, 
         raise InputError(f"gen_index and train_index differ in length ({len(gen_index)} vs {len(train_index)})")
 
 
-class RegionMetric(abc.ABC):
-    """Similarity of the foreground parts and of the background parts of image pairs.
+@runtime_checkable
+class RegionMetric(Protocol):
+    """Similarity of the foreground parts and of the background parts of image pairs: a plug-in of family
+    `fbmem.metrics` (see fbmem_data/plugins.py).
 
     `prepare` does whatever depends on one image only (once per image); `score` does the pair work.
     Scores are in [0, 1] for the built-in metrics (MS-SSIM with ReLU normalisation), 1 = identical.
+    Subclassing this Protocol makes a missing method an error at construction.
+
+    Attributes:
+        name: the plug-in name it is registered under ("msssim", "msssim-regions", ...).
     """
 
     name: str = ""
@@ -86,4 +92,8 @@ class RegionMetric(abc.ABC):
 
     @abc.abstractmethod
     def params(self) -> dict[str, Any]:
-        """Settings that change the scores (part of the scoring_id)."""
+        """Settings that change the scores, never the device.
+
+        Returns:
+            A JSON-able dict; it enters the scoring_id, so scores of different settings never mix.
+        """

@@ -1,4 +1,4 @@
-"""`fbmem lab dataset|train|eval` and `fbmem demo`: thin commands over fbmem_data.lab (no torch at import)."""
+"""`fbmem lab dataset|train|eval` and `fbmem demo`: the lab's thin commands over fbmem_data.lab (no torch at import)."""
 
 from __future__ import annotations
 
@@ -24,8 +24,7 @@ def lab_dataset_cmd(
 
     ws = Workspace.open(workspace) if workspace is None else Workspace.open_or_init(workspace)
     seed = shipped_dataset_seed() if seed is None else seed
-    with ws.run("lab dataset", {"seed": seed}) as run:
-        counts = write_lab_dataset(ws, make_lab_dataset(seed), run_id=run.run_id)
+    counts = write_lab_dataset(ws, make_lab_dataset(seed))
     typer.echo(f"lab data set seed {seed} in {ws.root}: " + ", ".join(f"{k} +{v}" for k, v in counts.items()))
 
 
