@@ -117,8 +117,12 @@ def normalise_noise_diff(noise_diff: torch.Tensor) -> torch.Tensor:
     return (noise_diff - lo) / (hi - lo).clamp_min(1e-12)
 
 
-def initial_latents(n_seeds: int, seed: int, shape: Sequence[int]) -> torch.Tensor:
-    """n_seeds latents x_T (fp32, CPU) drawn from one generator seeded `seed`, as NeMo does."""
+def detection_latents(n_seeds: int, seed: int, shape: Sequence[int]) -> torch.Tensor:
+    """n_seeds latents x_T (fp32, CPU) drawn in one call from one generator seeded `seed`, as NeMo does.
+
+    Not generation's noise (`fbmem_data.noise.initial_latents`, one generator per image seed): NeMo's
+    detection statistics are defined on this batch draw, so latent i here is not the x_T of seed i.
+    """
     import torch
 
     generator = torch.Generator("cpu").manual_seed(seed)
@@ -157,7 +161,7 @@ def noise_diff_inputs(unet: Any, scheduler: Any, settings: NoiseDiffSettings) ->
     on the UNet's device and dtype, the timestep, and the latents scaled for the UNet."""
     size = settings.latent_size or int(unet.config.sample_size)
     shape = (int(unet.config.in_channels), size, size)
-    latents = initial_latents(settings.n_seeds, settings.seed, shape).to(unet.device, unet.dtype)
+    latents = detection_latents(settings.n_seeds, settings.seed, shape).to(unet.device, unet.dtype)
     timestep = nemo_timestep(scheduler, settings.steps, settings.timestep_index)
     model_input = scheduler.scale_model_input(latents, timestep) if hasattr(scheduler, "scale_model_input") else latents
     return latents, timestep, model_input
