@@ -123,7 +123,7 @@ def test_flat_embeddings_are_computed_in_float32_for_a_half_precision_pipeline(t
     pipe = tiny_sd_pipeline(seed=0)
     full = prompt_embeddings(pipe, texts, "flat")
     pipe.save_pretrained(tmp_path / "model")
-    half_pipe = StableDiffusionPipeline.from_pretrained(tmp_path / "model", torch_dtype=torch.float16, local_files_only=True)
+    half_pipe = StableDiffusionPipeline.from_pretrained(tmp_path / "model", dtype=torch.float16, local_files_only=True)
     half = prompt_embeddings(half_pipe, texts, "flat")
     assert half_pipe.text_encoder.dtype == torch.float16  # the pipeline itself is left as it was
     assert abs(half - full).max() < 1e-6  # the paper clusters float32 embeddings

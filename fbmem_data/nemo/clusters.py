@@ -86,7 +86,7 @@ def _reload_text_encoder(pipe: Any) -> Any:
     try:
         from transformers import CLIPTextModel
 
-        return CLIPTextModel.from_pretrained(str(source), subfolder="text_encoder", torch_dtype=torch.float32, local_files_only=True)
+        return CLIPTextModel.from_pretrained(str(source), subfolder="text_encoder", dtype=torch.float32, local_files_only=True)
     except Exception:  # no local files, another encoder class: the upcast copy is the fallback
         return None
 
