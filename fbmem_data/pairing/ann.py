@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -52,6 +52,33 @@ def ann_config(embedder: str, embedder_hash: str, k: int, hnsw: HnswParams | Non
         "search": "exact" if hnsw is None else {"hnsw": hnsw.as_dict()},
         "train_set": train_fp,
     }
+
+
+class AnnPairing(NamedTuple):
+    """What an ANN pairing run over given training vectors is: its id, search, HNSW settings (None for
+    exact search), training-set fingerprint, and the generated images already paired (a run skips them)."""
+
+    pairing_id: str
+    search: str
+    hnsw: HnswParams | None
+    train_fp: str
+    done: set[str]
+
+
+def ann_pairing(
+    ws: Workspace, embedder: str, embedder_hash: str, k: int, search: str, search_device: str, train_ids: list[str], hnsw: HnswParams | None
+) -> AnnPairing:
+    """The ANN pairing `write_ann` runs (and `fbmem pair --dry-run` plans) for these settings."""
+    resolved = resolve_search(search, len(train_ids), search_device)
+    hnsw = (hnsw or HnswParams()) if resolved == "hnsw" else None
+    fp = train_set_fingerprint(train_ids)
+    pid = params_hash(ann_config(embedder, embedder_hash, k, hnsw, fp))
+    done = set(
+        ws.sql("SELECT DISTINCT generated_image_id FROM candidates WHERE pairing_id = $pid", {"pid": pid})
+        .column("generated_image_id")
+        .to_pylist()
+    )
+    return AnnPairing(pid, resolved, hnsw, fp, done)
 
 
 def _rows(pid: str, embedder: str, gen_ids: list[str], train_ids: np.ndarray, idx: np.ndarray, sims: np.ndarray, run_id: str) -> pa.Table:
@@ -112,15 +139,7 @@ def write_ann(
     n_gen_usable = len(
         ws.sql("SELECT DISTINCT image_id FROM images WHERE role = 'generated' AND status = 'ok'").column("image_id")
     )
-    resolved = resolve_search(search, len(train_list), search_device)
-    hnsw = (hnsw or HnswParams()) if resolved == "hnsw" else None
-    fp = train_set_fingerprint(train_list)
-    pid = params_hash(ann_config(embedder.name, ph, k, hnsw, fp))
-    done = set(
-        ws.sql("SELECT DISTINCT generated_image_id FROM candidates WHERE pairing_id = $pid", {"pid": pid})
-        .column("generated_image_id")
-        .to_pylist()
-    )
+    pid, resolved, hnsw, fp, done = ann_pairing(ws, embedder.name, ph, k, search, search_device, train_list, hnsw)
     pending = np.array([i for i, g in enumerate(gen_list) if g not in done], dtype=np.int64)
     written = 0
     if len(pending) and len(train_list):

@@ -147,8 +147,8 @@ def _plan_ann(
     from fbmem_data.embed import create_embedder
     from fbmem_data.embed.store import embedder_params_hash
     from fbmem_data.ids import params_hash
-    from fbmem_data.pairing.ann import INDEX_DIR, ann_config, train_set_fingerprint
-    from fbmem_data.pairing.search import SEARCHES, HnswParams, resolve_search
+    from fbmem_data.pairing.ann import INDEX_DIR, ann_config, ann_pairing
+    from fbmem_data.pairing.search import SEARCHES
 
     if k < 1:
         raise InputError(f"k must be at least 1, got {k}")
@@ -183,15 +183,7 @@ def _plan_ann(
     }
     train_ids, gen_ids = vectors["train"], vectors["generated"]
     search_device = resolve_device(device)
-    resolved = resolve_search(search, len(train_ids), search_device)
-    hnsw = (hnsw or HnswParams()) if resolved == "hnsw" else None
-    fp = train_set_fingerprint(train_ids)
-    pid = params_hash(ann_config(embedder.name, ph, k, hnsw, fp))
-    done = set(
-        ws.sql("SELECT DISTINCT generated_image_id FROM candidates WHERE pairing_id = $pid", {"pid": pid})
-        .column("generated_image_id")
-        .to_pylist()
-    )
+    pid, resolved, hnsw, fp, done = ann_pairing(ws, embedder.name, ph, k, search, search_device, train_ids, hnsw)
     pending = sum(1 for g in gen_ids if g not in done) if train_ids else 0
     seconds: float | None = None
     if embedder.name in EMBED_S:
