@@ -13,7 +13,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -146,8 +146,14 @@ class JobSummary:
         }
 
 
-class Distributor(abc.ABC):
-    """Runs an ExtractorJob's shards somewhere and writes one Parquet part per shard and table.
+@runtime_checkable
+class Distributor(Protocol):
+    """Runs an ExtractorJob's shards somewhere and writes one Parquet part per shard and table: a plug-in
+    of family `fbmem.distributors`.
+
+    Implementations set `name` and implement `run`; subclassing this Protocol also gives them the
+    options constructor, `close` and the context manager (and makes a missing `run` an error at
+    construction), as for the other plug-in families.
 
     Every engine must give the same rows (order aside) for the same job; a shard whose commit part
     exists is skipped, and a shard that fails leaves no part of its commit table, so re-running a
