@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 nemo_app = typer.Typer(help="NeMo: find the neurons that memorize (activations, detection, localization).", no_args_is_help=True)
 nemo_c_app = typer.Typer(help="NeMo-C: cluster prompts and build cluster-wise neuron masks.", no_args_is_help=True)
 
-ModelOption = Annotated[str, typer.Option("--model", "-m", help="'lab', a diffusers directory, or a cached hub id.")]
+ModelOption = Annotated[str, typer.Option("--model", "-m", help="'lab', 'lab-v2', a diffusers directory, or a cached hub id.")]
 ModelIdOption = Annotated[str | None, typer.Option("--model-id", help="Model id to record (default: derived from --model).")]
 PromptsOption = Annotated[str, typer.Option("--prompts", help="Prompt set (prompts.prompt_set).")]
 SD_V14 = "CompVis/stable-diffusion-v1-4"
@@ -41,10 +41,10 @@ SD_V14 = "CompVis/stable-diffusion-v1-4"
 def _model_id(model: str, model_id: str | None) -> str:
     if model_id:
         return model_id
-    if model == "lab":
-        from fbmem_data.lab.pipeline import LAB_MODEL_ID
+    from fbmem_data.lab.pipeline import LAB_MODEL_IDS
 
-        return LAB_MODEL_ID
+    if model in LAB_MODEL_IDS:
+        return LAB_MODEL_IDS[model]
     path = Path(model).expanduser()
     return str(path.resolve()) if path.is_dir() else model
 
