@@ -47,7 +47,6 @@ def test_v1_data_set_defaults_are_the_shipped_v1_data_set() -> None:
     assert LabConfig.from_dict(info.training["lab_config"]) == LabConfig()
 
 
-@pytest.mark.slow  # ~15 s on a 2-core CPU: two full v2 data sets
 def test_v2_data_set_is_deterministic_from_its_seed() -> None:
     a = make_lab_dataset(0, LabConfig.v2())
     b = make_lab_dataset(0, LabConfig.v2())
@@ -147,3 +146,22 @@ def test_demo_and_nemo_commands_name_the_lab_model(tmp_path: Path) -> None:
     bad = CliRunner().invoke(build_app(), ["demo", "--model", "lab-v9", "-w", str(tmp_path / "ws")])
     assert isinstance(bad.exception, InputError) and "lab-v9" in str(bad.exception)
     assert not (tmp_path / "ws").exists()  # refused before a workspace was made
+
+
+@pytest.mark.slow  # ~14 s on a 2-core CPU
+def test_cli_lab_dataset_writes_the_v2_data_set(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from fbmem_data.cli.app import build_app
+    from fbmem_data.lab.ingest import write_lab_dataset
+    from fbmem_data.workspace import Workspace
+
+    result = CliRunner().invoke(build_app(), ["lab", "dataset", "--model", "lab-v2", "-w", str(tmp_path / "ws")])
+    assert result.exit_code == 0, result.output
+    ws = Workspace.open(tmp_path / "ws")
+    rows = ws.sql("SELECT planted_group, count(*) AS n FROM lab_truth GROUP BY 1").to_pylist()
+    counts = {r["planted_group"]: r["n"] for r in rows}
+    assert min(counts["VM"], counts["FM"], counts["BM"]) >= 8 and counts["unique"] == 192
+    # the same data set written again adds no row: same seed, same prompt and image ids
+    again = write_lab_dataset(ws, make_lab_dataset(0, LabConfig.v2()))
+    assert sum(again.values()) == 0, again

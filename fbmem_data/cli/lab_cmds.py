@@ -14,19 +14,26 @@ LabModelOption = Annotated[str, typer.Option("--model", help="The lab model: lab
 
 
 def lab_dataset_cmd(
-    seed: Annotated[int | None, typer.Option("--seed", help="Data set seed (default: the seed of the shipped model).")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Data set seed (default: the seed of the lab model).")] = None,
     workspace: WorkspaceOption = None,
+    model: Annotated[str, typer.Option("--model", help="Whose data set: lab (v1.3) or lab-v2 (8 prompts per planted group).")] = "lab",
 ) -> None:
     """Write the lab data set (images, exact masks, prompts, planted truth) into a workspace."""
-    from fbmem_data.lab.dataset import make_lab_dataset
+    from fbmem_data.lab.dataset import LabConfig, make_lab_dataset
     from fbmem_data.lab.ingest import write_lab_dataset
-    from fbmem_data.lab.pipeline import shipped_dataset_seed
+    from fbmem_data.lab.pipeline import CONFIG_FILE, lab_weights_dir, read_weights_info, weights_lab_config
     from fbmem_data.workspace import Workspace
 
+    weights = lab_weights_dir(model)
+    if (weights / CONFIG_FILE).is_file():
+        lab_config = weights_lab_config(read_weights_info(weights))
+    else:  # no weights in this checkout: the recipe's data set
+        lab_config = LabConfig.v2() if model == "lab-v2" else LabConfig()
     ws = Workspace.open(workspace) if workspace is None else Workspace.open_or_init(workspace)
-    seed = shipped_dataset_seed() if seed is None else seed
-    with ws.run("lab dataset", {"seed": seed}) as run:
-        counts = write_lab_dataset(ws, make_lab_dataset(seed), run_id=run.run_id)
+    seed = lab_config.seed if seed is None else seed
+    params = {"seed": seed} if model == "lab" else {"seed": seed, "model": model}  # v1's run params as before
+    with ws.run("lab dataset", params) as run:
+        counts = write_lab_dataset(ws, make_lab_dataset(seed, lab_config), run_id=run.run_id)
     typer.echo(f"lab data set seed {seed} in {ws.root}: " + ", ".join(f"{k} +{v}" for k, v in counts.items()))
 
 

@@ -26,6 +26,7 @@ class DemoConfig:
     `full()` the whole benchmark of `fbmem lab eval`."""
 
     seeds: int = 4  # generations per prompt
+    seed_start: int = 0  # seeds seed_start .. seed_start + seeds - 1 (other seeds: the same benchmark on new draws)
     steps: int = 20  # DDIM steps
     guidance: float = 7.0  # the reference guidance scale
     unique_prompts: int | None = 8  # None = all of them
@@ -156,7 +157,7 @@ def run_demo(
     prompt_ids = _choose_prompts(ws, cfg)
     done = step("generate")
     loaded = load_pipeline(model, device=device) if isinstance(model, str) else model  # once, for every step
-    generate(ws, loaded, prompt_ids=prompt_ids, n=cfg.seeds, steps=cfg.steps, guidance=cfg.guidance,
+    generate(ws, loaded, prompt_ids=prompt_ids, n=cfg.seeds, seed_start=cfg.seed_start, steps=cfg.steps, guidance=cfg.guidance,
              batch_size=cfg.batch_size, device=device, progress=progress)
     done()
     done = step("pair")
@@ -186,7 +187,7 @@ def run_demo(
                                                           k=cfg.nemo_c_k, steps=cfg.steps,
                                                           neurons_csv=nemo_neurons, log=log)
         if runnable:
-            generate(ws, loaded, prompt_ids=planted_ids, n=cfg.mitigation_seeds or cfg.seeds, steps=cfg.steps,
+            generate(ws, loaded, prompt_ids=planted_ids, n=cfg.mitigation_seeds or cfg.seeds, seed_start=cfg.seed_start, steps=cfg.steps,
                      guidance=cfg.guidance, batch_size=cfg.batch_size, device=device, mitigations=runnable,
                      mitigation_params=mit_params, progress=progress)
             pairing_id = pair(ws, method="ann", embedder=cfg.embedder, k=cfg.k, device=device)
