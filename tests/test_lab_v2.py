@@ -165,3 +165,20 @@ def test_cli_lab_dataset_writes_the_v2_data_set(tmp_path: Path) -> None:
     # the same data set written again adds no row: same seed, same prompt and image ids
     again = write_lab_dataset(ws, make_lab_dataset(0, LabConfig.v2()))
     assert sum(again.values()) == 0, again
+
+
+@pytest.mark.parametrize("kind", ["epsilon", "v_prediction", "sample"])
+def test_nemo_noise_difference_uses_the_predicted_noise_of_any_prediction_type(kind: str) -> None:
+    from fbmem_data.lab.pipeline import build_scheduler
+    from fbmem_data.nemo.detect import predicted_noise
+
+    sched = build_scheduler(replace(LabModelConfig.v2(), prediction_type=kind))
+    t = 979  # NeMo's timestep (index 1 of 50 trailing steps) on the zero-terminal-SNR schedule
+    a = sched.alphas_cumprod[t]
+    gen = torch.Generator().manual_seed(0)
+    x0, eps = torch.randn(2, 8, 16, 16, generator=gen), torch.randn(2, 8, 16, 16, generator=gen)
+    x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
+    output = {"epsilon": eps, "v_prediction": a.sqrt() * eps - (1 - a).sqrt() * x0, "sample": x0}[kind]
+    torch.testing.assert_close(predicted_noise(sched, x_t, output, torch.tensor(t)), eps, atol=1e-4, rtol=1e-4)
+    if kind == "epsilon":
+        assert predicted_noise(sched, x_t, output, t) is output  # SD's noise difference is untouched
