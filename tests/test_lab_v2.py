@@ -63,6 +63,7 @@ def test_shipped_v1_keeps_its_id_and_shape() -> None:
     assert info.model.nemo_blocks == ("down_blocks", "mid_block")
 
 
+@pytest.mark.slow  # ~20 s on a 2-core CPU (diffusers import and two UNets)
 def test_v2_text_reaches_the_unet_only_through_nemo_layers() -> None:
     """All NeMo neurons blocked: the v2 UNet's output no longer depends on the prompt; v1's still does
     (its up blocks read the text too)."""
