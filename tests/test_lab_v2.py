@@ -183,3 +183,13 @@ def test_nemo_noise_difference_uses_the_predicted_noise_of_any_prediction_type(k
     torch.testing.assert_close(predicted_noise(sched, x_t, output, torch.tensor(t)), eps, atol=1e-4, rtol=1e-4)
     if kind == "epsilon":
         assert predicted_noise(sched, x_t, output, t) is output  # SD's noise difference is untouched
+
+
+def test_lab_colours_judges_the_prompts_of_the_lab_model_it_is_given() -> None:
+    from fbmem_data.utility.lab_colours import LabColourJudge
+
+    v2 = LabColourJudge(device="cpu", lab_model="lab-v2")
+    controls = [p.text for p in make_lab_dataset(0, LabConfig.v2()).prompts if p.group == "control"]
+    assert len(controls) == 32 and all(t in v2.named for t in controls)
+    assert v2.params()["lab_model"] == "lab-v2"
+    assert "lab_model" not in LabColourJudge(device="cpu").params()  # v1's utility ids stay the same

@@ -59,9 +59,9 @@ class LabColourJudge:
         device: str = "auto",
         dataset_seed: int | None = None,
         segmenter_weights: str | None = None,
-        lab_model: str = "lab",
         object_share: float = 0.2,
         background_share: float = 0.1,
+        lab_model: str = "lab",
     ) -> None:
         """
         Args:
