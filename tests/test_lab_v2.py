@@ -63,7 +63,6 @@ def test_shipped_v1_keeps_its_id_and_shape() -> None:
     assert info.model.nemo_blocks == ("down_blocks", "mid_block")
 
 
-@pytest.mark.slow  # ~20 s on a 2-core CPU (diffusers import and two UNets)
 def test_v2_text_reaches_the_unet_only_through_nemo_layers() -> None:
     """All NeMo neurons blocked: the v2 UNet's output no longer depends on the prompt; v1's still does
     (its up blocks read the text too)."""
@@ -149,7 +148,6 @@ def test_demo_and_nemo_commands_name_the_lab_model(tmp_path: Path) -> None:
     assert not (tmp_path / "ws").exists()  # refused before a workspace was made
 
 
-@pytest.mark.slow  # ~14 s on a 2-core CPU
 def test_cli_lab_dataset_writes_the_v2_data_set(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
