@@ -29,7 +29,7 @@ from fbmem_data.errors import FbmemError, InputError
 nemo_app = typer.Typer(help="NeMo: find the neurons that memorize (activations, detection, localization).", no_args_is_help=True)
 nemo_c_app = typer.Typer(help="NeMo-C: cluster prompts and build cluster-wise neuron masks.", no_args_is_help=True)
 
-ModelOption = Annotated[str, typer.Option("--model", "-m", help="A model source (`lab`), a diffusers directory, or a cached hub id.")]
+ModelOption = Annotated[str, typer.Option("--model", "-m", help="A model source (`lab`, `lab-v2`), a diffusers directory, or a cached hub id.")]
 ModelIdOption = Annotated[str | None, typer.Option("--model-id", help="Model id to record (default: derived from --model).")]
 PromptsOption = Annotated[str, typer.Option("--prompts", help="Prompt set (prompts.prompt_set).")]
 SD_V14 = "CompVis/stable-diffusion-v1-4"

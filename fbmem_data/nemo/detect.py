@@ -117,6 +117,25 @@ def normalise_noise_diff(noise_diff: torch.Tensor) -> torch.Tensor:
     return (noise_diff - lo) / (hi - lo).clamp_min(1e-12)
 
 
+def predicted_noise(scheduler: Any, model_input: torch.Tensor, output: torch.Tensor, timestep: Any) -> torch.Tensor:
+    """The UNet output as a noise prediction, whatever the model predicts.
+
+    NeMo's noise difference is predicted noise minus x_T. A v-predicting model (zero-terminal-SNR
+    schedules) outputs v = sqrt(a) eps - sqrt(1 - a) x_0; taken as noise, "v - x_T" keeps all of x_T, so
+    a blocked and an unblocked difference share x_T and stay similar whatever is blocked. Converted,
+    eps = sqrt(a) v + sqrt(1 - a) x_t. Epsilon models (SD v1.4) pass through unchanged.
+    """
+    kind = getattr(getattr(scheduler, "config", None), "prediction_type", "epsilon")
+    if kind == "epsilon":
+        return output
+    alpha = scheduler.alphas_cumprod[int(timestep)].to(device=output.device, dtype=output.dtype)
+    if kind == "v_prediction":
+        return alpha.sqrt() * output + (1 - alpha).sqrt() * model_input
+    if kind == "sample":
+        return (model_input - alpha.sqrt() * output) / (1 - alpha).sqrt()
+    raise InputError(f"unknown prediction type {kind!r}", hint="epsilon, v_prediction or sample")
+
+
 def detection_latents(n_seeds: int, seed: int, shape: Sequence[int]) -> torch.Tensor:
     """n_seeds latents x_T (fp32, CPU) drawn in one call from one generator seeded `seed`, as NeMo does.
 
@@ -180,7 +199,7 @@ def reference_noise_diffs(unet: Any, scheduler: Any, embeds: torch.Tensor, setti
     latents, timestep, model_input = noise_diff_inputs(unet, scheduler, settings)
     embeds = embeds.to(unet.device, unet.dtype).expand(latents.shape[0], -1, -1)
     with torch.no_grad():
-        eps = unet(model_input, timestep, encoder_hidden_states=embeds).sample
+        eps = predicted_noise(scheduler, model_input, unet(model_input, timestep, encoder_hidden_states=embeds).sample, timestep)
     return normalise_noise_diff(eps.float() - latents.float())
 
 

@@ -43,6 +43,7 @@ from fbmem_data.nemo.detect import (
     msssim_pairs,
     noise_diff_inputs,
     normalise_noise_diff,
+    predicted_noise,
 )
 from fbmem_data.nemo.hooks import blocked_neurons
 from fbmem_data.nemo.layers import NemoLayer, discover_nemo_layers
@@ -135,6 +136,7 @@ class NoiseDiffEvaluator:
         import torch
 
         self.unet = unet
+        self.scheduler = scheduler
         self.settings = settings
         self.layers = list(discover_nemo_layers(unet) if layers is None else layers)
         self.max_batch = max(max_batch, settings.n_seeds)
@@ -156,9 +158,10 @@ class NoiseDiffEvaluator:
         self.counter.batches += 1
         if masks:
             with blocked_neurons(self.layers, masks):
-                eps = self.unet(latents, self.timestep, encoder_hidden_states=embeds).sample
+                out = self.unet(latents, self.timestep, encoder_hidden_states=embeds).sample
         else:
-            eps = self.unet(latents, self.timestep, encoder_hidden_states=embeds).sample
+            out = self.unet(latents, self.timestep, encoder_hidden_states=embeds).sample
+        eps = predicted_noise(self.scheduler, latents, out, self.timestep)
         return normalise_noise_diff(eps.float() - self.latents.float().repeat(reps, 1, 1, 1))
 
     def evaluate(self, hypotheses: Sequence[Neurons]) -> torch.Tensor:

@@ -61,11 +61,13 @@ class LabColourJudge:
         segmenter_weights: str | None = None,
         object_share: float = 0.2,
         background_share: float = 0.1,
+        lab_model: str = "lab",
     ) -> None:
         """
         Args:
             device: torch device of the segmenter.
-            dataset_seed: the lab data set whose prompts are judged (default: the shipped model's).
+            dataset_seed: the lab data set whose prompts are judged (default: the lab model's).
+            lab_model: the lab model (`lab`, `lab-v2`) whose data set's prompts are judged.
             segmenter_weights: lab segmenter weights (default: shipped).
             object_share, background_share: the least share of a part's pixels a named colour must cover.
 
@@ -73,22 +75,33 @@ class LabColourJudge:
             ModelNotFoundError: the lab segmenter weights are missing.
         """
         from fbmem_data.devices import resolve_device
-        from fbmem_data.lab.dataset import COLOURS, make_lab_dataset
-        from fbmem_data.lab.pipeline import shipped_dataset_seed
+        from fbmem_data.lab.dataset import COLOURS, LabConfig, make_lab_dataset
+        from fbmem_data.lab.pipeline import (
+            CONFIG_FILE,
+            lab_weights_dir,
+            read_weights_info,
+            weights_lab_config,
+        )
         from fbmem_data.lab.segmenter import LabSegmenter
 
         self.device = resolve_device(device)
-        self.dataset_seed = shipped_dataset_seed() if dataset_seed is None else int(dataset_seed)
+        self.lab_model = lab_model
+        weights = lab_weights_dir(lab_model)
+        lab_config = weights_lab_config(read_weights_info(weights)) if (weights / CONFIG_FILE).is_file() else LabConfig()
+        self.dataset_seed = lab_config.seed if dataset_seed is None else int(dataset_seed)
         self.segmenter = LabSegmenter(segmenter_weights, device=self.device)
         self.object_share = float(object_share)
         self.background_share = float(background_share)
         self.colour_names = list(COLOURS)
         self.palette = np.array([COLOURS[c] for c in self.colour_names], dtype=np.float32)
-        self.named = named_colours(make_lab_dataset(self.dataset_seed))
+        self.named = named_colours(make_lab_dataset(self.dataset_seed, lab_config))
 
     def params(self) -> dict[str, Any]:
-        return {"dataset_seed": self.dataset_seed, "segmenter": self.segmenter.params(),
-                "object_share": self.object_share, "background_share": self.background_share, "version": 1}
+        params = {"dataset_seed": self.dataset_seed, "segmenter": self.segmenter.params(),
+                  "object_share": self.object_share, "background_share": self.background_share, "version": 1}
+        if self.lab_model != "lab":  # only when set: v1's utility ids stay the same
+            params["lab_model"] = self.lab_model
+        return params
 
     def _shares(self, pixels: np.ndarray) -> dict[str, float]:
         if len(pixels) == 0:

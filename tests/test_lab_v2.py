@@ -1,0 +1,193 @@
+"""Lab v2: its data set, its model shape (text only through NeMo's layers), training from scratch, and
+v1 staying loadable beside it."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from fbmem_data.lab.dataset import LabConfig, make_lab_dataset
+from fbmem_data.lab.pipeline import (
+    LAB_MODEL_ID,
+    LAB_V2_MODEL_ID,
+    LabModelConfig,
+    build_lab_pipeline,
+    default_weights_dir,
+    load_lab_pipeline,
+    read_weights_info,
+)
+from fbmem_data.nemo.hooks import blocked_neurons, keep_masks
+from fbmem_data.nemo.layers import discover_nemo_layers
+
+TINY_V1 = LabModelConfig(vae_channels=(16, 16, 16), unet_channels=(16, 32, 32), unet_layers_per_block=1)
+TINY_V2 = replace(LabModelConfig.v2(), vae_channels=(16, 16, 16), unet_channels=(16, 32, 32), unet_layers_per_block=1)
+TINY_LAB = LabConfig(vm_groups=2, fm_groups=1, fm_images=2, bm_groups=1, bm_images=2, template_groups=0,
+                     unique_images=4, control_prompts=1, heldout_images=1)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+def test_v2_data_set_has_eight_prompts_per_planted_group() -> None:
+    cfg = LabConfig.v2()
+    assert min(cfg.vm_groups, cfg.fm_groups, cfg.bm_groups) >= 8
+    # one generation out of 8 prompts x 4 seeds moves a group's share by 1/32 < 0.05
+    assert 1 / (cfg.vm_groups * 4) < 0.05
+    assert LabConfig.from_dict({**cfg.__dict__, "unknown_key": 1}) == cfg
+
+
+def test_v1_data_set_defaults_are_the_shipped_v1_data_set() -> None:
+    # the demo's and every stored result's prompt ids depend on the v1 data set staying as it is
+    info = read_weights_info(default_weights_dir())
+    assert LabConfig.from_dict(info.training["lab_config"]) == LabConfig()
+
+
+def test_v2_data_set_is_deterministic_from_its_seed() -> None:
+    a = make_lab_dataset(0, LabConfig.v2())
+    b = make_lab_dataset(0, LabConfig.v2())
+    assert [(p.key, p.text) for p in a.prompts] == [(p.key, p.text) for p in b.prompts]
+    assert {k: im.png_bytes() for k, im in a.images.items()} == {k: im.png_bytes() for k, im in b.images.items()}
+    groups = [p.group for p in a.prompts]
+    assert min(groups.count("VM"), groups.count("FM"), groups.count("BM")) >= 8
+
+
+def test_shipped_v1_keeps_its_id_and_shape() -> None:
+    info = read_weights_info(default_weights_dir())
+    assert info.model_id == LAB_MODEL_ID == "fbmem-lab-v1.3"
+    assert info.model.up_cross_attention  # a config without the key is v1's shape
+    assert info.model.nemo_blocks == ("down_blocks", "mid_block")
+
+
+def test_v2_text_reaches_the_unet_only_through_nemo_layers() -> None:
+    """All NeMo neurons blocked: the v2 UNet's output no longer depends on the prompt; v1's still does
+    (its up blocks read the text too)."""
+    from fbmem_data.lab.pipeline import build_unet
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 8, 16, 16, generator=gen)
+    embeds = torch.randn(2, 77, 384, generator=gen)  # two prompts' states (the property is the UNet's)
+    t = torch.tensor([500])
+    for config, independent in ((TINY_V2, True), (TINY_V1, False)):
+        torch.manual_seed(0)
+        unet = build_unet(config).eval()
+        layers = discover_nemo_layers(unet)
+        every_cross_attention = [n for n, _ in unet.named_modules() if n.endswith("attn2")]
+        assert ([layer.name for layer in layers] == every_cross_attention) is independent
+        masks = keep_masks(layers, [{layer.index: list(range(layer.width)) for layer in layers}])
+        with torch.no_grad():
+            plain = unet(x.repeat(2, 1, 1, 1), t, embeds).sample
+            with blocked_neurons(layers, masks):
+                blocked = unet(x.repeat(2, 1, 1, 1), t, embeds).sample
+        assert not torch.allclose(plain[0], plain[1], atol=1e-5)  # the prompt matters unblocked
+        assert torch.allclose(blocked[0], blocked[1], atol=1e-5) is independent
+
+
+def test_nemo_layer_set_is_a_per_model_setting() -> None:
+    default = discover_nemo_layers(build_lab_pipeline(TINY_V1).unet)
+    with_up = discover_nemo_layers(build_lab_pipeline(replace(TINY_V1, nemo_blocks=("down_blocks", "mid_block", "up_blocks"))).unet)
+    assert all(not layer.name.startswith("up_blocks") for layer in default)
+    # NeMo's own layers keep their indices 0..6 (diffusers registers up_blocks before mid_block)
+    assert [(layer.index, layer.name) for layer in with_up[: len(default)]] == [(layer.index, layer.name) for layer in default]
+    assert len(with_up) > len(default) and with_up[-1].name.startswith("up_blocks")
+    # a plain diffusers UNet (no setting) keeps NeMo's down and mid blocks
+    unet = build_lab_pipeline(TINY_V1).unet
+    del unet.fbmem_nemo_blocks
+    assert [layer.name for layer in discover_nemo_layers(unet)] == [layer.name for layer in default]
+
+
+def test_v2_trains_from_scratch_and_records_its_stages(tmp_path: Path) -> None:
+    from fbmem_data.lab.train import TrainConfig, train_lab
+
+    cfg = TrainConfig(ae_steps=2, ae_batch=4, unet_steps=3, unet_batch=4, warmup_steps=1, log_every=100, checkpoint_every=2)
+    train_lab(tmp_path / "v2", tmp_path / "ckpt", cfg, TINY_V2, TINY_LAB, log=None, model_id=LAB_V2_MODEL_ID)
+    info = read_weights_info(tmp_path / "v2")
+    assert info.model_id == LAB_V2_MODEL_ID
+    assert info.model.prediction_type == "v_prediction" and info.model.zero_terminal_snr
+    assert not info.model.up_cross_attention
+    stages = info.training["stages"]
+    assert [s["what"].split()[0] for s in stages] == ["autoencoder", "UNet"]
+    assert "from scratch" in stages[1]["what"] and "steps 1-3 of a 3-step" in stages[1]["what"]
+    assert LabConfig.from_dict(info.training["lab_config"]) == replace(TINY_LAB, seed=0)
+    pipe = load_lab_pipeline(tmp_path / "v2")
+    assert not any(n.startswith("up_blocks") and n.endswith("attn2") for n, _ in pipe.unet.named_modules())
+    assert pipe.scheduler.config.prediction_type == "v_prediction"
+
+
+def test_cli_lab_train_rejects_unknown_presets_and_v2_fine_tunes(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from fbmem_data.cli.app import build_app
+    from fbmem_data.errors import InputError
+
+    runner = CliRunner()
+    base = ["lab", "train", "--out", str(tmp_path / "o"), "--checkpoints", str(tmp_path / "c"), "--segmenter-steps", "0"]
+    bad = runner.invoke(build_app(), [*base, "--preset", "v3"])
+    assert isinstance(bad.exception, InputError) and "v3" in str(bad.exception)
+    tune = runner.invoke(build_app(), [*base, "--preset", "v2", "--init-from", str(default_weights_dir())])
+    assert isinstance(tune.exception, InputError) and "from scratch" in str(tune.exception)
+    assert not (tmp_path / "o").exists()
+
+
+def test_demo_and_nemo_commands_name_the_lab_model(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from fbmem_data.cli.app import build_app
+    from fbmem_data.cli.nemo_cmds import _model_id
+    from fbmem_data.errors import InputError
+    from fbmem_data.generate.loading import model_source_names
+
+    assert {"lab", "lab-v2"} <= set(model_source_names())
+    assert (_model_id("lab", None), _model_id("lab-v2", None)) == (LAB_MODEL_ID, LAB_V2_MODEL_ID)
+    bad = CliRunner().invoke(build_app(), ["demo", "--model", "lab-v9", "-w", str(tmp_path / "ws")])
+    assert isinstance(bad.exception, InputError) and "lab-v9" in str(bad.exception)
+    assert not (tmp_path / "ws").exists()  # refused before a workspace was made
+
+
+def test_cli_lab_dataset_writes_the_v2_data_set(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from fbmem_data.cli.app import build_app
+    from fbmem_data.lab.ingest import write_lab_dataset
+    from fbmem_data.workspace import Workspace
+
+    result = CliRunner().invoke(build_app(), ["lab", "dataset", "--model", "lab-v2", "-w", str(tmp_path / "ws")])
+    assert result.exit_code == 0, result.output
+    ws = Workspace.open(tmp_path / "ws")
+    rows = ws.sql("SELECT planted_group, count(*) AS n FROM lab_truth GROUP BY 1").to_pylist()
+    counts = {r["planted_group"]: r["n"] for r in rows}
+    assert min(counts["VM"], counts["FM"], counts["BM"]) >= 8 and counts["unique"] == 192
+    # the same data set written again adds no row: same seed, same prompt and image ids
+    again = write_lab_dataset(ws, make_lab_dataset(0, LabConfig.v2()))
+    assert sum(again.values()) == 0, again
+
+
+@pytest.mark.parametrize("kind", ["epsilon", "v_prediction", "sample"])
+def test_nemo_noise_difference_uses_the_predicted_noise_of_any_prediction_type(kind: str) -> None:
+    from fbmem_data.lab.pipeline import build_scheduler
+    from fbmem_data.nemo.detect import predicted_noise
+
+    sched = build_scheduler(replace(LabModelConfig.v2(), prediction_type=kind))
+    t = 979  # NeMo's timestep (index 1 of 50 trailing steps) on the zero-terminal-SNR schedule
+    a = sched.alphas_cumprod[t]
+    gen = torch.Generator().manual_seed(0)
+    x0, eps = torch.randn(2, 8, 16, 16, generator=gen), torch.randn(2, 8, 16, 16, generator=gen)
+    x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
+    output = {"epsilon": eps, "v_prediction": a.sqrt() * eps - (1 - a).sqrt() * x0, "sample": x0}[kind]
+    torch.testing.assert_close(predicted_noise(sched, x_t, output, torch.tensor(t)), eps, atol=1e-4, rtol=1e-4)
+    if kind == "epsilon":
+        assert predicted_noise(sched, x_t, output, t) is output  # SD's noise difference is untouched
+
+
+def test_lab_colours_judges_the_prompts_of_the_lab_model_it_is_given() -> None:
+    from fbmem_data.lab.colours import LabColourJudge
+
+    v2 = LabColourJudge(device="cpu", lab_model="lab-v2")
+    controls = [p.text for p in make_lab_dataset(0, LabConfig.v2()).prompts if p.group == "control"]
+    assert len(controls) == 32 and all(t in v2.named for t in controls)
+    assert v2.params()["lab_model"] == "lab-v2"
+    assert "lab_model" not in LabColourJudge(device="cpu").params()  # v1's utility ids stay the same
