@@ -89,22 +89,40 @@ def comparison_table(ws: Workspace, scoring_id: str, utility_id: str | None) -> 
     params: dict[str, Any] = {"scoring_id": scoring_id}
     if utility_id:
         params["utility_id"] = utility_id
-    return ws.sql("SELECT * FROM mitigation_comparison ORDER BY method = 'none' DESC, method", params)
+    return ws.sql(
+        "SELECT c.*, s.seeds, s.score_per_seed, s.score_per_seed_sd FROM mitigation_comparison c "
+        "LEFT JOIN mitigation_seed_spread s ON s.method = c.method AND s.model_id = c.model_id "
+        "AND (c.method = 'none' OR s.mitigation_params IS NOT DISTINCT FROM c.mitigation_params) "
+        "ORDER BY c.method = 'none' DESC, c.method",
+        params,
+    )
 
 
 def format_comparison(table: Any, notes: Sequence[str] = ()) -> str:
     lines = ["", "Mitigations on the planted prompts (same prompts and seeds for every method):", ""]
-    lines.append(f"{'method':<8}{'n':>5}{'VM':>7}{'FM':>7}{'BM':>7}{'NM':>7}{'score':>8}{'utility':>9}{'change':>8}{'neurons':>9}")
-    for r in table.to_pylist():
+    rows = table.to_pylist()
+    # the per-seed score and its seed-to-seed spread, where the table has them (two seeds or more)
+    spread = any((r.get("seeds") or 0) > 1 for r in rows)
+    lines.append(f"{'method':<8}{'n':>5}{'VM':>7}{'FM':>7}{'BM':>7}{'NM':>7}{'score':>8}"
+                 + (f"{'per seed':>16}" if spread else "") + f"{'utility':>9}{'change':>8}{'neurons':>9}")
+    for r in rows:
         def pct(v: Any) -> str:
             return f"{100 * v:6.0f}%" if v is not None else "      -"
         score = f"{r['mitigation_score']:8.1f}" if r["mitigation_score"] is not None else "       -"
         util = f"{r['utility']:9.3f}" if r["utility"] is not None else "        -"
         change = f"{100 * r['utility_change']:+7.0f}%" if r["utility_change"] is not None else "       -"
         neurons = f"{r['mean_neurons']:9.1f}" if r["mean_neurons"] is not None else "        -"
+        per_seed = ""
+        if spread:
+            sd = r.get("score_per_seed_sd")
+            per_seed = (f"{r['score_per_seed']:9.1f} ± {sd:4.1f}" if r.get("score_per_seed") is not None and sd is not None
+                        else f"{'-':>16}")
         lines.append(f"{r['method']:<8}{r['n']:>5}{pct(r['vm_rate'])}{pct(r['fm_rate'])}{pct(r['bm_rate'])}{pct(r['nm_rate'])}"
-                     f"{score}{util}{change}{neurons}")
-    lines += ["", "score = the paper's mitigation score (sum of label-transition weights, higher = more removed);",
+                     f"{score}{per_seed}{util}{change}{neurons}")
+    lines += ["", "score = the paper's mitigation score (sum of label-transition weights, higher = more removed);"]
+    if spread:
+        lines.append("per seed = the score of one seed's generations, mean ± sample sd over seeds (mitigation_seed_spread);")
+    lines += [
               "utility = lab-colours (share of the colours a caption names that the image shows); change vs none;",
               "neurons = mean neurons deactivated per prompt (NeMo: refined; NeMo-C: the prompt's cluster mask)."]
     lines += [f"note: {n}" for n in notes]
