@@ -198,7 +198,9 @@ def test_lab_segmenter_flip_averaging_turns_with_the_image(tmp_path: Path) -> No
 @pytest.mark.slow  # ~27 s on a 2-core CPU
 def test_train_lab_segmenter_redraws_with_the_model_in_its_folder(tmp_path: Path) -> None:
     import json
+    from dataclasses import asdict
 
+    from fbmem_data.lab.dataset import LabConfig
     from fbmem_data.lab.pipeline import LabWeightsInfo, save_lab_weights
     from fbmem_data.lab.train import train_lab_segmenter
 
@@ -209,6 +211,12 @@ def test_train_lab_segmenter_redraws_with_the_model_in_its_folder(tmp_path: Path
     for key in ("heldout_iou_mean", "heldout_autoencoder_iou_mean", "heldout_diffusion_iou_mean"):
         assert 0.0 <= meta[key] <= 1.0
     assert json.loads((tmp_path / "segmenter.json").read_text())["heldout_diffusion_iou_mean"] == meta["heldout_diffusion_iou_mean"]
+    assert meta["lab_config"] == asdict(LabConfig())  # the folder's model was trained on v1's layout
+    # a v2 model in the folder: the segmenter learns from v2's data set, the one that model drew from
+    v2 = tmp_path / "v2"
+    save_lab_weights(v2, pipe.unet, pipe.vae, LabWeightsInfo(model=TINY, dataset_seed=0,
+                                                             training={"lab_config": asdict(LabConfig.v2())}))
+    assert train_lab_segmenter(v2, steps=1, n_random=4, widths=(8, 8, 8, 8))["lab_config"] == asdict(LabConfig.v2())
     # without a model in the folder: clean drawings only
     alone = train_lab_segmenter(tmp_path / "alone", steps=1, n_random=4, widths=(8, 8, 8, 8))
     assert alone["redraws"] == [] and "heldout_diffusion_iou_mean" not in alone

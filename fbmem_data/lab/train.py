@@ -405,7 +405,12 @@ def train_lab_segmenter(out_dir: Path, dataset_seed: int = 0, steps: int = 2000,
     trip, and a partial denoise by its UNet): generated images come out of that model, and FB-Mem's
     labels need the masks of a generated image and of its training source to agree.
     """
-    from fbmem_data.lab.pipeline import load_lab_pipeline, missing_weight_files
+    from fbmem_data.lab.pipeline import (
+        load_lab_pipeline,
+        missing_weight_files,
+        read_weights_info,
+        weights_lab_config,
+    )
     from fbmem_data.lab.segmenter import (
         DEFAULT_WIDTHS,
         WEIGHTS_FILE,
@@ -416,14 +421,17 @@ def train_lab_segmenter(out_dir: Path, dataset_seed: int = 0, steps: int = 2000,
         train_segmenter,
     )
 
-    dataset = make_lab_dataset(dataset_seed)
-    keys = sorted(dataset.images)
-    pixels = np.stack([dataset.images[k].pixels for k in keys])
-    masks = np.stack([dataset.images[k].mask for k in keys])
     pipe = None
+    lab_cfg = None
     if not missing_weight_files(Path(out_dir)):
         pipe = load_lab_pipeline(Path(out_dir))
         pipe.set_progress_bar_config(disable=True)
+        # the layout of the data set the model was trained on (v2's differs from v1's); the seed is dataset_seed
+        lab_cfg = weights_lab_config(read_weights_info(Path(out_dir)))
+    dataset = make_lab_dataset(dataset_seed, lab_cfg)
+    keys = sorted(dataset.images)
+    pixels = np.stack([dataset.images[k].pixels for k in keys])
+    masks = np.stack([dataset.images[k].mask for k in keys])
     redraws = [autoencoder_roundtrip(pipe.vae, latent_noise=0.1, seed=seed), diffusion_roundtrip(pipe, seed=seed)] if pipe else []
     path = Path(out_dir) / WEIGHTS_FILE
     meta = train_segmenter(path, pixels, masks, seed=seed, n_random=n_random, steps=steps, lr=lr,
@@ -432,7 +440,8 @@ def train_lab_segmenter(out_dir: Path, dataset_seed: int = 0, steps: int = 2000,
     held_masks = np.stack([h.mask for h in dataset.heldout])
     seg = LabSegmenter(path)
     held = evaluate_segmenter(seg, held_px, held_masks)
-    out = {**meta, "heldout_iou_mean": held["iou_mean"], "heldout_iou_median": held["iou_median"]}
+    out = {**meta, "heldout_iou_mean": held["iou_mean"], "heldout_iou_median": held["iou_median"],
+           "lab_config": asdict(dataset.config)}
     if pipe is not None:
         for name, redraw in (("autoencoder", autoencoder_roundtrip(pipe.vae, latent_noise=0.0)),
                              ("diffusion", diffusion_roundtrip(pipe, seed=seed + 1))):
