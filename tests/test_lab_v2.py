@@ -191,3 +191,31 @@ def test_lab_colours_judges_the_prompts_of_the_lab_model_it_is_given() -> None:
     assert len(controls) == 32 and all(t in v2.named for t in controls)
     assert v2.params()["lab_model"] == "lab-v2"
     assert "lab_model" not in LabColourJudge(device="cpu").params()  # v1's utility ids stay the same
+
+
+def test_one_command_v2_recipe_is_the_shipped_weights_recipe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`fbmem lab train --preset v2 --out DIR --checkpoints DIR` with nothing else trains what data/lab-v2 ships:
+    the same training config and data set (the shipped lab_model.json records both)."""
+    from dataclasses import asdict
+
+    from typer.testing import CliRunner
+
+    import fbmem_data.lab.train as train
+    from fbmem_data.cli.app import build_app
+    from fbmem_data.lab.pipeline import lab_weights_dir
+
+    seen: dict = {}
+
+    def fake_train_lab(out, ckpt, cfg, model, lab_cfg, **kwargs):  # noqa: ANN001, ANN003, ANN202
+        seen.update(cfg=cfg, model=model, lab_cfg=lab_cfg)
+        return {"seconds_this_call": 0.0}
+
+    monkeypatch.setattr(train, "train_lab", fake_train_lab)
+    monkeypatch.setattr(train, "train_lab_segmenter", lambda *a, **k: pytest.fail("v2 trains no segmenter by default"))
+    result = CliRunner().invoke(build_app(), ["lab", "train", "--preset", "v2", "--out", str(tmp_path / "o"),
+                                              "--checkpoints", str(tmp_path / "c"), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    shipped = read_weights_info(lab_weights_dir("lab-v2"))
+    assert asdict(seen["cfg"]) == shipped.training["train_config"]
+    assert asdict(seen["lab_cfg"]) == shipped.training["lab_config"]
+    assert seen["model"] == replace(shipped.model, vae_scaling_factor=seen["model"].vae_scaling_factor)

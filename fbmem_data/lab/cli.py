@@ -41,12 +41,12 @@ def lab_train_cmd(
     seed: Annotated[int, typer.Option("--seed", help="Training seed.")] = 0,
     dataset_seed: Annotated[int, typer.Option("--dataset-seed", help="Lab data set seed.")] = 0,
     ae_steps: Annotated[int, typer.Option("--ae-steps", min=1, help="Autoencoder steps.")] = 1000,
-    unet_steps: Annotated[int, typer.Option("--unet-steps", min=1, help="UNet steps.")] = 4000,
+    unet_steps: Annotated[int | None, typer.Option("--unet-steps", min=1, help="UNet steps (default: v1 4000, v2 8000).")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="UNet batch size.")] = 12,
     lr: Annotated[float, typer.Option("--lr", min=0.0, help="UNet peak learning rate (fine-tunes used 2e-4 to 3e-4).")] = 6e-4,
     offset_noise: Annotated[float, typer.Option("--offset-noise", min=0.0, help="Offset noise strength (0: off).")] = 0.0,
     stop_at: Annotated[int | None, typer.Option("--stop-at", min=1, help="Stop after this UNet step; the learning-rate schedule still spans --unet-steps.")] = None,
-    segmenter_steps: Annotated[int, typer.Option("--segmenter-steps", min=0, help="Lab segmenter steps (0: skip).")] = 2000,
+    segmenter_steps: Annotated[int | None, typer.Option("--segmenter-steps", min=0, help="Lab segmenter steps (0: skip; default: v1 2000, v2 0: v2 uses v1.3's segmenter).")] = None,
     threads: Annotated[int, typer.Option("--threads", min=1, help="torch threads.")] = 1,
     init_from: Annotated[Path | None, typer.Option("--init-from", help="Fine-tune these lab weights (a folder with lab_model.json): keep their autoencoder, start from their UNet.")] = None,
     zero_terminal_snr: Annotated[bool | None, typer.Option("--zero-terminal-snr/--sd-schedule", help="Zero-terminal-SNR betas with v-prediction, or SD's schedule with epsilon-prediction (default: the --init-from model's, else SD's).")] = None,
@@ -67,6 +67,10 @@ def lab_train_cmd(
         raise InputError(f"unknown lab preset {preset!r}", hint="use v1 or v2")
     if preset == "v2" and init_from is not None:
         raise InputError("--preset v2 trains from scratch", hint="leave out --init-from")
+    if unet_steps is None:
+        unet_steps = 8000 if preset == "v2" else 4000
+    if segmenter_steps is None:
+        segmenter_steps = 0 if preset == "v2" else 2000
     cfg = TrainConfig(seed=seed, dataset_seed=dataset_seed, ae_steps=ae_steps, unet_steps=unet_steps,
                       unet_batch=batch_size, unet_lr=lr, offset_noise=offset_noise, stop_at=stop_at, threads=threads,
                       init_from=str(init_from) if init_from else None, checkpoint_every=200)

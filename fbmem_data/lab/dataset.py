@@ -82,7 +82,7 @@ class LabConfig:
         """Lab v2's data set: 8 prompts per planted group, so one generation moves a group's share by
         less than 0.05 at 4 seeds, and twice the unique images, each seen once (a unique image is then a
         smaller part of the training set, so it is redrawn later in training)."""
-        return cls(seed=seed, vm_groups=8, vm_repeats=50, fm_groups=8, fm_repeats=6, bm_groups=8, bm_repeats=6,
+        return cls(seed=seed, vm_groups=8, vm_repeats=50, fm_groups=8, fm_repeats=10, bm_groups=8, bm_repeats=10,
                    unique_images=192, control_prompts=32)
 
     @classmethod
