@@ -28,3 +28,26 @@ SELECT method, mitigation_params, model_id, count(*) AS seeds, sum(n)::BIGINT AS
 FROM per_seed
 GROUP BY method, mitigation_params, model_id
 ORDER BY model_id, method = 'none' DESC, method, mitigation_params;
+
+-- Paired by seed: for two mitigations of the same model, the difference of their per-seed scores
+-- (method minus other), over the seeds both generated. Pairing removes what a seed does to both (the
+-- same prompts and initial noise), so this spread is the one to hold a difference against: a mean
+-- difference within about its sd, or seeds_better short of seeds, has not told the two apart.
+CREATE OR REPLACE VIEW mitigation_seed_contrast AS
+WITH per_seed AS (
+    SELECT method, mitigation_params, model_id, seed, sum(weight)::DOUBLE AS score
+    FROM mitigation_transitions
+    GROUP BY ALL
+)
+SELECT a.method, a.mitigation_params, b.method AS other_method, b.mitigation_params AS other_params,
+       a.model_id, count(*) AS seeds,
+       avg(a.score - b.score) AS score_difference, stddev_samp(a.score - b.score) AS score_difference_sd,
+       min(a.score - b.score) AS score_difference_min, max(a.score - b.score) AS score_difference_max,
+       count(*) FILTER (WHERE a.score > b.score) AS seeds_better,
+       (SELECT scoring_id FROM fbmem_scoring_choice) AS scoring_id
+FROM per_seed a
+JOIN per_seed b
+  ON b.model_id = a.model_id AND b.seed = a.seed
+ AND (b.method <> a.method OR b.mitigation_params IS DISTINCT FROM a.mitigation_params)
+GROUP BY a.method, a.mitigation_params, b.method, b.mitigation_params, a.model_id
+ORDER BY a.model_id, a.method, a.mitigation_params, b.method, b.mitigation_params;

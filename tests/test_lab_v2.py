@@ -206,7 +206,7 @@ def test_one_command_v2_recipe_is_the_shipped_weights_recipe(tmp_path: Path, mon
 
     seen: dict = {}
 
-    def fake_train_lab(out, ckpt, cfg, model, lab_cfg, **kwargs):  # noqa: ANN001, ANN003, ANN202
+    def fake_train_lab(out, ckpt, cfg, model, lab_cfg, **kwargs):
         seen.update(cfg=cfg, model=model, lab_cfg=lab_cfg)
         return {"seconds_this_call": 0.0}
 

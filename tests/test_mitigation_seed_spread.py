@@ -61,3 +61,24 @@ def test_demo_table_prints_the_per_seed_score_and_its_spread(workspace: Workspac
         assert r["seeds"] == 2
         line = next(x for x in text.splitlines() if x.startswith(r["method"] + " "))
         assert f"{s['score_per_seed']:9.1f} ± {s['score_per_seed_sd']:4.1f}" in line
+
+
+def test_seed_contrast_pairs_methods_by_seed(workspace: Workspace) -> None:
+    write_sample_workspace(
+        workspace,
+        SampleSpec(n_prompts=16, seeds=3, k=3, mitigations=("none", "nemo", "wen"), mitigated_sets=("memorized",)),
+    )
+    scores: dict[str, dict[int, float]] = defaultdict(lambda: defaultdict(float))
+    for t in workspace.sql("SELECT method, seed, weight FROM mitigation_transitions").to_pylist():
+        scores[t["method"]][t["seed"]] += float(t["weight"])
+    rows = {(r["method"], r["other_method"]): r for r in workspace.sql("SELECT * FROM mitigation_seed_contrast").to_pylist()}
+    assert set(rows) == {("nemo", "wen"), ("wen", "nemo")}  # 'none' is the baseline, not a method to pair
+    diffs = [scores["nemo"][s] - scores["wen"][s] for s in sorted(scores["nemo"])]
+    row = rows[("nemo", "wen")]
+    assert row["seeds"] == 3
+    assert row["score_difference"] == pytest.approx(statistics.mean(diffs))
+    assert row["score_difference_sd"] == pytest.approx(statistics.stdev(diffs))
+    assert row["seeds_better"] == sum(d > 0 for d in diffs)
+    back = rows[("wen", "nemo")]
+    assert back["score_difference"] == pytest.approx(-row["score_difference"])
+    assert back["seeds_better"] == sum(d < 0 for d in diffs)
