@@ -219,3 +219,34 @@ def test_one_command_v2_recipe_is_the_shipped_weights_recipe(tmp_path: Path, mon
     assert asdict(seen["cfg"]) == shipped.training["train_config"]
     assert asdict(seen["lab_cfg"]) == shipped.training["lab_config"]
     assert seen["model"] == replace(shipped.model, vae_scaling_factor=seen["model"].vae_scaling_factor)
+
+
+@pytest.mark.parametrize("model", ["lab", "lab-v2"])
+def test_shipped_nemo_neurons_cover_the_planted_prompts_within_the_models_layers(tmp_path: Path, model: str) -> None:
+    """The demo blocks these lists: each must name the model's own planted prompts and NeMo neurons."""
+    from collections import defaultdict
+
+    from fbmem_data.lab.dataset import MEMORIZED_SET
+    from fbmem_data.lab.ingest import write_lab_dataset
+    from fbmem_data.lab.pipeline import build_unet, lab_weights_dir, weights_lab_config
+    from fbmem_data.nemo.import_csv import import_nemo_csv
+    from fbmem_data.workspace import Workspace
+
+    folder = lab_weights_dir(model)
+    info = read_weights_info(folder)
+    ws = Workspace.open_or_init(tmp_path / "ws")
+    write_lab_dataset(ws, make_lab_dataset(info.dataset_seed, weights_lab_config(info)))
+    report = import_nemo_csv(ws, folder / "nemo_neurons.csv", model_id=info.model_id, prompt_set=MEMORIZED_SET)
+    planted = set(ws.sql("SELECT prompt_id FROM lab_truth WHERE prompt_set = $s", {"s": MEMORIZED_SET}).column(0).to_pylist())
+    rows = ws.sql("SELECT prompt_id, layer, neuron FROM nemo_neurons WHERE localization_id = $l AND stage = 'refined'",
+                  {"l": report.localization_id}).to_pylist()
+    sets: dict[str, dict[int, list[int]]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        sets[r["prompt_id"]][r["layer"]].append(r["neuron"])
+    assert set(sets) == planted  # every planted prompt has refined neurons, and nothing else does
+    unet = build_unet(info.model)
+    unet.fbmem_nemo_blocks = tuple(info.model.nemo_blocks)
+    layers = discover_nemo_layers(unet)
+    keep_masks(layers, list(sets.values()))  # raises on a layer or neuron the model does not have
+    width = sum(layer.width for layer in layers)
+    assert width == 576 and all(0 < sum(map(len, s.values())) < width for s in sets.values())
