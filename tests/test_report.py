@@ -313,3 +313,13 @@ def test_report_escapes_through_jinja2_not_by_hand() -> None:
     from fbmem_data.report.render import _env
 
     assert _env().autoescape is True
+
+
+def test_mitigation_table_shows_the_seed_to_seed_spread(sample_ws: Workspace, embedded_report: Any) -> None:
+    text = embedded_report.path.read_text()
+    table = re.search(r'<table class="rates" id="mitigation-table">(.*?)</table>', text, re.S)
+    assert table and "<th>score per seed (± sd)</th>" in table.group(1)
+    assert "over 2 seeds (<code>mitigation_seed_spread</code>)" in text
+    for r in sample_ws.sql("SELECT * FROM mitigation_seed_spread WHERE method <> 'none'").to_pylist():
+        assert r["seeds"] == SPEC.seeds
+        assert f"<td>{r['score_per_seed']:.1f} ± {r['score_per_seed_sd']:.1f}</td>" in table.group(1)

@@ -44,8 +44,28 @@ def _relation_exists(ws: Workspace, name: str) -> bool:
     return bool(found.column("n")[0].as_py())
 
 
+def _with_seed_spread(ws: Workspace, params: dict[str, Any], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each row with its per-seed score and seed-to-seed sd (mitigation_seed_spread)."""
+    spread = {
+        (r["method"], r["mitigation_params"], r["model_id"]): r
+        for r in ws.sql("SELECT * FROM mitigation_seed_spread", params).to_pylist()
+    }
+    out = []
+    for row in rows:
+        s = spread.get((row["method"], None if row["method"] == "none" else row.get("mitigation_params"), row.get("model_id")), {})
+        out.append({**row, "seeds": s.get("seeds"), "score_per_seed": s.get("score_per_seed"),
+                    "score_per_seed_sd": s.get("score_per_seed_sd")})
+    return out
+
+
 def _mitigation_rows(ws: Workspace, params: dict[str, Any]) -> tuple[list[dict[str, Any]], str | None]:
-    """mitigation_score per method, joined with the utility relation when the workspace has one."""
+    """mitigation_score per method, joined with the utility relation when the workspace has one, and with
+    the seed-to-seed spread of its score."""
+    rows, metric = _scored_mitigation_rows(ws, params)
+    return _with_seed_spread(ws, params, rows), metric
+
+
+def _scored_mitigation_rows(ws: Workspace, params: dict[str, Any]) -> tuple[list[dict[str, Any]], str | None]:
     scores = ws.sql("SELECT * FROM mitigation_score ORDER BY score DESC, method", params).to_pylist()
     if not _relation_exists(ws, UTILITY_RELATION):
         return scores, None

@@ -203,7 +203,7 @@ def format_number(value: Any, digits: int = 3) -> str:
 
 _MITIGATION = """
 <h3>Mitigation comparison</h3><table class="rates" id="mitigation-table"><tr><th>method</th><th>parameters</th><th>model</th><th>pairs</th><th>mitigation score</th>
-{%- if metric %}<th>{{ metric }}</th><th>n (utility)</th>{% endif %}</tr>
+{%- if metric %}<th>{{ metric }}</th><th>n (utility)</th>{% endif %}{% if spread %}<th>score per seed (± sd)</th>{% endif %}</tr>
 {% for title, r in rows %}<tr{% if title %} title="{{ title }}"{% endif %}>{% for c in r %}<td>{{ "—" if c is none else c }}</td>{% endfor %}</tr>
 {% endfor %}</table>
 {% if not metric %}
@@ -211,6 +211,7 @@ _MITIGATION = """
 {% else %}
 <p class="note">Utility over matched generations: <code>none</code> on the prompts, seeds and sampler settings that a mitigation also generated, each mitigation on those <code>none</code> generated (as in <code>mitigation_comparison</code>).</p>
 {% endif %}
+{% if spread %}<p class="note">Score per seed: the mitigation score of one seed's generations, mean ± sample sd over {{ spread }} seeds (<code>mitigation_seed_spread</code>); a difference between two methods within about their sd is not a difference (<code>mitigation_seed_contrast</code> pairs them seed by seed).</p>{% endif %}
 """
 
 
@@ -221,14 +222,20 @@ def mitigation_table_html(data: ReportData) -> Markup:
     from fbmem_data.report.plots import short_params
 
     metric = data.utility_metric
+    # the seed-to-seed spread, where the comparison has two seeds or more
+    spread = max((r.get("seeds") or 0 for r in rows), default=0)
+    spread = spread if spread > 1 else 0
     out = []
     for r in rows:
         params = r.get("mitigation_params")
         cells = [r["method"], short_params(params, 16) or None, r.get("model_id"), r.get("n_pairs"), format_number(r.get("score"), 1)]
         if metric:
             cells += [format_number(r.get("utility")), r.get("utility_n")]
+        if spread:
+            mean, sd = r.get("score_per_seed"), r.get("score_per_seed_sd")
+            cells.append(f"{mean:.1f} ± {sd:.1f}" if mean is not None and sd is not None else None)
         out.append((str(params) if params else None, cells))
-    return _fragment(_MITIGATION, rows=out, metric=metric)
+    return _fragment(_MITIGATION, rows=out, metric=metric, spread=spread)
 
 
 _PLOTS = """
