@@ -1,5 +1,6 @@
 -- One table comparing mitigations on the same prompts and seeds: FB-Mem rates, the paper's mitigation
--- score, utility (utility_current) and neurons deactivated. Only compared generations count
+-- score, utility (utility_current), neurons deactivated, and the score's seed-to-seed spread
+-- (sql/55_mitigation_seed_spread.sql). Only compared generations count
 -- (sql/15_generation_matching.sql): 'none' on the (prompt, seed, sampler settings) that some mitigation
 -- also generated, each mitigation on those that 'none' generated. Uses the `scoring_id` / `tau`
 -- variables of fbmem_labels and `utility_id` of utility_current.
@@ -25,6 +26,7 @@ SELECT r.method, r.mitigation_params, r.model_id, r.n, r.vm_rate, r.fm_rate, r.b
        r.utility,
        r.utility / nullif(b.utility, 0) - 1 AS utility_change,
        CASE WHEN r.method = 'none' THEN 0.0 ELSE d.mean_neurons END AS mean_neurons,
+       sp.seeds, sp.score_per_seed, sp.score_per_seed_sd,
        (SELECT scoring_id FROM fbmem_scoring_choice) AS scoring_id,
        (SELECT any_value(utility_id) FROM utility_current) AS utility_id
 FROM rates r
@@ -32,4 +34,6 @@ LEFT JOIN rates b ON b.method = 'none' AND b.model_id = r.model_id
 LEFT JOIN mitigation_score s
   ON s.method = r.method AND s.mitigation_params IS NOT DISTINCT FROM r.mitigation_params AND s.model_id = r.model_id
 LEFT JOIN mitigation_neurons_deactivated d
-  ON d.method = r.method AND d.mitigation_params IS NOT DISTINCT FROM r.mitigation_params;
+  ON d.method = r.method AND d.mitigation_params IS NOT DISTINCT FROM r.mitigation_params
+LEFT JOIN mitigation_seed_spread sp
+  ON sp.method = r.method AND sp.mitigation_params IS NOT DISTINCT FROM r.mitigation_params AND sp.model_id = r.model_id;

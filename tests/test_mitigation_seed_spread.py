@@ -82,3 +82,12 @@ def test_seed_contrast_pairs_methods_by_seed(workspace: Workspace) -> None:
     back = rows[("wen", "nemo")]
     assert back["score_difference"] == pytest.approx(-row["score_difference"])
     assert back["seeds_better"] == sum(d < 0 for d in diffs)
+
+
+def test_comparison_carries_the_spread_of_every_method(workspace: Workspace) -> None:
+    write_sample_workspace(workspace, SampleSpec(n_prompts=8, seeds=2, k=2, mitigated_sets=("memorized",)))
+    spread = {r["method"]: r for r in workspace.sql("SELECT * FROM mitigation_seed_spread").to_pylist()}
+    for r in workspace.sql("SELECT * FROM mitigation_comparison").to_pylist():
+        s = spread[r["method"]]  # 'none' included: its rows keep the generations' own parameters
+        assert (r["seeds"], r["score_per_seed"], r["score_per_seed_sd"]) == (
+            s["seeds"], s["score_per_seed"], s["score_per_seed_sd"])

@@ -89,13 +89,7 @@ def comparison_table(ws: Workspace, scoring_id: str, utility_id: str | None) -> 
     params: dict[str, Any] = {"scoring_id": scoring_id}
     if utility_id:
         params["utility_id"] = utility_id
-    return ws.sql(
-        "SELECT c.*, s.seeds, s.score_per_seed, s.score_per_seed_sd FROM mitigation_comparison c "
-        "LEFT JOIN mitigation_seed_spread s ON s.method = c.method AND s.model_id = c.model_id "
-        "AND (c.method = 'none' OR s.mitigation_params IS NOT DISTINCT FROM c.mitigation_params) "
-        "ORDER BY c.method = 'none' DESC, c.method",
-        params,
-    )
+    return ws.sql("SELECT * FROM mitigation_comparison ORDER BY method = 'none' DESC, method", params)
 
 
 def format_comparison(table: Any, notes: Sequence[str] = ()) -> str:

@@ -45,14 +45,15 @@ def _relation_exists(ws: Workspace, name: str) -> bool:
 
 
 def _with_seed_spread(ws: Workspace, params: dict[str, Any], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Each row with its per-seed score and seed-to-seed sd (mitigation_seed_spread)."""
+    """Each mitigation's row with its per-seed score and seed-to-seed sd (mitigation_seed_spread); the
+    'none' row scores 0 on every seed by definition and keeps none."""
     spread = {
         (r["method"], r["mitigation_params"], r["model_id"]): r
-        for r in ws.sql("SELECT * FROM mitigation_seed_spread", params).to_pylist()
+        for r in ws.sql("SELECT * FROM mitigation_seed_spread WHERE method <> 'none'", params).to_pylist()
     }
     out = []
     for row in rows:
-        s = spread.get((row["method"], None if row["method"] == "none" else row.get("mitigation_params"), row.get("model_id")), {})
+        s = spread.get((row["method"], row.get("mitigation_params"), row.get("model_id")), {})
         out.append({**row, "seeds": s.get("seeds"), "score_per_seed": s.get("score_per_seed"),
                     "score_per_seed_sd": s.get("score_per_seed_sd")})
     return out
