@@ -54,6 +54,17 @@ def ann_config(embedder: str, embedder_hash: str, k: int, hnsw: HnswParams | Non
     }
 
 
+# Bumped when the way a graph is built changes, so a cached graph from the older builder is not reused
+# ("serial": one insertion thread; graphs cached before it were built on all cores).
+INDEX_BUILD = "serial"
+
+
+def hnsw_cache_key(embedder: str, embedder_hash: str, hnsw: HnswParams, train_fp: str) -> str:
+    """The file stem of the cached HNSW graph for these settings and training set (any k)."""
+    config = {k_: v for k_, v in ann_config(embedder, embedder_hash, 0, hnsw, train_fp).items() if k_ != "k"}
+    return params_hash({**config, "index_build": INDEX_BUILD})
+
+
 class AnnPairing(NamedTuple):
     """What an ANN pairing run over given training vectors is: its id, search, HNSW settings (None for
     exact search), training-set fingerprint, and the generated images already paired (a run skips them)."""
@@ -145,7 +156,7 @@ def write_ann(
     if len(pending) and len(train_list):
         index = None
         if hnsw is not None:
-            index_key = params_hash({k_: v for k_, v in ann_config(embedder.name, ph, 0, hnsw, fp).items() if k_ != "k"})
+            index_key = hnsw_cache_key(embedder.name, ph, hnsw, fp)
             index = load_or_build_hnsw(train_vecs, hnsw, ws.root / INDEX_DIR / f"{index_key}.usearch")
         train_arr = np.asarray(train_list, dtype=object)
         with tqdm(total=len(pending), desc=f"pair ann k={k}", unit="gen", disable=not progress) as bar:

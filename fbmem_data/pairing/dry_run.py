@@ -26,7 +26,8 @@ if TYPE_CHECKING:
 DECODE_S = 0.037
 EMBED_S = {"thumbnail": 0.0056, "efficientnet-lite0": 0.394, "sscd": 1.834}
 EXACT_S_PER_DOT_768 = 20e-9  # exact search: per (query, training vector) at 768 dimensions
-HNSW_BUILD_S_PER_VECTOR = 0.3e-3  # once per training set (then reloaded from WORKSPACE/indexes/)
+#: Once per training set, then reloaded from WORKSPACE/indexes/; one insertion thread (docs/pairing.md).
+HNSW_BUILD_S_PER_VECTOR = 0.3e-3
 HNSW_QUERY_S = 0.2e-3  # per query at 100,000 training vectors (grows slowly with them)
 #: Exhaustive candidates written per second: 0.73-0.89 M/s measured writing 1 M and 4 M pairs (400 and
 #: 1,600 generated x 2,500 training images) on a 2-core machine at load ~1.3.
@@ -146,8 +147,7 @@ def _plan_ann(
     from fbmem_data.devices import resolve_device
     from fbmem_data.embed import create_embedder
     from fbmem_data.embed.store import embedder_params_hash
-    from fbmem_data.ids import params_hash
-    from fbmem_data.pairing.ann import INDEX_DIR, ann_config, ann_pairing
+    from fbmem_data.pairing.ann import INDEX_DIR, ann_pairing, hnsw_cache_key
     from fbmem_data.pairing.search import SEARCHES
 
     if k < 1:
@@ -191,9 +191,7 @@ def _plan_ann(
         if pending and hnsw is None:
             seconds += pending * len(train_ids) * EXACT_S_PER_DOT_768 * embedder.dim / 768
         elif pending and hnsw is not None:
-            index_key = params_hash(
-                {k_: v for k_, v in ann_config(embedder.name, ph, 0, hnsw, fp).items() if k_ != "k"}
-            )
+            index_key = hnsw_cache_key(embedder.name, ph, hnsw, fp)
             cached = (Path(ws.root) / INDEX_DIR / f"{index_key}.usearch").is_file()
             seconds += (0 if cached else len(train_ids) * HNSW_BUILD_S_PER_VECTOR) + pending * HNSW_QUERY_S
     return {

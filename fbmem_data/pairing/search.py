@@ -161,9 +161,20 @@ def _usearch_index(ndim: int, params: HnswParams) -> Index:
     )
 
 
-def build_hnsw(train: np.ndarray, params: HnswParams, *, threads: int = 0) -> HnswIndex:
+# Why the graph is built on one thread: usearch's concurrent add() can leave a node stored but
+# unreachable by search (unum-cloud/USearch issue 735, unfixed in the pinned 2.26). Measured on 2,000
+# textures with 250 near copies (tests/test_pairing.py): 2-thread builds dropped the copy's own source
+# from the top-20 for up to 2.4% of copies, differently on every build; one-thread builds, over 12
+# insertion orders, never did. One thread makes the index identical on every run, at about twice the
+# build time on 2 cores (200,000 vectors: 93 s against 50 s).
+BUILD_THREADS = 1
+
+
+def build_hnsw(train: np.ndarray, params: HnswParams, *, threads: int = BUILD_THREADS) -> HnswIndex:
     """An HNSW index over the (PCA-reduced, `params.dtype`) rows of `train`, keyed by row number.
-    threads 0: all cores."""
+
+    threads: insertion threads; 0 = all cores. Above 1 the build is faster but not reproducible,
+    and can strand training rows no query reaches (see BUILD_THREADS)."""
     train = np.asarray(train, dtype=np.float32)
     projection = fit_projection(train, params.reduce_dims)
     mean, components = projection if projection is not None else (None, None)
@@ -174,7 +185,9 @@ def build_hnsw(train: np.ndarray, params: HnswParams, *, threads: int = 0) -> Hn
     return hnsw
 
 
-def load_or_build_hnsw(train: np.ndarray, params: HnswParams, cache_path: Path | None, *, threads: int = 0) -> HnswIndex:
+def load_or_build_hnsw(
+    train: np.ndarray, params: HnswParams, cache_path: Path | None, *, threads: int = BUILD_THREADS
+) -> HnswIndex:
     """Reuse a saved index (graph CACHE.usearch + projection CACHE.npz) when it matches the training
     vectors' count and dimension; otherwise build one and save both atomically (projection first, the
     graph last: a graph file present means a complete pair)."""
