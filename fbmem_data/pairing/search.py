@@ -162,7 +162,7 @@ def _usearch_index(ndim: int, params: HnswParams) -> Index:
 
 
 # Why the graph is built on one thread: usearch's concurrent add() can leave a node stored but
-# unreachable by search (unum-cloud/USearch issue 735, unfixed in the pinned 2.26). Measured on 2,000
+# unreachable by search (github.com/unum-cloud/USearch/issues/735, unfixed in the pinned 2.26). Measured on 2,000
 # textures with 250 near copies (tests/test_pairing.py): 2-thread builds dropped the copy's own source
 # from the top-20 for up to 2.4% of copies, differently on every build; one-thread builds, over 12
 # insertion orders, never did. One thread makes the index identical on every run, at about twice the
