@@ -19,6 +19,23 @@ def test_same_seed_gives_identical_bytes() -> None:
     assert [im.mask_png_bytes() for im in a.heldout] == [im.mask_png_bytes() for im in b.heldout]
 
 
+def test_bm_object_size_changes_only_the_bm_objects() -> None:
+    """A smaller BM object range shrinks the BM groups' objects, over the same backgrounds; every other
+    image is byte for byte the one the default draws (the range does not shift the random stream)."""
+    from dataclasses import replace
+
+    base = make_lab_dataset(3, SMALL)
+    small = make_lab_dataset(3, replace(SMALL, bm_object_size=(0.1, 0.15)))
+    assert small.config.bm_object_size == (0.1, 0.15)
+    for key, image in base.images.items():
+        if key.startswith("bm"):
+            assert small.images[key].mask.mean() < image.mask.mean()
+            assert small.images[key].spec["background"] == image.spec["background"]
+        else:
+            assert small.images[key].png_bytes() == image.png_bytes(), key
+    assert LabConfig.from_dict({"bm_object_size": [0.1, 0.15]}).bm_object_size == (0.1, 0.15)
+
+
 def test_other_seed_gives_other_images() -> None:
     a = make_lab_dataset(1, SMALL)
     b = make_lab_dataset(2, SMALL)

@@ -70,6 +70,10 @@ class LabConfig:
     bm_groups: int = 4
     bm_images: int = 8
     bm_repeats: int = 5
+    # Side of a BM image's object, as a fraction of the image (uniform in the range). Why it matters: the
+    # paper metric compares backgrounds with each image's own object cut out, so two images of one BM
+    # group differ by both holes; the larger the objects, the lower their background score.
+    bm_object_size: tuple[float, float] = (0.3, 0.55)
     template_groups: int = 2
     template_images: int = 6
     template_repeats: int = 4
@@ -88,7 +92,7 @@ class LabConfig:
     @classmethod
     def from_dict(cls, data: dict) -> LabConfig:
         known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in known})
 
 
 @dataclass
@@ -375,7 +379,7 @@ def make_lab_dataset(seed: int = 0, config: LabConfig | None = None) -> LabDatas
         bg = _random_background(rng)
         keys = []
         for i in range(cfg.bm_images):
-            obj = _random_object(rng, bg, size=float(rng.uniform(0.3, 0.55)))
+            obj = _random_object(rng, bg, size=float(rng.uniform(*cfg.bm_object_size)))
             img = _image(f"bm{g}-{i:02d}", obj, bg)
             images[img.key] = img
             keys.append(img.key)
