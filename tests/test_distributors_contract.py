@@ -57,7 +57,9 @@ def ray_session() -> Any:
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
-    ctx.wait_for_min_actors_s = 120  # a starved actor pool fails the test instead of hanging it
+    # A starved actor pool fails the test instead of hanging it. 120 s was too short once on the 2-core
+    # machine with a training job beside the suite: an actor importing torch there took longer.
+    ctx.wait_for_min_actors_s = 300
     # Workers cannot import this test module (tests/ is not a package): ship its classes by value.
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     yield ray

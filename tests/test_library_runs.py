@@ -95,7 +95,7 @@ def test_a_caller_held_run_is_not_recorded_twice(workspace: Workspace) -> None:
     runs = _runs(workspace)
     # SMALL is not v1's layout, so the run records the whole data-set config (v1's records only its seed)
     assert [(r["command"], r["status"], json.loads(r["config"])) for r in runs[1:]] == [
-        ("lab dataset", "ok", {"seed": 3, "lab_config": dataclasses.asdict(dataclasses.replace(SMALL, seed=3))})
+        ("lab dataset", "ok", {"seed": 3, "lab_config": json.loads(json.dumps(dataclasses.asdict(dataclasses.replace(SMALL, seed=3))))})
     ]
     stored = workspace.sql("SELECT DISTINCT run_id FROM lab_truth").column("run_id").to_pylist()
     assert stored == [outer.run_id]
