@@ -251,3 +251,29 @@ def test_shipped_nemo_neurons_cover_the_planted_prompts_within_the_models_layers
     keep_masks(layers, list(sets.values()))  # raises on a layer or neuron the model does not have
     width = sum(layer.width for layer in layers)
     assert width == 576 and all(0 < sum(map(len, s.values())) < width for s in sets.values())
+
+
+def test_train_takes_the_bm_object_size(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--bm-object-size MIN MAX changes only the data set's BM object range; MIN above MAX is refused."""
+    from typer.testing import CliRunner
+
+    import fbmem_data.lab.train as train
+    from fbmem_data.cli.app import build_app
+
+    seen: dict = {}
+
+    def fake_train_lab(out, ckpt, cfg, model, lab_cfg, **kwargs):
+        seen.update(lab_cfg=lab_cfg)
+        return {"seconds_this_call": 0.0}
+
+    monkeypatch.setattr(train, "train_lab", fake_train_lab)
+    base = ["lab", "train", "--preset", "v2", "--out", str(tmp_path / "o"), "--checkpoints", str(tmp_path / "c"), "--no-progress"]
+    result = CliRunner().invoke(build_app(), [*base, "--bm-object-size", "0.15", "0.3"])
+    assert result.exit_code == 0, result.output
+    assert seen["lab_cfg"] == replace(LabConfig.v2(0), bm_object_size=(0.15, 0.3))
+    seen.clear()
+    refused = CliRunner().invoke(build_app(), [*base, "--bm-object-size", "0.3", "0.15"])
+    assert refused.exit_code != 0 and not seen
+    from fbmem_data.errors import InputError
+
+    assert isinstance(refused.exception, InputError) and "minimum is above the maximum" in str(refused.exception)

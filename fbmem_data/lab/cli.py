@@ -51,6 +51,7 @@ def lab_train_cmd(
     init_from: Annotated[Path | None, typer.Option("--init-from", help="Fine-tune these lab weights (a folder with lab_model.json): keep their autoencoder, start from their UNet.")] = None,
     zero_terminal_snr: Annotated[bool | None, typer.Option("--zero-terminal-snr/--sd-schedule", help="Zero-terminal-SNR betas with v-prediction, or SD's schedule with epsilon-prediction (default: the --init-from model's, else SD's).")] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bars on stderr.")] = True,
+    bm_object_size: Annotated[tuple[float, float] | None, typer.Option("--bm-object-size", min=0.05, max=0.9, help="Side of the BM groups' objects, as a fraction of the image: MIN MAX (default 0.3 0.55).")] = None,
     preset: Annotated[str, typer.Option("--preset", help="v1: the v1 data set and model shapes (then fine-tuned to v1.3); "
                                         "v2: 8 prompts per planted group, 192 unique images, v-prediction on zero-terminal-SNR "
                                         "betas, text only through down/mid cross-attention.")] = "v1",
@@ -75,6 +76,11 @@ def lab_train_cmd(
                       unet_batch=batch_size, unet_lr=lr, offset_noise=offset_noise, stop_at=stop_at, threads=threads,
                       init_from=str(init_from) if init_from else None, checkpoint_every=200)
     lab_cfg = LabConfig.v2(dataset_seed) if preset == "v2" else None
+    if bm_object_size is not None:
+        low, high = bm_object_size
+        if low > high:
+            raise InputError(f"--bm-object-size {low} {high}: the minimum is above the maximum", hint="give MIN MAX, e.g. 0.15 0.3")
+        lab_cfg = replace(lab_cfg or LabConfig(seed=dataset_seed), bm_object_size=(low, high))
     model = read_weights_info(init_from).model if init_from else (LabModelConfig.v2() if preset == "v2" else LabModelConfig())
     if zero_terminal_snr is not None:  # a switch of schedule; otherwise keep the fine-tuned model's own
         model = replace(model, zero_terminal_snr=zero_terminal_snr, zero_mean_noise=not zero_terminal_snr,
