@@ -44,30 +44,15 @@ def _relation_exists(ws: Workspace, name: str) -> bool:
     return bool(found.column("n")[0].as_py())
 
 
-def _with_seed_spread(ws: Workspace, params: dict[str, Any], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Each mitigation's row with its per-seed score and seed-to-seed sd (mitigation_seed_spread); the
-    'none' row scores 0 on every seed by definition and keeps none."""
-    spread = {
-        (r["method"], r["mitigation_params"], r["model_id"]): r
-        for r in ws.sql("SELECT * FROM mitigation_seed_spread WHERE method <> 'none'", params).to_pylist()
-    }
-    out = []
-    for row in rows:
-        s = spread.get((row["method"], row.get("mitigation_params"), row.get("model_id")), {})
-        out.append({**row, "seeds": s.get("seeds"), "score_per_seed": s.get("score_per_seed"),
-                    "score_per_seed_sd": s.get("score_per_seed_sd")})
-    return out
-
-
 def _mitigation_rows(ws: Workspace, params: dict[str, Any]) -> tuple[list[dict[str, Any]], str | None]:
-    """mitigation_score per method, joined with the utility relation when the workspace has one, and with
-    the seed-to-seed spread of its score."""
-    rows, metric = _scored_mitigation_rows(ws, params)
-    return _with_seed_spread(ws, params, rows), metric
-
-
-def _scored_mitigation_rows(ws: Workspace, params: dict[str, Any]) -> tuple[list[dict[str, Any]], str | None]:
-    scores = ws.sql("SELECT * FROM mitigation_score ORDER BY score DESC, method", params).to_pylist()
+    """mitigation_score per method with its seed-to-seed spread (mitigation_seed_spread), joined with the
+    utility relation when the workspace has one."""
+    scores = ws.sql(
+        "SELECT s.*, sp.seeds, sp.score_per_seed, sp.score_per_seed_sd FROM mitigation_score s "
+        "LEFT JOIN mitigation_seed_spread sp ON sp.method = s.method AND sp.model_id = s.model_id "
+        "AND sp.mitigation_params IS NOT DISTINCT FROM s.mitigation_params ORDER BY s.score DESC, s.method",
+        params,
+    ).to_pylist()
     if not _relation_exists(ws, UTILITY_RELATION):
         return scores, None
     utility = ws.sql(f"SELECT * FROM {UTILITY_RELATION}", params).to_pylist()
