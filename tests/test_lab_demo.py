@@ -51,6 +51,7 @@ def test_demo_path_with_random_weights(workspace, tmp_path: Path) -> None:
                       nemo_neurons=neurons, log=None)
     # 4 prompts x 1 seed, plus the 2 planted prompts under each of the 4 mitigations
     assert result.counts["generations"] == 4 + 2 * 4
+    assert result.config["guidance"] == 7.0  # a model that names no scale of its own: the reference one
     # the comparison covers the same 2 planted generations for every method
     comparison = {r["method"]: r for r in result.comparison.to_pylist()}
     assert set(comparison) == {"none", "nemo", "nemo-c", "wen", "rta"}
@@ -81,10 +82,18 @@ def test_demo_path_with_random_weights(workspace, tmp_path: Path) -> None:
     assert again.counts["generations"] == 4 + 2 * 4 and again.counts["region_scores"] == result.counts["region_scores"]
 
 
-@pytest.mark.slow  # ~57 s on a 2-core CPU
+@pytest.mark.slow  # ~57 s a model on a 2-core CPU
 @pytest.mark.skipif(not SHIPPED, reason="data/lab/ does not ship the trained lab model and segmenter")
-def test_quick_demo_with_shipped_weights(workspace) -> None:
-    result = run_demo(workspace, DemoConfig.quick(), log=None)
+@pytest.mark.parametrize("model", ["lab-v2", "lab"])
+def test_quick_demo_with_shipped_weights(workspace, model: str) -> None:
+    from fbmem_data.lab.pipeline import lab_weights_dir, read_weights_info
+
+    result = run_demo(workspace, DemoConfig.quick(), model=model, log=None)
+    # the demo generates at the model's own guidance scale (v2: 2.0, v1.3: the reference 7.0) and records it
+    guidance = read_weights_info(lab_weights_dir(model)).model.guidance
+    assert guidance == {"lab-v2": 2.0, "lab": 7.0}[model] and result.config["guidance"] == guidance
+    used = workspace.sql("SELECT DISTINCT guidance FROM generations").column("guidance").to_pylist()
+    assert used == [guidance]
     rows = {r["planted_group"]: r for r in result.confusion.to_pylist()}
     baseline = workspace.sql("SELECT count(*) AS n FROM generations WHERE mitigation = 'none'").column("n")[0].as_py()
     assert sum(r["n"] for r in rows.values()) == baseline > 0

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,9 @@ class DemoConfig:
     seeds: int = 4  # generations per prompt
     seed_start: int = 0  # seeds seed_start .. seed_start + seeds - 1 (other seeds: the same benchmark on new draws)
     steps: int = 20  # DDIM steps
-    guidance: float = 7.0  # the reference guidance scale
+    # classifier-free guidance scale; None: the lab model's own (`guidance` in its lab_model.json: v1.3
+    # 7.0, the reference scale; v2 2.0), 7.0 for any other model
+    guidance: float | None = None
     unique_prompts: int | None = 8  # None = all of them
     control_prompts: int | None = 8
     planted_prompts: int | None = None  # None = every VM/FM/BM/template prompt
@@ -98,7 +100,7 @@ def run_demo(
     ws: Workspace,
     cfg: DemoConfig | None = None,
     *,
-    model: Any = "lab",
+    model: Any = "lab-v2",
     dataset_seed: int | None = None,
     segmenter_options: dict[str, Any] | None = None,
     nemo_neurons: Path | None = None,
@@ -111,7 +113,7 @@ def run_demo(
     Args:
         ws: the workspace (empty, or one a previous demo wrote: finished steps are skipped).
         cfg: sizes and settings (DemoConfig.demo() by default).
-        model: "lab" (v1.3), "lab-v2" or a loaded pipeline wrapper for `generate`.
+        model: "lab-v2" (the benchmark's lab), "lab" (v1.3) or a loaded pipeline wrapper for `generate`.
         dataset_seed: the lab data set's seed (default: the one the lab model was trained on).
         segmenter_options: options of the segmenter plug-in (e.g. {"weights": path} for `lab`).
         nemo_neurons: NeMo CSV of the model's neurons (default: nemo_neurons.csv in the lab model's folder).
@@ -143,6 +145,7 @@ def run_demo(
         return lambda: seconds.__setitem__(name, round(time.perf_counter() - started, 1))
 
     lab_config = None
+    model_guidance = 7.0  # the reference scale, for any model that does not name its own
     lab_model = model if isinstance(model, str) and model in LAB_WEIGHTS_DIRS else None
     if lab_model is not None:  # the data set, and the neuron lists, of the lab model that generates
         from fbmem_data.lab.mitigation_demo import shipped_neurons_path
@@ -151,6 +154,9 @@ def run_demo(
         lab_config = weights_lab_config(info)
         dataset_seed = info.dataset_seed if dataset_seed is None else dataset_seed
         nemo_neurons = nemo_neurons or shipped_neurons_path(lab_weights_dir(lab_model))
+        model_guidance = info.model.guidance
+    if cfg.guidance is None:  # resolved here, so the result (and its recorded config) names the scale used
+        cfg = replace(cfg, guidance=model_guidance)
     done = step("dataset")
     written = write_lab_dataset(ws, make_lab_dataset(dataset_seed or 0, lab_config))
     done()
