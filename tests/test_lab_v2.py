@@ -193,6 +193,25 @@ def test_lab_colours_judges_the_prompts_of_the_lab_model_it_is_given() -> None:
     assert "lab_model" not in LabColourJudge(device="cpu").params()  # v1's utility ids stay the same
 
 
+def test_demo_and_lab_eval_run_lab_v2_by_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The benchmark's lab is v2; v1.3 stays one option away (`--model lab`)."""
+    import inspect
+
+    from typer.testing import CliRunner
+
+    import fbmem_data.lab.demo as demo
+    from fbmem_data.cli.app import build_app
+
+    assert inspect.signature(demo.run_demo).parameters["model"].default == "lab-v2"  # the library agrees
+    seen: list[str] = []
+    monkeypatch.setattr(demo, "run_demo", lambda ws, cfg, *, model, **kw: seen.append(model))
+    monkeypatch.setattr(demo, "format_result", lambda result: "")
+    for args in (["demo"], ["lab", "eval"], ["demo", "--model", "lab"]):
+        result = CliRunner().invoke(build_app(), [*args, "-w", str(tmp_path / "ws")])
+        assert result.exit_code == 0, result.output
+    assert seen == ["lab-v2", "lab-v2", "lab"]
+
+
 def test_one_command_v2_recipe_is_the_shipped_weights_recipe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`fbmem lab train --preset v2 --out DIR --checkpoints DIR` with nothing else trains what data/lab-v2 ships:
     the same training config and data set (the shipped lab_model.json records both)."""
@@ -268,9 +287,9 @@ def test_train_takes_the_bm_object_size(tmp_path: Path, monkeypatch: pytest.Monk
 
     monkeypatch.setattr(train, "train_lab", fake_train_lab)
     base = ["lab", "train", "--preset", "v2", "--out", str(tmp_path / "o"), "--checkpoints", str(tmp_path / "c"), "--no-progress"]
-    result = CliRunner().invoke(build_app(), [*base, "--bm-object-size", "0.15", "0.3"])
+    result = CliRunner().invoke(build_app(), [*base, "--bm-object-size", "0.2", "0.35"])
     assert result.exit_code == 0, result.output
-    assert seen["lab_cfg"] == replace(LabConfig.v2(0), bm_object_size=(0.15, 0.3))
+    assert seen["lab_cfg"] == replace(LabConfig.v2(0), bm_object_size=(0.2, 0.35))
     seen.clear()
     refused = CliRunner().invoke(build_app(), [*base, "--bm-object-size", "0.3", "0.15"])
     assert refused.exit_code != 0 and not seen

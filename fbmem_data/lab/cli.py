@@ -10,7 +10,7 @@ import typer
 from fbmem_data.cli.common import ThreadsOption, WorkspaceOption
 
 DEFAULT_DEMO_DIR = Path("fbmem-demo")
-LabModelOption = Annotated[str, typer.Option("--model", help="The lab model: lab (v1.3) or lab-v2.")]
+LabModelOption = Annotated[str, typer.Option("--model", help="The lab model: lab-v2 (the benchmark's) or lab (v1.3).")]
 
 
 def lab_dataset_cmd(
@@ -51,7 +51,7 @@ def lab_train_cmd(
     init_from: Annotated[Path | None, typer.Option("--init-from", help="Fine-tune these lab weights (a folder with lab_model.json): keep their autoencoder, start from their UNet.")] = None,
     zero_terminal_snr: Annotated[bool | None, typer.Option("--zero-terminal-snr/--sd-schedule", help="Zero-terminal-SNR betas with v-prediction, or SD's schedule with epsilon-prediction (default: the --init-from model's, else SD's).")] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bars on stderr.")] = True,
-    bm_object_size: Annotated[tuple[float, float] | None, typer.Option("--bm-object-size", min=0.05, max=0.9, help="Side of the BM groups' objects, as a fraction of the image: MIN MAX (default 0.3 0.55).")] = None,
+    bm_object_size: Annotated[tuple[float, float] | None, typer.Option("--bm-object-size", min=0.05, max=0.9, help="Side of the BM groups' objects, as a fraction of the image: MIN MAX (default: v1 0.3 0.55, v2 0.15 0.3).")] = None,
     preset: Annotated[str, typer.Option("--preset", help="v1: the v1 data set and model shapes (then fine-tuned to v1.3); "
                                         "v2: 8 prompts per planted group, 192 unique images, v-prediction on zero-terminal-SNR "
                                         "betas, text only through down/mid cross-attention.")] = "v1",
@@ -115,7 +115,7 @@ def lab_eval_cmd(
     device: Annotated[str, typer.Option("--device", help="torch device: auto, cpu, cuda ...")] = "auto",
     threads: ThreadsOption = None,
     workspace: WorkspaceOption = None,
-    model: LabModelOption = "lab",
+    model: LabModelOption = "lab-v2",
 ) -> None:
     """The full lab benchmark: every lab prompt, FB-Mem labels against the planted truth."""
     from dataclasses import replace
@@ -134,7 +134,7 @@ def lab_eval_cmd(
 
 def demo_cmd(
     quick: Annotated[bool, typer.Option("--quick", help="A one-minute smoke run (fewer prompts, seeds and steps).")] = False,
-    model: LabModelOption = "lab",
+    model: LabModelOption = "lab-v2",
     device: Annotated[str, typer.Option("--device", help="torch device: auto, cpu, cuda ...")] = "auto",
     threads: ThreadsOption = None,
     workspace: WorkspaceOption = None,

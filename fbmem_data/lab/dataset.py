@@ -85,9 +85,11 @@ class LabConfig:
     def v2(cls, seed: int = 0) -> LabConfig:
         """Lab v2's data set: 8 prompts per planted group, so one generation moves a group's share by
         less than 0.05 at 4 seeds, and twice the unique images, each seen once (a unique image is then a
-        smaller part of the training set, so it is redrawn later in training)."""
+        smaller part of the training set, so it is redrawn later in training), and BM objects of 0.15-0.3
+        of the image side, small enough that two images of one BM group share a background the paper
+        metric can see (docs/lab.md)."""
         return cls(seed=seed, vm_groups=8, vm_repeats=50, fm_groups=8, fm_repeats=10, bm_groups=8, bm_repeats=10,
-                   unique_images=192, control_prompts=32)
+                   unique_images=192, control_prompts=32, bm_object_size=(0.15, 0.3))
 
     @classmethod
     def from_dict(cls, data: dict) -> LabConfig:
