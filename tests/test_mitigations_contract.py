@@ -165,3 +165,28 @@ def assert_close(got: Any, want: Any) -> None:
             assert_close(g, w)
     else:
         assert got == want
+
+
+def test_accepted_params_are_the_same_before_and_after_a_first_instance(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A mitigation with no __init__ of its own takes no parameters, whether or not one was built yet
+    (a typing.Protocol shows a placeholder (*args, **kwargs) until the first instance replaces it)."""
+    import fbmem_data.mitigate as mitigate
+    from fbmem_data.errors import PluginError
+
+    class Fresh(Mitigation):
+        name = "fresh"
+
+        def params(self) -> dict[str, Any]:
+            return {}
+
+        def apply(self, pipe: Any, batch: GenerationBatch) -> Any:  # pragma: no cover - never generates
+            raise AssertionError("not reached")
+
+    monkeypatch.setattr(mitigate, "mitigation_class", lambda name: Fresh)
+    before = mitigate.accepted_params("fresh")
+    with pytest.raises(PluginError, match="takes a parameter"):
+        mitigate.split_mitigation_params(["fresh"], {"n_tokens": 2})
+    Fresh()
+    assert before == mitigate.accepted_params("fresh") == set()
+    with pytest.raises(PluginError, match="takes a parameter"):
+        mitigate.split_mitigation_params(["fresh"], {"n_tokens": 2})

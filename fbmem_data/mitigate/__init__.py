@@ -59,10 +59,24 @@ def mitigation_class(name: str) -> type[Mitigation]:
 
 def accepted_params(name: str) -> set[str] | None:
     """Parameter names the mitigation's constructor takes (None: it takes any keyword)."""
-    sig = inspect.signature(mitigation_class(name))
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values()):
+    init = _constructor(mitigation_class(name))
+    if init is object.__init__:
+        return set()
+    params = list(inspect.signature(init).parameters.values())[1:]  # without self
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
         return None
-    return {p.name for p in sig.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD}
+    return {p.name for p in params if p.kind is not inspect.Parameter.VAR_POSITIONAL}
+
+
+def _constructor(cls: type) -> Any:
+    """The __init__ a class really runs. A class with no __init__ of its own under a typing.Protocol
+    shows the protocol's placeholder (*args, **kwargs) until its first instance replaces it with
+    object.__init__, so asking the class itself gives a different answer before and after."""
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is not None and getattr(init, "__name__", "") != "_no_init_or_replace_init":
+            return init
+    return object.__init__
 
 
 def split_mitigation_params(names: list[str], pairs: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
