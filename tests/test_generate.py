@@ -450,3 +450,26 @@ class _NotHere:
 
     def run(self, ws, job):  # pragma: no cover - never reached: the stage refuses first
         raise AssertionError("not reached")
+
+
+def test_guidance_defaults_to_the_models_own_scale(workspace: Workspace) -> None:
+    """No guidance given: the pipeline's own scale (the lab records one per model), else the reference 7.0.
+    generate and its dry run resolve it alike, so the dry run plans exactly the ids generate stored."""
+    from fbmem_data.generate import GenerateRequest
+    from fbmem_data.generate.dry_run import plan_generation
+    from fbmem_data.generate.loading import REFERENCE_GUIDANCE, default_guidance
+
+    add_prompts(workspace, TEXTS[:1])
+    fast = {k: v for k, v in FAST.items() if k != "guidance"}
+    assert GenerateRequest().guidance is None
+    plain = wrap_pipeline(tiny_sd_pipeline(seed=0), "tiny-plain")
+    own = wrap_pipeline(tiny_sd_pipeline(seed=0), "tiny-own-scale")
+    own.pipe.fbmem_guidance = 2.5
+    assert (default_guidance(plain.pipe), default_guidance(own.pipe)) == (REFERENCE_GUIDANCE, 2.5)
+    for model in (plain, own):
+        generate(workspace, model, prompt_set="t", seeds="0", **fast)
+        again = plan_generation(workspace, model, prompt_set="t", seeds="0", **fast).to_pylist()[0]
+        assert (again["planned"], again["pending"]) == (1, 0)
+    generate(workspace, own, prompt_set="t", seeds="0", guidance=4.0, **fast)  # given: it wins
+    used = workspace.sql("SELECT model_id, guidance FROM generations ORDER BY model_id, guidance").to_pylist()
+    assert [(r["model_id"], r["guidance"]) for r in used] == [("tiny-own-scale", 2.5), ("tiny-own-scale", 4.0), ("tiny-plain", 7.0)]

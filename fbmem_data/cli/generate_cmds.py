@@ -46,7 +46,7 @@ def generate(
     seeds: Annotated[str | None, typer.Option("--seeds", help="Explicit seeds: 0..3 or 0,5,9 (overrides --n).")] = None,
     seed_start: Annotated[int, typer.Option("--seed-start", min=0, help="First seed when --seeds is not given.")] = 0,
     steps: Annotated[int, typer.Option("--steps", min=1, help="DDIM steps.")] = 50,
-    guidance: Annotated[float, typer.Option("--guidance", help="Classifier-free guidance scale.")] = 7.0,
+    guidance: Annotated[float | None, typer.Option("--guidance", help="Classifier-free guidance scale (default: the model's own, e.g. lab-v2's 2.0; otherwise 7.0).")] = None,
     height: Annotated[int | None, typer.Option("--height", help="Image height (default: the model's).")] = None,
     width: Annotated[int | None, typer.Option("--width", help="Image width (default: the model's).")] = None,
     batch_size: BatchSizeOption = 4,

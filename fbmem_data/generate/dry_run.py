@@ -51,7 +51,7 @@ def plan_generation(
 
     from fbmem_data.devices import resolve_device
     from fbmem_data.generate.generator import select_prompts, stored_generation_ids
-    from fbmem_data.generate.loading import LoadedPipeline, load_pipeline, resolve_dtype
+    from fbmem_data.generate.loading import LoadedPipeline, default_guidance, load_pipeline, resolve_dtype
     from fbmem_data.generate.planning import plan_jobs
     from fbmem_data.ids import canonical_json
     from fbmem_data.mitigate import create_mitigation, split_mitigation_params
@@ -73,6 +73,7 @@ def plan_generation(
     pipe = loaded.pipe
     default_h, default_w = default_image_size(pipe)
     h, w = int(req.height or default_h), int(req.width or default_w)
+    guidance = float(req.guidance) if req.guidance is not None else default_guidance(pipe)  # as generate resolves it
     scale = int(getattr(pipe, "vae_scale_factor", 8))
     if h % scale or w % scale or h <= 0 or w <= 0:
         raise InputError(f"height and width must be positive multiples of {scale} for this model")
@@ -89,7 +90,7 @@ def plan_generation(
             seed_list,
             model_id=loaded.model_id,
             steps=int(req.steps),
-            guidance=float(req.guidance),
+            guidance=guidance,
             height=h,
             width=w,
             mitigation=mitigation.name,
@@ -98,7 +99,7 @@ def plan_generation(
             dtype=dtype_name,
         )
         pending = sum(1 for j in jobs if j.generation_id not in stored)  # generate's resume rule
-        evals = unet_evaluations(pending, int(req.steps), float(req.guidance))
+        evals = unet_evaluations(pending, int(req.steps), guidance)
         rows.append(
             {
                 "mitigation": mitigation.name,

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from fbmem_data.errors import InputError
-from fbmem_data.generate.loading import LoadedPipeline, load_pipeline
+from fbmem_data.generate.loading import LoadedPipeline, default_guidance, load_pipeline
 from fbmem_data.generate.planning import GenerationJob, parse_seeds, plan_jobs
 from fbmem_data.ids import canonical_json
 from fbmem_data.mitigate import create_mitigation, split_mitigation_params
@@ -200,7 +200,8 @@ class GenerateRequest:
         prompt_ids: specific prompt ids (within prompt_set when both are given).
         n: images per prompt when `seeds` is not given (seeds seed_start .. seed_start+n-1).
         seeds: explicit seeds for every prompt: "0..3", "0,5,9" or a list.
-        steps, guidance, height, width: sampler settings (height/width default to the model's size).
+        steps, guidance, height, width: sampler settings (height/width default to the model's size;
+            guidance to the model's own scale, `default_guidance`: lab v2 2.0, otherwise 7.0).
         batch_size: images per pipeline call (does not change any image beyond float rounding).
         device, dtype, scheduler, model_id: see `load_pipeline`.
         mitigations: names (or built instances) to generate under, one after the other.
@@ -215,7 +216,7 @@ class GenerateRequest:
     seeds: str | Sequence[int] | None = None
     seed_start: int = 0
     steps: int = 50
-    guidance: float = 7.0
+    guidance: float | None = None
     height: int | None = None
     width: int | None = None
     batch_size: int = 4
@@ -229,7 +230,7 @@ class GenerateRequest:
 
     def __post_init__(self) -> None:
         self.seed_list()  # a malformed seed spec fails here, before any model is loaded
-        if not math.isfinite(float(self.guidance)):
+        if self.guidance is not None and not math.isfinite(float(self.guidance)):
             raise InputError(f"guidance must be a finite number, got {self.guidance!r}", hint="--guidance 7.0")
         if int(self.steps) < 1:
             raise InputError("--steps must be at least 1")
@@ -372,7 +373,8 @@ def generate(
             loaded = load_pipeline(model, device="cpu", dtype="fp32", scheduler=req.scheduler, model_id=req.model_id)
         pipe = loaded.pipe
         default_h, default_w = default_image_size(pipe)
-        gen_settings = GenerationSettings(int(req.steps), float(req.guidance), int(req.height or default_h), int(req.width or default_w))
+        guidance = float(req.guidance) if req.guidance is not None else default_guidance(pipe)
+        gen_settings = GenerationSettings(int(req.steps), guidance, int(req.height or default_h), int(req.width or default_w))
         scale = int(getattr(pipe, "vae_scale_factor", 8))
         if gen_settings.height % scale or gen_settings.width % scale or gen_settings.height <= 0 or gen_settings.width <= 0:
             raise InputError(f"height and width must be positive multiples of {scale} for this model")

@@ -20,6 +20,13 @@ if TYPE_CHECKING:
 
 _HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _SCHEDULERS = ("ddim", "keep")
+REFERENCE_GUIDANCE = 7.0  # classifier-free guidance for a model that names no scale of its own
+GUIDANCE_ATTRIBUTE = "fbmem_guidance"  # a pipeline's own scale (the lab sets it from lab_model.json)
+
+
+def default_guidance(pipe: Any) -> float:
+    """The guidance scale a pipeline generates at when none is given: its own, else REFERENCE_GUIDANCE."""
+    return float(getattr(pipe, GUIDANCE_ATTRIBUTE, REFERENCE_GUIDANCE))
 
 
 @dataclass
