@@ -51,7 +51,7 @@ def test_demo_path_with_random_weights(workspace, tmp_path: Path) -> None:
                       nemo_neurons=neurons, log=None)
     # 4 prompts x 1 seed, plus the 2 planted prompts under each of the 4 mitigations
     assert result.counts["generations"] == 4 + 2 * 4
-    assert result.config["guidance"] == 7.0  # a model that names no scale of its own: the reference one
+    assert result.config["guidance"] == 7.0  # the scale the pipeline carries (a default LabModelConfig: 7.0)
     # the comparison covers the same 2 planted generations for every method
     comparison = {r["method"]: r for r in result.comparison.to_pylist()}
     assert set(comparison) == {"none", "nemo", "nemo-c", "wen", "rta"}

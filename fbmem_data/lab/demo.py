@@ -28,8 +28,8 @@ class DemoConfig:
     seeds: int = 4  # generations per prompt
     seed_start: int = 0  # seeds seed_start .. seed_start + seeds - 1 (other seeds: the same benchmark on new draws)
     steps: int = 20  # DDIM steps
-    # classifier-free guidance scale; None: the lab model's own (`guidance` in its lab_model.json: v1.3
-    # 7.0, the reference scale; v2 2.0), 7.0 for any other model
+    # classifier-free guidance scale; None: the model's own (generate.loading.default_guidance: the lab's
+    # `guidance` in its lab_model.json, v1.3 7.0 and v2 2.0), 7.0 for a model that names none
     guidance: float | None = None
     unique_prompts: int | None = 8  # None = all of them
     control_prompts: int | None = 8
@@ -124,7 +124,7 @@ def run_demo(
     """
     from fbmem_data.fbmem.scoring import score_pairs
     from fbmem_data.generate.generator import generate
-    from fbmem_data.generate.loading import load_pipeline
+    from fbmem_data.generate.loading import default_guidance, load_pipeline
     from fbmem_data.lab.dataset import make_lab_dataset
     from fbmem_data.lab.ingest import write_lab_dataset
     from fbmem_data.lab.pipeline import (
@@ -145,7 +145,6 @@ def run_demo(
         return lambda: seconds.__setitem__(name, round(time.perf_counter() - started, 1))
 
     lab_config = None
-    model_guidance = 7.0  # the reference scale, for any model that does not name its own
     lab_model = model if isinstance(model, str) and model in LAB_WEIGHTS_DIRS else None
     if lab_model is not None:  # the data set, and the neuron lists, of the lab model that generates
         from fbmem_data.lab.mitigation_demo import shipped_neurons_path
@@ -154,15 +153,14 @@ def run_demo(
         lab_config = weights_lab_config(info)
         dataset_seed = info.dataset_seed if dataset_seed is None else dataset_seed
         nemo_neurons = nemo_neurons or shipped_neurons_path(lab_weights_dir(lab_model))
-        model_guidance = info.model.guidance
-    if cfg.guidance is None:  # resolved here, so the result (and its recorded config) names the scale used
-        cfg = replace(cfg, guidance=model_guidance)
     done = step("dataset")
     written = write_lab_dataset(ws, make_lab_dataset(dataset_seed or 0, lab_config))
     done()
     prompt_ids = _choose_prompts(ws, cfg)
     done = step("generate")
     loaded = load_pipeline(model, device=device) if isinstance(model, str) else model  # once, for every step
+    if cfg.guidance is None:  # the model's own scale, resolved here so the recorded config names it
+        cfg = replace(cfg, guidance=default_guidance(loaded.pipe))
     generate(ws, loaded, prompt_ids=prompt_ids, n=cfg.seeds, seed_start=cfg.seed_start, steps=cfg.steps, guidance=cfg.guidance,
              batch_size=cfg.batch_size, device=device, progress=progress)
     done()
