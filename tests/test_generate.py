@@ -457,7 +457,7 @@ def test_guidance_defaults_to_the_models_own_scale(workspace: Workspace) -> None
     generate and its dry run resolve it alike, so the dry run plans exactly the ids generate stored."""
     from fbmem_data.generate import GenerateRequest
     from fbmem_data.generate.dry_run import plan_generation
-    from fbmem_data.generate.loading import REFERENCE_GUIDANCE, default_guidance
+    from fbmem_data.generate.loading import REFERENCE_GUIDANCE, resolve_guidance
 
     add_prompts(workspace, TEXTS[:1])
     fast = {k: v for k, v in FAST.items() if k != "guidance"}
@@ -465,7 +465,7 @@ def test_guidance_defaults_to_the_models_own_scale(workspace: Workspace) -> None
     plain = wrap_pipeline(tiny_sd_pipeline(seed=0), "tiny-plain")
     own = wrap_pipeline(tiny_sd_pipeline(seed=0), "tiny-own-scale")
     own.pipe.fbmem_guidance = 2.5
-    assert (default_guidance(plain.pipe), default_guidance(own.pipe)) == (REFERENCE_GUIDANCE, 2.5)
+    assert (resolve_guidance(plain.pipe), resolve_guidance(own.pipe), resolve_guidance(own.pipe, 4)) == (REFERENCE_GUIDANCE, 2.5, 4.0)
     for model in (plain, own):
         generate(workspace, model, prompt_set="t", seeds="0", **fast)
         again = plan_generation(workspace, model, prompt_set="t", seeds="0", **fast).to_pylist()[0]

@@ -213,12 +213,12 @@ def test_demo_and_lab_eval_run_lab_v2_by_default(tmp_path: Path, monkeypatch: py
 
 
 def test_a_loaded_lab_pipeline_carries_its_models_guidance() -> None:
-    """`fbmem generate --model lab-v2` without --guidance generates at v2's 2.0 (generate.loading.default_guidance)."""
-    from fbmem_data.generate.loading import default_guidance
+    """`fbmem generate --model lab-v2` without --guidance generates at v2's 2.0 (generate.loading.resolve_guidance)."""
+    from fbmem_data.generate.loading import resolve_guidance
     from fbmem_data.lab.pipeline import lab_weights_dir, load_lab_pipeline
 
-    assert default_guidance(load_lab_pipeline(lab_weights_dir("lab-v2"))) == 2.0
-    assert default_guidance(load_lab_pipeline(lab_weights_dir("lab"))) == 7.0
+    assert resolve_guidance(load_lab_pipeline(lab_weights_dir("lab-v2"))) == 2.0
+    assert resolve_guidance(load_lab_pipeline(lab_weights_dir("lab"))) == 7.0
 
 
 def test_one_command_v2_recipe_is_the_shipped_weights_recipe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -51,7 +51,7 @@ def plan_generation(
 
     from fbmem_data.devices import resolve_device
     from fbmem_data.generate.generator import select_prompts, stored_generation_ids
-    from fbmem_data.generate.loading import LoadedPipeline, default_guidance, load_pipeline, resolve_dtype
+    from fbmem_data.generate.loading import LoadedPipeline, load_pipeline, resolve_dtype, resolve_guidance
     from fbmem_data.generate.planning import plan_jobs
     from fbmem_data.ids import canonical_json
     from fbmem_data.mitigate import create_mitigation, split_mitigation_params
@@ -73,7 +73,7 @@ def plan_generation(
     pipe = loaded.pipe
     default_h, default_w = default_image_size(pipe)
     h, w = int(req.height or default_h), int(req.width or default_w)
-    guidance = float(req.guidance) if req.guidance is not None else default_guidance(pipe)  # as generate resolves it
+    guidance = resolve_guidance(pipe, req.guidance)  # as generate resolves it
     scale = int(getattr(pipe, "vae_scale_factor", 8))
     if h % scale or w % scale or h <= 0 or w <= 0:
         raise InputError(f"height and width must be positive multiples of {scale} for this model")

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from fbmem_data.errors import InputError
-from fbmem_data.generate.loading import LoadedPipeline, default_guidance, load_pipeline
+from fbmem_data.generate.loading import LoadedPipeline, load_pipeline, resolve_guidance
 from fbmem_data.generate.planning import GenerationJob, parse_seeds, plan_jobs
 from fbmem_data.ids import canonical_json
 from fbmem_data.mitigate import create_mitigation, split_mitigation_params
@@ -201,7 +201,7 @@ class GenerateRequest:
         n: images per prompt when `seeds` is not given (seeds seed_start .. seed_start+n-1).
         seeds: explicit seeds for every prompt: "0..3", "0,5,9" or a list.
         steps, guidance, height, width: sampler settings (height/width default to the model's size;
-            guidance to the model's own scale, `default_guidance`: lab v2 2.0, otherwise 7.0).
+            guidance to the model's own scale, `resolve_guidance`: lab v2 2.0, otherwise 7.0).
         batch_size: images per pipeline call (does not change any image beyond float rounding).
         device, dtype, scheduler, model_id: see `load_pipeline`.
         mitigations: names (or built instances) to generate under, one after the other.
@@ -373,7 +373,7 @@ def generate(
             loaded = load_pipeline(model, device="cpu", dtype="fp32", scheduler=req.scheduler, model_id=req.model_id)
         pipe = loaded.pipe
         default_h, default_w = default_image_size(pipe)
-        guidance = float(req.guidance) if req.guidance is not None else default_guidance(pipe)
+        guidance = resolve_guidance(pipe, req.guidance)
         gen_settings = GenerationSettings(int(req.steps), guidance, int(req.height or default_h), int(req.width or default_w))
         scale = int(getattr(pipe, "vae_scale_factor", 8))
         if gen_settings.height % scale or gen_settings.width % scale or gen_settings.height <= 0 or gen_settings.width <= 0:

@@ -24,8 +24,10 @@ REFERENCE_GUIDANCE = 7.0  # classifier-free guidance for a model that names no s
 GUIDANCE_ATTRIBUTE = "fbmem_guidance"  # a pipeline's own scale (the lab sets it from lab_model.json)
 
 
-def default_guidance(pipe: Any) -> float:
-    """The guidance scale a pipeline generates at when none is given: its own, else REFERENCE_GUIDANCE."""
+def resolve_guidance(pipe: Any, given: float | None = None) -> float:
+    """The guidance scale a run uses: the one given, else the pipeline's own, else REFERENCE_GUIDANCE."""
+    if given is not None:
+        return float(given)
     return float(getattr(pipe, GUIDANCE_ATTRIBUTE, REFERENCE_GUIDANCE))
 
 

@@ -28,7 +28,7 @@ class DemoConfig:
     seeds: int = 4  # generations per prompt
     seed_start: int = 0  # seeds seed_start .. seed_start + seeds - 1 (other seeds: the same benchmark on new draws)
     steps: int = 20  # DDIM steps
-    # classifier-free guidance scale; None: the model's own (generate.loading.default_guidance: the lab's
+    # classifier-free guidance scale; None: the model's own (generate.loading.resolve_guidance: the lab's
     # `guidance` in its lab_model.json, v1.3 7.0 and v2 2.0), 7.0 for a model that names none
     guidance: float | None = None
     unique_prompts: int | None = 8  # None = all of them
@@ -124,7 +124,7 @@ def run_demo(
     """
     from fbmem_data.fbmem.scoring import score_pairs
     from fbmem_data.generate.generator import generate
-    from fbmem_data.generate.loading import default_guidance, load_pipeline
+    from fbmem_data.generate.loading import load_pipeline, resolve_guidance
     from fbmem_data.lab.dataset import make_lab_dataset
     from fbmem_data.lab.ingest import write_lab_dataset
     from fbmem_data.lab.pipeline import (
@@ -159,8 +159,7 @@ def run_demo(
     prompt_ids = _choose_prompts(ws, cfg)
     done = step("generate")
     loaded = load_pipeline(model, device=device) if isinstance(model, str) else model  # once, for every step
-    if cfg.guidance is None:  # the model's own scale, resolved here so the recorded config names it
-        cfg = replace(cfg, guidance=default_guidance(loaded.pipe))
+    cfg = replace(cfg, guidance=resolve_guidance(loaded.pipe, cfg.guidance))  # so the recorded config names the scale used
     generate(ws, loaded, prompt_ids=prompt_ids, n=cfg.seeds, seed_start=cfg.seed_start, steps=cfg.steps, guidance=cfg.guidance,
              batch_size=cfg.batch_size, device=device, progress=progress)
     done()

@@ -213,7 +213,7 @@ def assemble_pipeline(unet: Any, vae: Any, config: LabModelConfig) -> StableDiff
     unet.fbmem_nemo_blocks = tuple(config.nemo_blocks)  # read by fbmem_data.nemo.layers.discover_nemo_layers
     # read by fbmem_data.noise.initial_latents (every x_T fbmem draws for generation)
     pipe.fbmem_initial_noise = "zero-mean" if config.zero_mean_noise else "gaussian"
-    pipe.fbmem_guidance = float(config.guidance)  # read by fbmem_data.generate.loading.default_guidance
+    pipe.fbmem_guidance = float(config.guidance)  # read by fbmem_data.generate.loading.resolve_guidance
     return pipe
 
 
