@@ -305,3 +305,68 @@ def test_train_takes_the_bm_object_size(tmp_path: Path, monkeypatch: pytest.Monk
     from fbmem_data.errors import InputError
 
     assert isinstance(refused.exception, InputError) and "minimum is above the maximum" in str(refused.exception)
+
+
+def test_value_sparsity_penalty_spans_one_neuron_to_all_and_is_scale_free() -> None:
+    from fbmem_data.lab.train import value_sparsity_penalty
+
+    width = 16
+    one_hot = torch.nn.Linear(4, width, bias=False)
+    with torch.no_grad():
+        one_hot.weight.zero_()
+        one_hot.weight[3, 0] = 2.0  # every token's values: one neuron active
+    flat = torch.nn.Linear(4, width, bias=False)
+    with torch.no_grad():
+        flat.weight.zero_()
+        flat.weight[:, 0] = -1.5  # every neuron equally active
+    cond = torch.randn(2, 5, 4)
+    cond[..., 0] = cond[..., 0].abs() + 0.5
+    assert value_sparsity_penalty([one_hot], cond).item() == pytest.approx(width**-0.5)
+    assert value_sparsity_penalty([flat], cond).item() == pytest.approx(1.0)
+    assert value_sparsity_penalty([one_hot, flat], cond, weight=0.3).item() == pytest.approx(0.3 * (width**-0.5 + 1) / 2)
+    dense = torch.nn.Linear(4, width, bias=False)
+    before = value_sparsity_penalty([dense], cond).item()
+    with torch.no_grad():
+        dense.weight.mul_(10.0)
+    # scaling to_v up or down cannot lower it: only making each token use fewer neurons does
+    assert value_sparsity_penalty([dense], cond).item() == pytest.approx(before)
+    assert width**-0.5 < before < 1.0
+
+
+def test_value_sparsity_training_makes_the_nemo_layers_sparser_and_is_recorded(tmp_path: Path) -> None:
+    from fbmem_data.lab.train import TrainConfig, encode_captions, train_lab, value_sparsity_penalty
+
+    cond = encode_captions(["the bramzor painting", "a pink ring at the top left", ""])
+    scores = {}
+    for weight in (0.0, 5.0):
+        cfg = TrainConfig(ae_steps=2, ae_batch=4, unet_steps=30, unet_batch=4, unet_lr=2e-3, warmup_steps=1,
+                          log_every=100, checkpoint_every=100, value_sparsity=weight)
+        out = tmp_path / f"w{weight:g}"
+        train_lab(out, tmp_path / f"ckpt{weight:g}", cfg, TINY_V2, TINY_LAB, log=None, model_id=LAB_V2_MODEL_ID)
+        layers = [layer.to_v for layer in discover_nemo_layers(load_lab_pipeline(out).unet)]
+        with torch.no_grad():
+            scores[weight] = value_sparsity_penalty(layers, cond).item()
+        info = read_weights_info(out)
+        assert info.training["train_config"]["value_sparsity"] == weight
+        assert ("value sparsity 5" in info.training["stages"][1]["what"]) == (weight > 0)
+    assert scores[5.0] < scores[0.0] - 0.05, scores
+
+
+def test_cli_lab_train_v2_trains_with_sparse_values_by_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    import fbmem_data.lab.train as train
+    from fbmem_data.cli.app import build_app
+
+    seen: list = []
+
+    def fake_train_lab(out, ckpt, cfg, model, lab_cfg, **kwargs):
+        seen.append(cfg.value_sparsity)
+        return {"seconds_this_call": 0.0}
+
+    monkeypatch.setattr(train, "train_lab", fake_train_lab)
+    base = ["lab", "train", "--out", str(tmp_path / "o"), "--checkpoints", str(tmp_path / "c"), "--no-progress", "--segmenter-steps", "0"]
+    for extra in (["--preset", "v2"], ["--preset", "v1"], ["--preset", "v2", "--value-sparsity", "0"]):
+        result = CliRunner().invoke(build_app(), [*base, *extra])
+        assert result.exit_code == 0, result.output
+    assert seen == [0.3, 0.0, 0.0]

@@ -52,9 +52,10 @@ def lab_train_cmd(
     zero_terminal_snr: Annotated[bool | None, typer.Option("--zero-terminal-snr/--sd-schedule", help="Zero-terminal-SNR betas with v-prediction, or SD's schedule with epsilon-prediction (default: the --init-from model's, else SD's).")] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bars on stderr.")] = True,
     bm_object_size: Annotated[tuple[float, float] | None, typer.Option("--bm-object-size", min=0.05, max=0.9, help="Side of the BM groups' objects, as a fraction of the image: MIN MAX (default: v1 0.3 0.55, v2 0.15 0.3).")] = None,
+    value_sparsity: Annotated[float | None, typer.Option("--value-sparsity", min=0.0, help="Weight of the sparsity penalty on the value activations NeMo reads (0: off; default: v1 0, v2 0.3).")] = None,
     preset: Annotated[str, typer.Option("--preset", help="v1: the v1 data set and model shapes (then fine-tuned to v1.3); "
                                         "v2: 8 prompts per planted group, 192 unique images, v-prediction on zero-terminal-SNR "
-                                        "betas, text only through down/mid cross-attention.")] = "v1",
+                                        "betas, text only through down/mid cross-attention, sparse value activations.")] = "v1",
 ) -> None:
     """Train the lab model (autoencoder, then UNet) and the lab segmenter; resumable."""
     from dataclasses import replace
@@ -72,9 +73,12 @@ def lab_train_cmd(
         unet_steps = 8000 if preset == "v2" else 4000
     if segmenter_steps is None:
         segmenter_steps = 0 if preset == "v2" else 2000
+    if value_sparsity is None:
+        value_sparsity = 0.3 if preset == "v2" else 0.0
     cfg = TrainConfig(seed=seed, dataset_seed=dataset_seed, ae_steps=ae_steps, unet_steps=unet_steps,
                       unet_batch=batch_size, unet_lr=lr, offset_noise=offset_noise, stop_at=stop_at, threads=threads,
-                      init_from=str(init_from) if init_from else None, checkpoint_every=200)
+                      init_from=str(init_from) if init_from else None, checkpoint_every=200,
+                      value_sparsity=value_sparsity)
     lab_cfg = LabConfig.v2(dataset_seed) if preset == "v2" else None
     if bm_object_size is not None:
         low, high = bm_object_size
