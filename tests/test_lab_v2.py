@@ -370,3 +370,16 @@ def test_cli_lab_train_v2_trains_with_sparse_values_by_default(tmp_path: Path, m
         result = CliRunner().invoke(build_app(), [*base, *extra])
         assert result.exit_code == 0, result.output
     assert seen == [0.3, 0.0, 0.0]
+
+
+def test_value_sparsity_refuses_negative_weights_and_models_without_nemo_layers(tmp_path: Path) -> None:
+    from fbmem_data.errors import InputError
+    from fbmem_data.lab.train import TrainConfig, train_lab
+
+    cfg = TrainConfig(ae_steps=1, ae_batch=4, unet_steps=1, unet_batch=4, warmup_steps=1, log_every=100, checkpoint_every=100)
+    with pytest.raises(InputError, match="value_sparsity -1"):
+        train_lab(tmp_path / "a", tmp_path / "ca", replace(cfg, value_sparsity=-1.0), TINY_V2, TINY_LAB, log=None)
+    no_layers = replace(TINY_V2, nemo_blocks=("up_blocks",))  # v2 has no cross-attention in its up blocks
+    with pytest.raises(InputError, match="cannot be trained on this UNet"):
+        train_lab(tmp_path / "b", tmp_path / "cb", replace(cfg, value_sparsity=0.3), no_layers, TINY_LAB, log=None)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

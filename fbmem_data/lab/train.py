@@ -303,6 +303,11 @@ def train_unet(dataset: LabDataset, vae: Any, model_cfg: LabModelConfig, cfg: Tr
     ema = copy.deepcopy(unet).requires_grad_(False)
     value_layers = [m.to_v for n, m in unet.named_modules()
                     if n.endswith("attn2") and n.split(".", 1)[0] in model_cfg.nemo_blocks]
+    if cfg.value_sparsity < 0 or (cfg.value_sparsity and not value_layers):
+        from fbmem_data.errors import InputError
+
+        raise InputError(f"value_sparsity {cfg.value_sparsity:g} cannot be trained on this UNet",
+                         hint="give a weight >= 0, and a model whose NeMo blocks have cross-attention (attn2.to_v)")
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.unet_lr, weight_decay=0.0)
     sched = build_scheduler(model_cfg)
     alphas = sched.alphas_cumprod.float()
