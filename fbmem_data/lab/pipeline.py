@@ -164,7 +164,7 @@ def build_unet(config: LabModelConfig) -> UNet2DConditionModel:
     levels = len(config.unet_channels)
     # Every down block has cross-attention (SD has it in 3 of 4; ours has 3 levels): 2 layers per block
     # give SD's seven down+mid `attn2.to_v` layers. Up blocks: see LabModelConfig.up_cross_attention.
-    return UNet2DConditionModel(
+    unet = UNet2DConditionModel(
         sample_size=config.latent_size,
         in_channels=config.latent_channels,
         out_channels=config.latent_channels,
@@ -176,6 +176,8 @@ def build_unet(config: LabModelConfig) -> UNet2DConditionModel:
         cross_attention_dim=config.cross_attention_dim,
         norm_num_groups=16,
     )
+    unet.fbmem_nemo_blocks = tuple(config.nemo_blocks)  # read by fbmem_data.nemo.layers.discover_nemo_layers
+    return unet
 
 
 def build_scheduler(config: LabModelConfig) -> DDIMScheduler:
@@ -210,7 +212,6 @@ def assemble_pipeline(unet: Any, vae: Any, config: LabModelConfig) -> StableDiff
         requires_safety_checker=False,
     )
     pipe.set_progress_bar_config(disable=True)
-    unet.fbmem_nemo_blocks = tuple(config.nemo_blocks)  # read by fbmem_data.nemo.layers.discover_nemo_layers
     # read by fbmem_data.noise.initial_latents (every x_T fbmem draws for generation)
     pipe.fbmem_initial_noise = "zero-mean" if config.zero_mean_noise else "gaussian"
     pipe.fbmem_guidance = float(config.guidance)  # read by fbmem_data.generate.loading.resolve_guidance

@@ -279,6 +279,7 @@ def train_unet(dataset: LabDataset, vae: Any, model_cfg: LabModelConfig, cfg: Tr
     from safetensors.torch import load_file
 
     from fbmem_data.lab.pipeline import build_scheduler
+    from fbmem_data.nemo.layers import discover_nemo_layers
 
     examples = dataset.training_examples()
     keys = sorted({k for k, _ in examples})
@@ -301,13 +302,12 @@ def train_unet(dataset: LabDataset, vae: Any, model_cfg: LabModelConfig, cfg: Tr
 
         unet.load_state_dict(load_file(Path(cfg.init_from) / UNET_FILE))
     ema = copy.deepcopy(unet).requires_grad_(False)
-    value_layers = [m.to_v for n, m in unet.named_modules()
-                    if n.endswith("attn2") and n.split(".", 1)[0] in model_cfg.nemo_blocks]
-    if cfg.value_sparsity < 0 or (cfg.value_sparsity and not value_layers):
+    if cfg.value_sparsity < 0:
         from fbmem_data.errors import InputError
 
-        raise InputError(f"value_sparsity {cfg.value_sparsity:g} cannot be trained on this UNet",
-                         hint="give a weight >= 0, and a model whose NeMo blocks have cross-attention (attn2.to_v)")
+        raise InputError(f"value_sparsity {cfg.value_sparsity:g} is negative", hint="give a weight >= 0 (0: off)")
+    # the layers NeMo reads; raises InputError when the model's NeMo blocks have no cross-attention
+    value_layers = [layer.to_v for layer in discover_nemo_layers(unet)] if cfg.value_sparsity else []
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.unet_lr, weight_decay=0.0)
     sched = build_scheduler(model_cfg)
     alphas = sched.alphas_cumprod.float()
