@@ -67,6 +67,12 @@ class TrainConfig:
     # Lab v2.2 trains with 0.3: without it each planted name's image is spread over all value neurons of
     # the first two down blocks, and NeMo cannot localize it in a few (docs/lab.md, NeMo localization).
     value_sparsity: float = 0.0
+    # Which caption tokens the penalty applies to (sparsity_token_weights): "all"; "rare-words" (word
+    # pieces in fewer than rare_token_share of the distinct training captions, and the special and
+    # padding tokens, which carry the whole caption); "rare-captions" (every token of a caption that has
+    # a rare word piece). The common words stay dense, so blocking a few neurons costs them little.
+    value_sparsity_tokens: str = "all"
+    rare_token_share: float = 0.05
 
 
 def _log(log: Callable[[str], None] | None, message: str) -> None:
@@ -242,9 +248,56 @@ def center_latents(vae: Any, images: Any) -> None:
         vae.post_quant_conv.bias += weight @ mean
 
 
-def value_sparsity_penalty(value_layers: Sequence[Any], cond: Any, weight: float = 1.0) -> Any:
+SPARSITY_TOKENS = ("all", "rare-words", "rare-captions")
+
+
+def sparsity_token_weights(texts: Sequence[str], tokenizer: Any, which: str, rare_share: float) -> Any:
+    """(texts, tokens) 0/1 weights: which token positions of each caption the value-sparsity penalty sees.
+
+    Args:
+        texts: the distinct training captions (their document frequencies decide what is rare); the empty
+            caption may be among them.
+        tokenizer: the text encoder's tokenizer, padding to its model_max_length as encode_captions does.
+        which: one of SPARSITY_TOKENS.
+        rare_share: a word piece is rare when fewer than this share of the non-empty texts contain it.
+
+    Returns:
+        A float tensor of shape (len(texts), model_max_length).
+
+    Raises:
+        InputError: `which` is not one of SPARSITY_TOKENS, or rare_share is not in (0, 1].
+    """
+    import torch
+
+    from fbmem_data.errors import InputError
+
+    if which not in SPARSITY_TOKENS:
+        raise InputError(f"value sparsity tokens {which!r} is not one of {', '.join(SPARSITY_TOKENS)}")
+    if not 0 < rare_share <= 1:
+        raise InputError(f"rare token share {rare_share:g} is not in (0, 1]")
+    ids = tokenizer(list(texts), padding="max_length", max_length=tokenizer.model_max_length,
+                    truncation=True, return_tensors="pt").input_ids
+    if which == "all":
+        return torch.ones(ids.shape)
+    special = torch.tensor(sorted(set(tokenizer.all_special_ids)))
+    is_special = torch.isin(ids, special)
+    nonempty = [i for i, t in enumerate(texts) if t.strip()]
+    counts: dict[int, int] = {}
+    for i in nonempty:
+        for tok in set(ids[i][~is_special[i]].tolist()):
+            counts[tok] = counts.get(tok, 0) + 1
+    rare = torch.tensor(sorted(t for t, c in counts.items() if c < rare_share * len(nonempty)) or [-1])
+    is_rare = torch.isin(ids, rare)
+    if which == "rare-words":
+        return (is_rare | is_special).float()
+    return is_rare.any(dim=1, keepdim=True).expand_as(ids).float()
+
+
+def value_sparsity_penalty(value_layers: Sequence[Any], cond: Any, weight: float = 1.0,
+                           token_weights: Any = None) -> Any:
     """`weight` times the mean over layers, prompts and tokens of each token's normalised L1/L2 ratio of
-    its value vector.
+    its value vector (with `token_weights`, the weighted mean over the tokens they select; 0 when they
+    select none).
 
     For one token's values v (width C): |v|_1 / (|v|_2 sqrt(C)), from 1/sqrt(C) (one neuron active) to 1
     (all equally active). Scale-free, so the UNet cannot shrink it by scaling to_v down and to_out up.
@@ -253,6 +306,7 @@ def value_sparsity_penalty(value_layers: Sequence[Any], cond: Any, weight: float
         value_layers: the cross-attention value projections (attn2.to_v) to make sparse.
         cond: (prompts, tokens, dim) text states the UNet is conditioned on.
         weight: the penalty's weight in the training loss.
+        token_weights: optional (prompts, tokens) weights (sparsity_token_weights); None: every token.
 
     Returns:
         A scalar tensor that gradients flow through.
@@ -260,7 +314,11 @@ def value_sparsity_penalty(value_layers: Sequence[Any], cond: Any, weight: float
     pen = 0.0
     for v_layer in value_layers:
         v = v_layer(cond)
-        pen = pen + (v.abs().sum(-1) / (v.norm(dim=-1) * v.shape[-1] ** 0.5).clamp_min(1e-8)).mean()
+        ratio = v.abs().sum(-1) / (v.norm(dim=-1) * v.shape[-1] ** 0.5).clamp_min(1e-8)
+        if token_weights is None:
+            pen = pen + ratio.mean()
+        else:
+            pen = pen + (ratio * token_weights).sum() / token_weights.sum().clamp_min(1.0)
     return weight * pen / len(value_layers)
 
 
@@ -292,6 +350,10 @@ def train_unet(dataset: LabDataset, vae: Any, model_cfg: LabModelConfig, cfg: Tr
         latents = latents * model_cfg.vae_scaling_factor
         embeds = encode_captions([*texts, ""])
     empty = len(texts)
+    token_weights = None
+    if cfg.value_sparsity and cfg.value_sparsity_tokens != "all":
+        token_weights = sparsity_token_weights([*texts, ""], build_text_encoder()[0], cfg.value_sparsity_tokens,
+                                               cfg.rare_token_share)
     ex_image = np.array([key_index[k] for k, _ in examples])
     ex_text = np.array([text_index[t] for _, t in examples])
 
@@ -342,7 +404,11 @@ def train_unet(dataset: LabDataset, vae: Any, model_cfg: LabModelConfig, cfg: Tr
         pred = unet(noisy, t, cond).sample
         target = a.sqrt() * noise - (1 - a).sqrt() * x0 if model_cfg.prediction_type == "v_prediction" else noise
         loss = (pred - target).pow(2).mean()
-        total = loss + value_sparsity_penalty(value_layers, cond, cfg.value_sparsity) if cfg.value_sparsity else loss
+        if cfg.value_sparsity:
+            weights = None if token_weights is None else token_weights[text_ids]
+            total = loss + value_sparsity_penalty(value_layers, cond, cfg.value_sparsity, weights)
+        else:
+            total = loss
         opt.zero_grad(set_to_none=True)
         total.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
@@ -382,6 +448,12 @@ def train_lab(out_dir: Path, ckpt_dir: Path, cfg: TrainConfig | None = None, mod
 
     cfg = cfg or TrainConfig()
     model_cfg = model_cfg or LabModelConfig()
+    if cfg.value_sparsity_tokens not in SPARSITY_TOKENS or not 0 < cfg.rare_token_share <= 1:
+        from fbmem_data.errors import InputError
+
+        # refused before the autoencoder phase, not minutes into training
+        raise InputError(f"value sparsity tokens {cfg.value_sparsity_tokens!r} with rare token share "
+                         f"{cfg.rare_token_share:g}", hint=f"tokens: one of {', '.join(SPARSITY_TOKENS)}; share in (0, 1]")
     torch.set_num_threads(cfg.threads)
     dataset = make_lab_dataset(cfg.dataset_seed, lab_cfg)
     started = time.time()
