@@ -244,8 +244,8 @@ def test_one_command_v2_recipe_is_the_shipped_weights_recipe(tmp_path: Path, mon
                                               "--checkpoints", str(tmp_path / "c"), "--no-progress"])
     assert result.exit_code == 0, result.output
     shipped = read_weights_info(lab_weights_dir("lab-v2"))
-    assert asdict(seen["cfg"]) == shipped.training["train_config"]
     # Fields added since the weights were trained are absent from their record: they had the default then.
+    assert asdict(seen["cfg"]) == {**asdict(train.TrainConfig()), **shipped.training["train_config"]}
     assert seen["lab_cfg"] == LabConfig.from_dict(shipped.training["lab_config"])
     assert seen["model"] == replace(shipped.model, vae_scaling_factor=seen["model"].vae_scaling_factor)
 
@@ -351,6 +351,62 @@ def test_value_sparsity_training_makes_the_nemo_layers_sparser_and_is_recorded(t
     assert scores[5.0] < scores[0.0] - 0.05, scores
 
 
+def test_value_sparsity_on_rare_captions_trains_and_is_recorded(tmp_path: Path) -> None:
+    from fbmem_data.lab.train import TrainConfig, train_lab
+
+    cfg = TrainConfig(ae_steps=2, ae_batch=4, unet_steps=3, unet_batch=4, warmup_steps=1, log_every=100,
+                      checkpoint_every=100, value_sparsity=0.3, value_sparsity_tokens="rare-captions")
+    train_lab(tmp_path / "o", tmp_path / "c", cfg, TINY_V2, TINY_LAB, log=None, model_id=LAB_V2_MODEL_ID)
+    info = read_weights_info(tmp_path / "o")
+    assert info.training["train_config"]["value_sparsity_tokens"] == "rare-captions"
+    assert "value sparsity 0.3 on rare-captions (rare: < 0.05 of captions)" in info.training["stages"][1]["what"]
+
+
+def test_sparsity_token_weights_spare_the_common_words() -> None:
+    from fbmem_data.errors import InputError
+    from fbmem_data.lab.pipeline import build_text_encoder
+    from fbmem_data.lab.train import sparsity_token_weights
+
+    tokenizer = build_text_encoder()[0]
+    texts = [f"a {c} ring on a grey background" for c in ("red", "blue", "green", "pink")] + ["the vexbram emblem", ""]
+    ids = [tokenizer(t, padding="max_length", max_length=tokenizer.model_max_length).input_ids for t in texts]
+    words = [tokenizer.convert_ids_to_tokens(i) for i in ids]
+    everything = sparsity_token_weights(texts, tokenizer, "all", 0.3)
+    assert everything.shape == (6, tokenizer.model_max_length) and bool((everything == 1).all())
+    # 5 non-empty captions, rare: in fewer than 0.3 * 5 = 1.5 of them (the colours, the name, "emblem")
+    rare_words = sparsity_token_weights(texts, tokenizer, "rare-words", 0.3)
+    picked = {w for row, ws in zip(rare_words.tolist(), words, strict=True) for x, w in zip(row, ws, strict=True) if x}
+    assert {"red", "blue", "emblem", "[CLS]", "[SEP]", "[PAD]"} <= picked
+    assert not picked & {"a", "ring", "on", "grey", "background"}
+    assert bool((rare_words[5] == 1).all())  # the empty caption: special and padding tokens only
+    rare_captions = sparsity_token_weights(texts, tokenizer, "rare-captions", 0.3).sum(1).tolist()
+    assert rare_captions == [77.0] * 5 + [0.0]
+    common_only = sparsity_token_weights(texts, tokenizer, "rare-captions", 0.2)  # nothing under 1 caption
+    assert common_only.sum().item() == 0
+    for which, share in (("rare", 0.05), ("all", 0.0), ("all", 1.5)):
+        with pytest.raises(InputError):
+            sparsity_token_weights(texts, tokenizer, which, share)
+
+
+def test_value_sparsity_penalty_with_token_weights_is_the_mean_over_the_selected_tokens() -> None:
+    from fbmem_data.lab.train import value_sparsity_penalty
+
+    width = 9
+    layer = torch.nn.Linear(2, width, bias=False)
+    with torch.no_grad():
+        layer.weight.zero_()
+        layer.weight[0, 0] = 1.0  # input 0: one neuron
+        layer.weight[:, 1] = 1.0  # input 1: every neuron
+    cond = torch.zeros(1, 3, 2)
+    cond[0, 0, 0] = cond[0, 1, 1] = cond[0, 2, 1] = 1.0
+    sparse_only = torch.tensor([[1.0, 0.0, 0.0]])
+    assert value_sparsity_penalty([layer], cond, token_weights=sparse_only).item() == pytest.approx(width**-0.5)
+    assert value_sparsity_penalty([layer], cond, token_weights=1 - sparse_only).item() == pytest.approx(1.0)
+    assert value_sparsity_penalty([layer], cond, token_weights=torch.zeros(1, 3)).item() == 0.0
+    assert value_sparsity_penalty([layer], cond, token_weights=torch.ones(1, 3)).item() == pytest.approx(
+        value_sparsity_penalty([layer], cond).item())
+
+
 def test_cli_lab_train_v2_trains_with_sparse_values_by_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from typer.testing import CliRunner
 
@@ -382,3 +438,7 @@ def test_value_sparsity_refuses_negative_weights_and_models_without_nemo_layers(
     with pytest.raises(InputError, match="no cross-attention"):
         train_lab(tmp_path / "b", tmp_path / "cb", replace(cfg, value_sparsity=0.3), no_layers, TINY_LAB, log=None)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    for bad in ({"value_sparsity_tokens": "rare"}, {"rare_token_share": 0.0}):
+        with pytest.raises(InputError, match="value sparsity tokens"):
+            train_lab(tmp_path / "c", tmp_path / "cc", replace(cfg, value_sparsity=0.3, **bad), TINY_V2, TINY_LAB, log=None)
+    assert not (tmp_path / "cc").exists()  # refused before the autoencoder phase

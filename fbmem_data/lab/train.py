@@ -322,6 +322,14 @@ def value_sparsity_penalty(value_layers: Sequence[Any], cond: Any, weight: float
     return weight * pen / len(value_layers)
 
 
+def _sparsity_text(cfg: TrainConfig) -> str:
+    if not cfg.value_sparsity:
+        return ""
+    if cfg.value_sparsity_tokens == "all":
+        return f", value sparsity {cfg.value_sparsity:g}"
+    return f", value sparsity {cfg.value_sparsity:g} on {cfg.value_sparsity_tokens} (rare: < {cfg.rare_token_share:g} of captions)"
+
+
 def _progress(enabled: bool, total: int, initial: int, desc: str) -> Any:
     from tqdm.auto import tqdm
 
@@ -482,7 +490,7 @@ def train_lab(out_dir: Path, ckpt_dir: Path, cfg: TrainConfig | None = None, mod
     stages.append({"what": f"UNet {'fine-tune' if cfg.init_from else 'from scratch'}: steps 1-{last} of a {cfg.unet_steps}-step cosine schedule "
                            f"(lr {cfg.unet_lr:g}, warm-up {cfg.warmup_steps}, batch {cfg.unet_batch}, {model_cfg.prediction_type}"
                            f"{', zero-terminal-SNR betas' if model_cfg.zero_terminal_snr else ''}"
-                           f"{f', value sparsity {cfg.value_sparsity:g}' if cfg.value_sparsity else ''}); EMA weights of step {last}",
+                           f"{_sparsity_text(cfg)}); EMA weights of step {last}",
                    "seconds_this_call": round(time.time() - unet_started, 1)})
     summary = {
         "stages": stages,
