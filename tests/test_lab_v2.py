@@ -416,15 +416,16 @@ def test_cli_lab_train_v2_trains_with_sparse_values_by_default(tmp_path: Path, m
     seen: list = []
 
     def fake_train_lab(out, ckpt, cfg, model, lab_cfg, **kwargs):
-        seen.append(cfg.value_sparsity)
+        seen.append((cfg.value_sparsity, cfg.value_sparsity_tokens))
         return {"seconds_this_call": 0.0}
 
     monkeypatch.setattr(train, "train_lab", fake_train_lab)
     base = ["lab", "train", "--out", str(tmp_path / "o"), "--checkpoints", str(tmp_path / "c"), "--no-progress", "--segmenter-steps", "0"]
-    for extra in (["--preset", "v2"], ["--preset", "v1"], ["--preset", "v2", "--value-sparsity", "0"]):
+    for extra in (["--preset", "v2"], ["--preset", "v1"], ["--preset", "v2", "--value-sparsity", "0"],
+                  ["--preset", "v2", "--value-sparsity-tokens", "all"]):
         result = CliRunner().invoke(build_app(), [*base, *extra])
         assert result.exit_code == 0, result.output
-    assert seen == [0.3, 0.0, 0.0]
+    assert seen == [(0.3, "rare-words"), (0.0, "all"), (0.0, "rare-words"), (0.3, "all")]
 
 
 def test_value_sparsity_refuses_negative_weights_and_models_without_nemo_layers(tmp_path: Path) -> None:

@@ -53,7 +53,7 @@ def lab_train_cmd(
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bars on stderr.")] = True,
     bm_object_size: Annotated[tuple[float, float] | None, typer.Option("--bm-object-size", min=0.05, max=0.9, help="Side of the BM groups' objects, as a fraction of the image: MIN MAX (default: v1 0.3 0.55, v2 0.15 0.3).")] = None,
     value_sparsity: Annotated[float | None, typer.Option("--value-sparsity", min=0.0, help="Weight of the sparsity penalty on the value activations NeMo reads (0: off; default: v1 0, v2 0.3).")] = None,
-    value_sparsity_tokens: Annotated[str | None, typer.Option("--value-sparsity-tokens", help="Which caption tokens the penalty sees: all, rare-words (rare word pieces and the special/padding tokens) or rare-captions (every token of a caption with a rare word piece); default: all.")] = None,
+    value_sparsity_tokens: Annotated[str | None, typer.Option("--value-sparsity-tokens", help="Which caption tokens the penalty sees: all, rare-words (rare word pieces and the special/padding tokens) or rare-captions (every token of a caption with a rare word piece); default: v1 all, v2 rare-words.")] = None,
     rare_token_share: Annotated[float, typer.Option("--rare-token-share", min=0.0, max=1.0, help="A word piece is rare when fewer than this share of the distinct training captions contain it.")] = 0.05,
     preset: Annotated[str, typer.Option("--preset", help="v1: the v1 data set and model shapes (then fine-tuned to v1.3); "
                                         "v2: 8 prompts per planted group, 192 unique images, v-prediction on zero-terminal-SNR "
@@ -80,7 +80,8 @@ def lab_train_cmd(
     cfg = TrainConfig(seed=seed, dataset_seed=dataset_seed, ae_steps=ae_steps, unet_steps=unet_steps,
                       unet_batch=batch_size, unet_lr=lr, offset_noise=offset_noise, stop_at=stop_at, threads=threads,
                       init_from=str(init_from) if init_from else None, checkpoint_every=200,
-                      value_sparsity=value_sparsity, value_sparsity_tokens=value_sparsity_tokens or "all",
+                      value_sparsity=value_sparsity,
+                      value_sparsity_tokens=value_sparsity_tokens or ("rare-words" if preset == "v2" else "all"),
                       rare_token_share=rare_token_share)
     lab_cfg = LabConfig.v2(dataset_seed) if preset == "v2" else None
     if bm_object_size is not None:

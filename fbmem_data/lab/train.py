@@ -64,13 +64,15 @@ class TrainConfig:
     log_every: int = 10
     threads: int = 1  # on a shared 2-core CPU one thread is faster than two
     # Weight of a sparsity penalty on the NeMo layers' value activations (value_sparsity_penalty); 0: off.
-    # Lab v2.2 trains with 0.3: without it each planted name's image is spread over all value neurons of
-    # the first two down blocks, and NeMo cannot localize it in a few (docs/lab.md, NeMo localization).
+    # Lab v2.2 and v2.3 train with 0.3: without it each planted name's image is spread over all value
+    # neurons of the first two down blocks, and NeMo cannot localize it in a few (docs/lab.md, NeMo
+    # localization).
     value_sparsity: float = 0.0
     # Which caption tokens the penalty applies to (sparsity_token_weights): "all"; "rare-words" (word
     # pieces in fewer than rare_token_share of the distinct training captions, and the special and
     # padding tokens, which carry the whole caption); "rare-captions" (every token of a caption that has
-    # a rare word piece). The common words stay dense, so blocking a few neurons costs them little.
+    # a rare word piece). The common words stay dense, so blocking a few neurons costs them little
+    # (v2.3 trains with rare-words; docs/lab.md, "Why v2.3 spares the common words").
     value_sparsity_tokens: str = "all"
     rare_token_share: float = 0.05
 
