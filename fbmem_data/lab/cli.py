@@ -57,7 +57,7 @@ def lab_train_cmd(
     rare_token_share: Annotated[float, typer.Option("--rare-token-share", min=0.0, max=1.0, help="A word piece is rare when fewer than this share of the distinct training captions contain it.")] = 0.05,
     preset: Annotated[str, typer.Option("--preset", help="v1: the v1 data set and model shapes (then fine-tuned to v1.3); "
                                         "v2: 8 prompts per planted group, 192 unique images, v-prediction on zero-terminal-SNR "
-                                        "betas, text only through down/mid cross-attention, sparse value activations.")] = "v1",
+                                        "betas, text only through down/mid cross-attention, sparse value activations for rare words.")] = "v1",
 ) -> None:
     """Train the lab model (autoencoder, then UNet) and the lab segmenter; resumable."""
     from dataclasses import replace
