@@ -380,7 +380,7 @@ def test_sparsity_token_weights_spare_the_common_words() -> None:
     assert not picked & {"a", "ring", "on", "grey", "background"}
     assert bool((rare_words[5] == 1).all())  # the empty caption: special and padding tokens only
     rare_captions = sparsity_token_weights(texts, tokenizer, "rare-captions", 0.3).sum(1).tolist()
-    assert rare_captions == [77.0] * 5 + [0.0]
+    assert rare_captions == [float(tokenizer.model_max_length)] * 5 + [0.0]
     common_only = sparsity_token_weights(texts, tokenizer, "rare-captions", 0.2)  # nothing under 1 caption
     assert common_only.sum().item() == 0
     for which, share in (("rare", 0.05), ("all", 0.0), ("all", 1.5)):
@@ -443,3 +443,4 @@ def test_value_sparsity_refuses_negative_weights_and_models_without_nemo_layers(
         with pytest.raises(InputError, match="value sparsity tokens"):
             train_lab(tmp_path / "c", tmp_path / "cc", replace(cfg, value_sparsity=0.3, **bad), TINY_V2, TINY_LAB, log=None)
     assert not (tmp_path / "cc").exists()  # refused before the autoencoder phase
+    assert not (tmp_path / "ca").exists()  # a negative weight too

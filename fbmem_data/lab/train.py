@@ -324,6 +324,18 @@ def value_sparsity_penalty(value_layers: Sequence[Any], cond: Any, weight: float
     return weight * pen / len(value_layers)
 
 
+def check_value_sparsity(cfg: TrainConfig) -> None:
+    """Raises InputError for a negative value_sparsity, unknown value_sparsity_tokens or a rare_token_share
+    outside (0, 1]."""
+    from fbmem_data.errors import InputError
+
+    if cfg.value_sparsity < 0:
+        raise InputError(f"value_sparsity {cfg.value_sparsity:g} is negative", hint="give a weight >= 0 (0: off)")
+    if cfg.value_sparsity_tokens not in SPARSITY_TOKENS or not 0 < cfg.rare_token_share <= 1:
+        raise InputError(f"value sparsity tokens {cfg.value_sparsity_tokens!r} with rare token share "
+                         f"{cfg.rare_token_share:g}", hint=f"tokens: one of {', '.join(SPARSITY_TOKENS)}; share in (0, 1]")
+
+
 def _sparsity_text(cfg: TrainConfig) -> str:
     if not cfg.value_sparsity:
         return ""
@@ -341,6 +353,7 @@ def _progress(enabled: bool, total: int, initial: int, desc: str) -> Any:
 def train_unet(dataset: LabDataset, vae: Any, model_cfg: LabModelConfig, cfg: TrainConfig, ckpt_dir: Path,
                log: Callable[[str], None] | None = None, progress: bool = False) -> tuple[Any, Any, list[float]]:
     """Phase 2: the UNet on cached latents. Returns (unet, ema_unet, per-step losses of this call)."""
+    check_value_sparsity(cfg)
     import copy
 
     import torch
@@ -358,12 +371,12 @@ def train_unet(dataset: LabDataset, vae: Any, model_cfg: LabModelConfig, cfg: Tr
         images = image_tensor(dataset, keys)
         latents = torch.cat([vae.encode(images[s : s + 64]).latent_dist.mode() for s in range(0, len(keys), 64)])
         latents = latents * model_cfg.vae_scaling_factor
-        embeds = encode_captions([*texts, ""])
+        tokenizer, encoder = build_text_encoder()
+        embeds = encode_captions([*texts, ""], tokenizer, encoder)
     empty = len(texts)
     token_weights = None
     if cfg.value_sparsity and cfg.value_sparsity_tokens != "all":
-        token_weights = sparsity_token_weights([*texts, ""], build_text_encoder()[0], cfg.value_sparsity_tokens,
-                                               cfg.rare_token_share)
+        token_weights = sparsity_token_weights([*texts, ""], tokenizer, cfg.value_sparsity_tokens, cfg.rare_token_share)
     ex_image = np.array([key_index[k] for k, _ in examples])
     ex_text = np.array([text_index[t] for _, t in examples])
 
@@ -374,10 +387,6 @@ def train_unet(dataset: LabDataset, vae: Any, model_cfg: LabModelConfig, cfg: Tr
 
         unet.load_state_dict(load_file(Path(cfg.init_from) / UNET_FILE))
     ema = copy.deepcopy(unet).requires_grad_(False)
-    if cfg.value_sparsity < 0:
-        from fbmem_data.errors import InputError
-
-        raise InputError(f"value_sparsity {cfg.value_sparsity:g} is negative", hint="give a weight >= 0 (0: off)")
     # the layers NeMo reads; raises InputError when the model's NeMo blocks have no cross-attention
     value_layers = [layer.to_v for layer in discover_nemo_layers(unet)] if cfg.value_sparsity else []
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.unet_lr, weight_decay=0.0)
@@ -458,12 +467,7 @@ def train_lab(out_dir: Path, ckpt_dir: Path, cfg: TrainConfig | None = None, mod
 
     cfg = cfg or TrainConfig()
     model_cfg = model_cfg or LabModelConfig()
-    if cfg.value_sparsity_tokens not in SPARSITY_TOKENS or not 0 < cfg.rare_token_share <= 1:
-        from fbmem_data.errors import InputError
-
-        # refused before the autoencoder phase, not minutes into training
-        raise InputError(f"value sparsity tokens {cfg.value_sparsity_tokens!r} with rare token share "
-                         f"{cfg.rare_token_share:g}", hint=f"tokens: one of {', '.join(SPARSITY_TOKENS)}; share in (0, 1]")
+    check_value_sparsity(cfg)  # before the autoencoder phase, not minutes into training
     torch.set_num_threads(cfg.threads)
     dataset = make_lab_dataset(cfg.dataset_seed, lab_cfg)
     started = time.time()
