@@ -444,3 +444,15 @@ def test_value_sparsity_refuses_negative_weights_and_models_without_nemo_layers(
             train_lab(tmp_path / "c", tmp_path / "cc", replace(cfg, value_sparsity=0.3, **bad), TINY_V2, TINY_LAB, log=None)
     assert not (tmp_path / "cc").exists()  # refused before the autoencoder phase
     assert not (tmp_path / "ca").exists()  # a negative weight too
+
+
+def test_value_separation_trains_and_is_recorded(tmp_path: Path) -> None:
+    from fbmem_data.lab.train import TrainConfig, train_lab
+
+    cfg = TrainConfig(ae_steps=2, ae_batch=4, unet_steps=3, unet_batch=4, warmup_steps=1, log_every=100,
+                      checkpoint_every=100, value_sparsity=0.3, value_sparsity_tokens="rare-words", value_separation=0.5)
+    train_lab(tmp_path / "o", tmp_path / "c", cfg, TINY_V2, TINY_LAB, log=None, model_id=LAB_V2_MODEL_ID)
+    info = read_weights_info(tmp_path / "o")
+    assert info.training["train_config"]["value_separation"] == 0.5
+    assert ("value sparsity 0.3 on rare-words (rare: < 0.05 of captions), value separation 0.5"
+            in info.training["stages"][1]["what"])

@@ -75,6 +75,10 @@ class TrainConfig:
     # (v2.3 trains with rare-words; docs/lab.md, "Why v2.3 spares the common words").
     value_sparsity_tokens: str = "all"
     rare_token_share: float = 0.05
+    # Weight of a term that keeps the rare word pieces' value neurons apart from those of the captions
+    # without a rare piece (value_separation_penalty); 0: off. Blocking a planted name's neurons then
+    # spares captions of common words even when many names' sets are blocked at once.
+    value_separation: float = 0.0
 
 
 def _log(log: Callable[[str], None] | None, message: str) -> None:
@@ -324,6 +328,66 @@ def value_sparsity_penalty(value_layers: Sequence[Any], cond: Any, weight: float
     return weight * pen / len(value_layers)
 
 
+def separation_token_groups(texts: Sequence[str], tokenizer: Any, rare_share: float) -> tuple[Any, Any]:
+    """The two (texts, tokens) 0/1 groups value_separation_penalty keeps apart.
+
+    Args:
+        texts: the distinct training captions, as for sparsity_token_weights (the empty caption may be
+            among them).
+        tokenizer: the text encoder's tokenizer.
+        rare_share: a word piece is rare when fewer than this share of the non-empty texts contain it.
+
+    Returns:
+        (rare, common): rare marks the rare word pieces (no special or padding token); common marks every
+        position of each caption with no rare piece (the empty caption included).
+
+    Raises:
+        InputError: rare_share is not in (0, 1].
+    """
+    special_and_rare = sparsity_token_weights(texts, tokenizer, "rare-words", rare_share)
+    ids = tokenizer(list(texts), padding="max_length", max_length=tokenizer.model_max_length,
+                    truncation=True, return_tensors="pt").input_ids
+    import torch
+
+    is_special = torch.isin(ids, torch.tensor(sorted(set(tokenizer.all_special_ids))))
+    rare = special_and_rare * (~is_special).float()
+    common = (rare.sum(dim=1, keepdim=True) == 0).expand_as(rare).float()
+    return rare, common
+
+
+def value_separation_penalty(value_layers: Sequence[Any], cond: Any, rare: Any, common: Any,
+                             weight: float = 1.0) -> Any:
+    """`weight` times the mean over layers, and over pairs of a `rare` and a `common` token, of the cosine
+    between the two tokens' |value| vectors.
+
+    Each token's |value| is non-negative, so a pair's cosine runs from 0 (no neuron used by both) to 1
+    (the same profile); each vector is normalised first, so a token weighs the same whatever its
+    magnitude, and the term is scale-free like value_sparsity_penalty. 0 when either group is empty in
+    this batch.
+
+    Args:
+        value_layers: the cross-attention value projections (attn2.to_v).
+        cond: (prompts, tokens, dim) text states the UNet is conditioned on.
+        rare: (prompts, tokens) 0/1 weights of the rare word pieces (separation_token_groups).
+        common: (prompts, tokens) 0/1 weights of the tokens of captions without a rare piece.
+        weight: the term's weight in the training loss.
+
+    Returns:
+        A scalar tensor that gradients flow through.
+    """
+    if float(rare.sum()) == 0 or float(common.sum()) == 0:
+        return cond.new_zeros(())
+    pen = 0.0
+    for v_layer in value_layers:
+        a = v_layer(cond).abs()
+        a = a / a.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+        # the mean pairwise cosine is the dot product of the two groups' mean unit vectors
+        u_rare = (a * rare[..., None]).sum((0, 1)) / rare.sum()
+        u_common = (a * common[..., None]).sum((0, 1)) / common.sum()
+        pen = pen + (u_rare * u_common).sum()
+    return weight * pen / len(value_layers)
+
+
 def check_value_sparsity(cfg: TrainConfig) -> None:
     """Raises InputError for a negative value_sparsity, unknown value_sparsity_tokens or a rare_token_share
     outside (0, 1]."""
@@ -331,17 +395,22 @@ def check_value_sparsity(cfg: TrainConfig) -> None:
 
     if cfg.value_sparsity < 0:
         raise InputError(f"value_sparsity {cfg.value_sparsity:g} is negative", hint="give a weight >= 0 (0: off)")
+    if cfg.value_separation < 0:
+        raise InputError(f"value_separation {cfg.value_separation:g} is negative", hint="give a weight >= 0 (0: off)")
     if cfg.value_sparsity_tokens not in SPARSITY_TOKENS or not 0 < cfg.rare_token_share <= 1:
         raise InputError(f"value sparsity tokens {cfg.value_sparsity_tokens!r} with rare token share "
                          f"{cfg.rare_token_share:g}", hint=f"tokens: one of {', '.join(SPARSITY_TOKENS)}; share in (0, 1]")
 
 
 def _sparsity_text(cfg: TrainConfig) -> str:
-    if not cfg.value_sparsity:
-        return ""
-    if cfg.value_sparsity_tokens == "all":
-        return f", value sparsity {cfg.value_sparsity:g}"
-    return f", value sparsity {cfg.value_sparsity:g} on {cfg.value_sparsity_tokens} (rare: < {cfg.rare_token_share:g} of captions)"
+    text = ""
+    if cfg.value_sparsity:
+        text = f", value sparsity {cfg.value_sparsity:g}"
+        if cfg.value_sparsity_tokens != "all":
+            text += f" on {cfg.value_sparsity_tokens} (rare: < {cfg.rare_token_share:g} of captions)"
+    if cfg.value_separation:
+        text += f", value separation {cfg.value_separation:g} (rare: < {cfg.rare_token_share:g} of captions)"
+    return text
 
 
 def _progress(enabled: bool, total: int, initial: int, desc: str) -> Any:
@@ -377,6 +446,8 @@ def train_unet(dataset: LabDataset, vae: Any, model_cfg: LabModelConfig, cfg: Tr
     token_weights = None
     if cfg.value_sparsity and cfg.value_sparsity_tokens != "all":
         token_weights = sparsity_token_weights([*texts, ""], tokenizer, cfg.value_sparsity_tokens, cfg.rare_token_share)
+    if cfg.value_separation:
+        rare_tokens, common_tokens = separation_token_groups([*texts, ""], tokenizer, cfg.rare_token_share)
     ex_image = np.array([key_index[k] for k, _ in examples])
     ex_text = np.array([text_index[t] for _, t in examples])
 
@@ -388,7 +459,8 @@ def train_unet(dataset: LabDataset, vae: Any, model_cfg: LabModelConfig, cfg: Tr
         unet.load_state_dict(load_file(Path(cfg.init_from) / UNET_FILE))
     ema = copy.deepcopy(unet).requires_grad_(False)
     # the layers NeMo reads; raises InputError when the model's NeMo blocks have no cross-attention
-    value_layers = [layer.to_v for layer in discover_nemo_layers(unet)] if cfg.value_sparsity else []
+    value_layers = ([layer.to_v for layer in discover_nemo_layers(unet)]
+                    if cfg.value_sparsity or cfg.value_separation else [])
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.unet_lr, weight_decay=0.0)
     sched = build_scheduler(model_cfg)
     alphas = sched.alphas_cumprod.float()
@@ -423,11 +495,13 @@ def train_unet(dataset: LabDataset, vae: Any, model_cfg: LabModelConfig, cfg: Tr
         pred = unet(noisy, t, cond).sample
         target = a.sqrt() * noise - (1 - a).sqrt() * x0 if model_cfg.prediction_type == "v_prediction" else noise
         loss = (pred - target).pow(2).mean()
+        total = loss
         if cfg.value_sparsity:
             weights = None if token_weights is None else token_weights[text_ids]
-            total = loss + value_sparsity_penalty(value_layers, cond, cfg.value_sparsity, weights)
-        else:
-            total = loss
+            total = total + value_sparsity_penalty(value_layers, cond, cfg.value_sparsity, weights)
+        if cfg.value_separation:
+            total = total + value_separation_penalty(value_layers, cond, rare_tokens[text_ids],
+                                                     common_tokens[text_ids], cfg.value_separation)
         opt.zero_grad(set_to_none=True)
         total.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
