@@ -456,3 +456,45 @@ def test_value_separation_trains_and_is_recorded(tmp_path: Path) -> None:
     assert info.training["train_config"]["value_separation"] == 0.5
     assert ("value sparsity 0.3 on rare-words (rare: < 0.05 of captions), value separation 0.5"
             in info.training["stages"][1]["what"])
+
+
+def test_value_separation_penalty_is_the_mean_pairwise_overlap_of_the_two_groups() -> None:
+    from fbmem_data.lab.train import value_separation_penalty
+
+    layer = torch.nn.Linear(3, 4, bias=False)
+    with torch.no_grad():
+        layer.weight.zero_()
+        layer.weight[0, 0] = 2.0  # input 0: neuron 0 only
+        layer.weight[1, 1] = -1.0  # input 1: neuron 1 only
+        layer.weight[:2, 2] = 1.0  # input 2: neurons 0 and 1 equally
+    cond = torch.zeros(1, 4, 3)
+    cond[0, 0, 0] = cond[0, 1, 1] = cond[0, 2, 2] = 1.0
+    cond[0, 3, 0] = 5.0  # neuron 0 again, five times as strong
+    first, second, both, first_strong = (torch.zeros(1, 4).index_fill_(1, torch.tensor([i]), 1.0) for i in range(4))
+    assert value_separation_penalty([layer], cond, first, second).item() == pytest.approx(0.0)  # no shared neuron
+    assert value_separation_penalty([layer], cond, first, first_strong).item() == pytest.approx(1.0)  # scale-free
+    assert value_separation_penalty([layer], cond, first, both).item() == pytest.approx(2**-0.5)
+    # the mean over the pairs: (0 + 1) / 2, halved by the weight
+    assert value_separation_penalty([layer], cond, first, second + first_strong, weight=0.5).item() == pytest.approx(0.25)
+    assert value_separation_penalty([layer], cond, first, torch.zeros(1, 4)).item() == 0.0
+    cond.requires_grad_(True)
+    value_separation_penalty([layer], cond, first + both, second).backward()
+    assert cond.grad is not None and float(cond.grad.abs().sum()) > 0
+
+
+def test_separation_token_groups_are_the_rare_pieces_and_the_captions_without_one() -> None:
+    from fbmem_data.errors import InputError
+    from fbmem_data.lab.pipeline import build_text_encoder
+    from fbmem_data.lab.train import separation_token_groups
+
+    tokenizer = build_text_encoder()[0]
+    texts = [f"a {c} ring on a grey background" for c in ("red", "red", "blue", "blue")] + ["the vexbram emblem", ""]
+    words = [tokenizer.convert_ids_to_tokens(tokenizer(t, padding="max_length", max_length=tokenizer.model_max_length).input_ids)
+             for t in texts]
+    rare, common = separation_token_groups(texts, tokenizer, 0.3)  # rare: in fewer than 1.5 of 5 captions
+    picked = {w for row, ws in zip(rare.tolist(), words, strict=True) for x, w in zip(row, ws, strict=True) if x}
+    assert {"emblem", "ve", "##x"} <= picked and not picked & {"[CLS]", "[SEP]", "[PAD]", "red", "blue", "a", "ring"}
+    assert common.sum(1).tolist() == [float(tokenizer.model_max_length)] * 4 + [0.0, float(tokenizer.model_max_length)]
+    assert bool((rare * common == 0).all())
+    with pytest.raises(InputError):
+        separation_token_groups(texts, tokenizer, 0.0)
