@@ -505,3 +505,30 @@ def test_separation_token_groups_are_the_rare_pieces_and_the_captions_without_on
     assert bool((rare * common == 0).all())
     with pytest.raises(InputError):
         separation_token_groups(texts, tokenizer, 0.0)
+
+
+def test_value_separation_training_moves_rare_pieces_off_the_common_captions_neurons(tmp_path: Path) -> None:
+    from fbmem_data.lab.pipeline import build_text_encoder
+    from fbmem_data.lab.train import (
+        TrainConfig,
+        encode_captions,
+        separation_token_groups,
+        train_lab,
+        value_separation_penalty,
+    )
+
+    texts = [*sorted({t for _, t in make_lab_dataset(0, TINY_LAB).training_examples()}), ""]
+    tokenizer = build_text_encoder()[0]
+    rare, common = separation_token_groups(texts, tokenizer, 0.3)
+    assert rare.sum() > 0 and common.sum() > 0
+    cond = encode_captions(texts)
+    scores = {}
+    for weight in (0.0, 5.0):
+        cfg = TrainConfig(ae_steps=2, ae_batch=4, unet_steps=30, unet_batch=4, unet_lr=2e-3, warmup_steps=1,
+                          log_every=100, checkpoint_every=100, rare_token_share=0.3, value_separation=weight)
+        out = tmp_path / f"w{weight:g}"
+        train_lab(out, tmp_path / f"ckpt{weight:g}", cfg, TINY_V2, TINY_LAB, log=None, model_id=LAB_V2_MODEL_ID)
+        layers = [layer.to_v for layer in discover_nemo_layers(load_lab_pipeline(out).unet)]
+        with torch.no_grad():
+            scores[weight] = value_separation_penalty(layers, cond, rare, common).item()
+    assert scores[5.0] < scores[0.0] - 0.05, scores
