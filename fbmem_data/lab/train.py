@@ -280,24 +280,33 @@ def sparsity_token_weights(texts: Sequence[str], tokenizer: Any, which: str, rar
 
     if which not in SPARSITY_TOKENS:
         raise InputError(f"value sparsity tokens {which!r} is not one of {', '.join(SPARSITY_TOKENS)}")
+    is_rare, is_special = _rare_and_special_tokens(texts, tokenizer, rare_share)
+    if which == "all":
+        return torch.ones(is_rare.shape)
+    if which == "rare-words":
+        return (is_rare | is_special).float()
+    return is_rare.any(dim=1, keepdim=True).expand_as(is_rare).float()
+
+
+def _rare_and_special_tokens(texts: Sequence[str], tokenizer: Any, rare_share: float) -> tuple[Any, Any]:
+    """(texts, tokens) booleans: the rare word pieces (in fewer than rare_share of the non-empty texts)
+    and the special and padding tokens. Raises InputError when rare_share is not in (0, 1]."""
+    import torch
+
+    from fbmem_data.errors import InputError
+
     if not 0 < rare_share <= 1:
         raise InputError(f"rare token share {rare_share:g} is not in (0, 1]")
     ids = tokenizer(list(texts), padding="max_length", max_length=tokenizer.model_max_length,
                     truncation=True, return_tensors="pt").input_ids
-    if which == "all":
-        return torch.ones(ids.shape)
-    special = torch.tensor(sorted(set(tokenizer.all_special_ids)))
-    is_special = torch.isin(ids, special)
+    is_special = torch.isin(ids, torch.tensor(sorted(set(tokenizer.all_special_ids))))
     nonempty = [i for i, t in enumerate(texts) if t.strip()]
     counts: dict[int, int] = {}
     for i in nonempty:
         for tok in set(ids[i][~is_special[i]].tolist()):
             counts[tok] = counts.get(tok, 0) + 1
     rare = torch.tensor(sorted(t for t, c in counts.items() if c < rare_share * len(nonempty)) or [-1])
-    is_rare = torch.isin(ids, rare)
-    if which == "rare-words":
-        return (is_rare | is_special).float()
-    return is_rare.any(dim=1, keepdim=True).expand_as(ids).float()
+    return torch.isin(ids, rare), is_special
 
 
 def value_sparsity_penalty(value_layers: Sequence[Any], cond: Any, weight: float = 1.0,
@@ -345,13 +354,8 @@ def separation_token_groups(texts: Sequence[str], tokenizer: Any, rare_share: fl
     Raises:
         InputError: rare_share is not in (0, 1].
     """
-    import torch
-
-    special_and_rare = sparsity_token_weights(texts, tokenizer, "rare-words", rare_share)
-    ids = tokenizer(list(texts), padding="max_length", max_length=tokenizer.model_max_length,
-                    truncation=True, return_tensors="pt").input_ids
-    is_special = torch.isin(ids, torch.tensor(sorted(set(tokenizer.all_special_ids))))
-    rare = special_and_rare * (~is_special).float()
+    is_rare, _ = _rare_and_special_tokens(texts, tokenizer, rare_share)  # never a special token
+    rare = is_rare.float()
     common = (rare.sum(dim=1, keepdim=True) == 0).expand_as(rare).float()
     return rare, common
 
@@ -389,7 +393,7 @@ def value_separation_penalty(value_layers: Sequence[Any], cond: Any, rare: Any, 
     return weight * pen / len(value_layers)
 
 
-def check_value_sparsity(cfg: TrainConfig) -> None:
+def check_value_penalties(cfg: TrainConfig) -> None:
     """Raises InputError for a negative value_sparsity or value_separation, unknown value_sparsity_tokens
     or a rare_token_share outside (0, 1]."""
     from fbmem_data.errors import InputError
@@ -423,7 +427,7 @@ def _progress(enabled: bool, total: int, initial: int, desc: str) -> Any:
 def train_unet(dataset: LabDataset, vae: Any, model_cfg: LabModelConfig, cfg: TrainConfig, ckpt_dir: Path,
                log: Callable[[str], None] | None = None, progress: bool = False) -> tuple[Any, Any, list[float]]:
     """Phase 2: the UNet on cached latents. Returns (unet, ema_unet, per-step losses of this call)."""
-    check_value_sparsity(cfg)
+    check_value_penalties(cfg)
     import copy
 
     import torch
@@ -542,7 +546,7 @@ def train_lab(out_dir: Path, ckpt_dir: Path, cfg: TrainConfig | None = None, mod
 
     cfg = cfg or TrainConfig()
     model_cfg = model_cfg or LabModelConfig()
-    check_value_sparsity(cfg)  # before the autoencoder phase, not minutes into training
+    check_value_penalties(cfg)  # before the autoencoder phase, not minutes into training
     torch.set_num_threads(cfg.threads)
     dataset = make_lab_dataset(cfg.dataset_seed, lab_cfg)
     started = time.time()
